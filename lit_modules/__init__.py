@@ -1,0 +1,3 @@
+from lit_modules.causal_lm import CausalLMModule
+
+__all__ = ["CausalLMModule"]

@@ -1,0 +1,112 @@
+"""Hydra entry point: compose the config, build data, model and Trainer, and run the task.
+
+    python run.py                                  # train a small DeltaNet on the embedded corpus
+    python run.py experiment=smoke                 # toy-size run of the whole pipeline (< 1 min on CPU)
+    python run.py model=deltanet_hybrid_swa trainer.devices=8
+    python run.py task=prepare data=slimpajama_local data.root=/path/to/SlimPajama
+    python run.py task=generate ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt prompt="The delta rule"
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+os.environ.setdefault("DELTANET_ROOT", str(ROOT))
+
+import hydra  # noqa: E402
+import torch  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+log = logging.getLogger("run")
+
+
+def resolve_precision(precision: str | int, accelerator: str) -> str | int:
+    """`auto`: bf16 mixed precision on CUDA, full fp32 on CPU."""
+    if precision != "auto":
+        return precision
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    return "bf16-mixed" if on_gpu else "32-true"
+
+
+def resolve_ckpt_path(cfg: DictConfig) -> str | None:
+    """`ckpt_path=last` means the run directory's checkpoints/last.ckpt (to resume a run, reuse its hydra.run.dir)."""
+    if cfg.ckpt_path is None:
+        return None
+    path = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt" if cfg.ckpt_path == "last" else Path(cfg.ckpt_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path!r}: no checkpoint file at {path}")
+    return str(path)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    import lightning as L
+    from hydra.utils import instantiate
+
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data)
+    model_config = instantiate(cfg.model)
+    lit_module = instantiate(cfg.lit_module, model_config=model_config)
+    n_params = lit_module.model.num_parameters()
+    log.info("model: %s, %.2fM parameters", type(lit_module.model).__name__, n_params / 1e6)
+    print(f"Model parameters: {n_params / 1e6:.2f}M")
+
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_cfg["precision"] = resolve_precision(trainer_cfg.get("precision", "auto"), str(trainer_cfg.get("accelerator", "auto")))
+    trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=loggers)
+
+    trainer.fit(lit_module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg))
+    metrics: dict[str, float] = {}
+    if cfg.get("run_final_validation", True):
+        results = trainer.validate(lit_module, datamodule=datamodule, verbose=False)
+        metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+        if "val/loss" in metrics:
+            print(f"Final validation: loss {metrics['val/loss']:.4f}, perplexity {metrics['val/ppl']:.2f}")
+    metrics["train/loss"] = float(trainer.callback_metrics.get("train/loss", float("nan")))
+    print(f"Run directory: {cfg.paths.output_dir}")
+    return metrics
+
+
+def prepare(cfg: DictConfig) -> None:
+    """Tokenize and pack the configured corpus into its memory-mapped token files (idempotent)."""
+    from hydra.utils import instantiate
+
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+
+
+def generate(cfg: DictConfig) -> str:
+    """Load a checkpoint (Lightning .ckpt or a save_pretrained directory) and continue `prompt`."""
+    from datamodules.tokenizer import load_tokenizer
+    from deltanet.generation import load_for_generation
+
+    if cfg.ckpt_path is None:
+        raise ValueError("task=generate needs ckpt_path=<a .ckpt file or a save_pretrained directory>")
+    L_seed = int(cfg.seed)
+    torch.manual_seed(L_seed)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load_for_generation(cfg.ckpt_path).to(device).eval()
+    tokenizer = load_tokenizer(cfg.data.get("tokenizer"))
+    ids = torch.tensor([[tokenizer.bos_id] + tokenizer.encode(cfg.prompt)], device=device)
+    out = model.generate(ids, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
+                         top_p=cfg.top_p, eos_token_id=tokenizer.eos_id)
+    text = tokenizer.decode(out[0, ids.shape[1]:].tolist())
+    print(cfg.prompt + text)
+    return text
+
+
+TASKS = {"train": train, "prepare": prepare, "generate": generate}
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig):
+    if cfg.task not in TASKS:
+        raise ValueError(f"task={cfg.task!r} is not one of {sorted(TASKS)}")
+    return TASKS[cfg.task](cfg)
+
+
+if __name__ == "__main__":
+    main()
