@@ -1,0 +1,170 @@
+"""`DeltaNetConfig`: one flat dataclass describing every model family of the codebase.
+
+Families (``family``):
+
+- ``deltanet``: every layer is a DeltaNet (delta-rule linear attention) mixer.
+- ``deltanet_hybrid_swa``: sliding-window softmax attention every other layer (layers 2, 4, ... counted from 1),
+  window ``attn_window`` (default 2048); DeltaNet elsewhere.
+- ``deltanet_hybrid_global``: global softmax attention at layers ``attn_layers`` (counted from 1; default
+  ``[2, N // 2 + 1]``); DeltaNet elsewhere.
+- ``transformer``: Transformer++ (RoPE, SwiGLU, RMSNorm, causal attention) in every layer.
+
+Derived fields (``head_dim``, ``intermediate_size``, ``attn_layers``, ``attn_window``) may be left ``None``; they are
+resolved in ``__post_init__`` so that ``dataclasses.asdict(config)`` round-trips through ``DeltaNetConfig(**d)``.
+Invalid values raise ``ValueError`` naming the field.
+
+Paper sizes are in :data:`PRESETS`; set them with Hydra overrides (``model.hidden_size=1024 model.num_layers=24
+model.num_heads=8``) or ``DeltaNetConfig.from_preset("340M", family="deltanet")``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Optional
+
+__all__ = ["DeltaNetConfig", "PRESETS", "FAMILIES"]
+
+FAMILIES = ("deltanet", "deltanet_hybrid_swa", "deltanet_hybrid_global", "transformer")
+
+# Paper sizes (vocabulary 32000, Mistral tokenizer). head_dim = hidden_size // num_heads = 128 for both.
+PRESETS: dict[str, dict[str, Any]] = {
+    "340M": {"hidden_size": 1024, "num_layers": 24, "num_heads": 8},
+    "1.3B": {"hidden_size": 2048, "num_layers": 24, "num_heads": 16},
+}
+
+
+def _llama_intermediate_size(hidden_size: int, multiple_of: int = 256) -> int:
+    """SwiGLU width as in Llama: 2/3 of 4 * hidden, rounded up to a multiple of 256 (1024 -> 2816)."""
+    n = int(2 * 4 * hidden_size / 3)
+    return multiple_of * ((n + multiple_of - 1) // multiple_of)
+
+
+@dataclass
+class DeltaNetConfig:
+    # --- sizes ---
+    vocab_size: int = 32000
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    head_dim: Optional[int] = None  # default hidden_size // num_heads (keys and values alike)
+    intermediate_size: Optional[int] = None  # SwiGLU width; default Llama sizing of hidden_size
+    # --- family / hybrids ---
+    family: str = "deltanet"
+    attn_layers: Optional[list[int]] = None  # 1-based indices of softmax-attention layers; None = family default
+    attn_window: Optional[int] = None  # sliding window (tokens, including the current one); None = global
+    rope_theta: float = 10000.0
+    # --- DeltaNet mixer (paper ablations) ---
+    qk_norm: str = "l2"  # "l2" | "l1"
+    qk_activation: str = "silu"  # feature map on q, k: "silu" | "relu" | "elu" (elu + 1) | "identity"
+    use_short_conv: bool = True
+    conv_size: int = 4
+    use_beta: bool = True  # False: beta = 1 (plain delta rule with unit step)
+    use_output_gate: bool = False  # o = RMSNorm(o) * silu(W_g x)
+    chunk_size: int = 64
+    backend: str = "auto"  # "auto" (triton on CUDA, torch on CPU) | "triton" | "torch"
+    # --- misc ---
+    norm_eps: float = 1e-6
+    initializer_range: float = 0.02
+    loss_chunk_size: int = 4096  # tokens per chunk of the chunked cross-entropy (bounds the logits memory)
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "conv_size", "chunk_size",
+                     "loss_chunk_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if self.family not in FAMILIES:
+            raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}")
+        if self.head_dim is None:
+            if self.hidden_size % self.num_heads:
+                raise ValueError(
+                    f"num_heads={self.num_heads} must divide hidden_size={self.hidden_size} (or set head_dim)")
+            self.head_dim = self.hidden_size // self.num_heads
+        if isinstance(self.head_dim, bool) or not isinstance(self.head_dim, int) or self.head_dim < 1:
+            raise ValueError(f"head_dim must be a positive int, got {self.head_dim!r}")
+        if self.family != "deltanet" and self.head_dim % 2:
+            raise ValueError(f"head_dim must be even for RoPE attention, got {self.head_dim}")
+        if self.intermediate_size is None:
+            self.intermediate_size = _llama_intermediate_size(self.hidden_size)
+        if isinstance(self.intermediate_size, bool) or not isinstance(self.intermediate_size, int) \
+                or self.intermediate_size < 1:
+            raise ValueError(f"intermediate_size must be a positive int, got {self.intermediate_size!r}")
+        self._resolve_attention()
+        if self.qk_norm not in ("l2", "l1"):
+            raise ValueError(f"qk_norm must be 'l2' or 'l1', got {self.qk_norm!r}")
+        if self.qk_activation not in ("silu", "relu", "elu", "identity"):
+            raise ValueError(f"qk_activation must be one of silu, relu, elu, identity, got {self.qk_activation!r}")
+        if self.backend not in ("auto", "triton", "torch"):
+            raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {self.backend!r}")
+        for name in ("use_short_conv", "use_beta", "use_output_gate"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        for name in ("norm_eps", "initializer_range", "rope_theta"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                raise ValueError(f"{name} must be a positive number, got {v!r}")
+
+    def _resolve_attention(self) -> None:
+        n = self.num_layers
+        if self.attn_layers is None:
+            if self.family == "deltanet":
+                layers: list[int] = []
+            elif self.family == "transformer":
+                layers = list(range(1, n + 1))
+            elif self.family == "deltanet_hybrid_swa":
+                layers = list(range(2, n + 1, 2))  # every other layer: 2, 4, ...
+            else:  # deltanet_hybrid_global: layers 2 and N/2 + 1, kept within the model
+                layers = sorted({i for i in (2, n // 2 + 1) if i <= n})
+        else:
+            try:
+                layers = [int(i) for i in self.attn_layers]  # accepts an omegaconf ListConfig
+            except (TypeError, ValueError):
+                raise ValueError(f"attn_layers must be a list of ints, got {self.attn_layers!r}") from None
+            if any(not 1 <= i <= n for i in layers):
+                raise ValueError(f"attn_layers are 1-based layer indices in [1, {n}], got {layers}")
+            if len(set(layers)) != len(layers):
+                raise ValueError(f"attn_layers has duplicates: {layers}")
+            layers = sorted(layers)
+            if self.family == "deltanet" and layers:
+                raise ValueError(f"attn_layers must be empty for family 'deltanet', got {layers}")
+            if self.family == "transformer" and layers != list(range(1, n + 1)):
+                raise ValueError(f"attn_layers must be all layers for family 'transformer', got {layers}")
+        self.attn_layers = layers
+        if self.family == "deltanet_hybrid_swa" and self.attn_window is None:
+            self.attn_window = 2048
+        if self.attn_window is not None:
+            if isinstance(self.attn_window, bool) or not isinstance(self.attn_window, int) or self.attn_window < 1:
+                raise ValueError(f"attn_window must be a positive int or None, got {self.attn_window!r}")
+
+    # --- helpers ---
+    def is_attention_layer(self, layer_idx: int) -> bool:
+        """0-based ``layer_idx``: True when that layer is softmax attention."""
+        return (layer_idx + 1) in self.attn_layers
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "DeltaNetConfig":
+        if name not in PRESETS:
+            raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DeltaNetConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names - {"_target_"})
+        if unknown:
+            raise ValueError(f"unknown DeltaNetConfig fields: {unknown}")
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def save(self, path: str | os.PathLike) -> None:
+        with open(path, "w") as f:
+            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "DeltaNetConfig":
+        with open(path) as f:
+            return cls.from_dict(json.load(f))

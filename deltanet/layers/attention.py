@@ -1,0 +1,163 @@
+"""Causal softmax attention with RoPE: global (Transformer++ / global hybrid) or sliding-window (SWA hybrid).
+
+Paths (all give the same numbers up to float rounding; tests check it):
+
+- global, no varlen, no cache read: ``F.scaled_dot_product_attention(is_causal=True)`` on every device.
+- sliding window or varlen (``cu_seqlens``) on CUDA: FlexAttention with a block-sparse ``BlockMask``, so the cost
+  grows with T * window, not T^2.
+- the same on CPU, and every call that reads a cache: SDPA with an explicit boolean mask built from token positions.
+
+Generation cache per layer: global attention keeps all keys/values (a KV cache growing with the context);
+sliding-window attention keeps a ring buffer of ``window`` slots (slot = position % window), so its memory is
+constant in the context length.  Keys are cached after RoPE, hence the order of slots does not matter.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import DeltaNetConfig
+from .conv import varlen_positions
+
+__all__ = ["Attention", "RotaryEmbedding", "apply_rotary"]
+
+
+class RotaryEmbedding(nn.Module):
+    def __init__(self, dim: int, theta: float = 10000.0):
+        super().__init__()
+        self.dim = dim
+        inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+        self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
+
+    def forward(self, positions: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """positions: (T,) long -> cos, sin: (T, dim) float32."""
+        freqs = positions.float()[:, None] * self.inv_freq.to(positions.device)[None, :]  # (T, dim/2)
+        emb = torch.cat([freqs, freqs], dim=-1)
+        return emb.cos(), emb.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: (B, T, H, D); cos, sin: (T, D). Rotate-half convention, computed in float32."""
+    xf = x.float()
+    x1, x2 = xf.chunk(2, dim=-1)
+    rot = torch.cat([-x2, x1], dim=-1)
+    return (xf * cos[None, :, None, :] + rot * sin[None, :, None, :]).to(x.dtype)
+
+
+def _allowed(q_pos, k_pos, window, q_seq=None, k_seq=None) -> torch.Tensor:
+    """(Tq, Tk) bool: key visible from query. Positions < 0 mark empty cache slots."""
+    d = q_pos[:, None] - k_pos[None, :]
+    m = (d >= 0) & (k_pos[None, :] >= 0)
+    if window is not None:
+        m = m & (d < window)
+    if q_seq is not None:
+        m = m & (q_seq[:, None] == k_seq[None, :])
+    return m
+
+
+@functools.lru_cache(maxsize=1)
+def _compiled_flex_attention():
+    from torch.nn.attention.flex_attention import flex_attention
+    return torch.compile(flex_attention, dynamic=False)
+
+
+@functools.lru_cache(maxsize=16)
+def _window_block_mask(T: int, window: int, device: str):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return (q_idx >= kv_idx) & (q_idx - kv_idx < window)
+
+    return create_block_mask(mask_mod, B=None, H=None, Q_LEN=T, KV_LEN=T, device=device)
+
+
+def _varlen_block_mask(seq_id: torch.Tensor, window: Optional[int]):
+    from torch.nn.attention.flex_attention import create_block_mask
+    T = seq_id.shape[0]
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        m = (q_idx >= kv_idx) & (seq_id[q_idx] == seq_id[kv_idx])
+        if window is not None:
+            m = m & (q_idx - kv_idx < window)
+        return m
+
+    return create_block_mask(mask_mod, B=None, H=None, Q_LEN=T, KV_LEN=T, device=seq_id.device)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: DeltaNetConfig, layer_idx: int = 0, window: Optional[int] = None):
+        super().__init__()
+        self.config, self.layer_idx, self.window = config, layer_idx, window
+        C, H, D = config.hidden_size, config.num_heads, config.head_dim
+        self.num_heads, self.head_dim = H, D
+        self.q_proj = nn.Linear(C, H * D, bias=False)
+        self.k_proj = nn.Linear(C, H * D, bias=False)
+        self.v_proj = nn.Linear(C, H * D, bias=False)
+        self.o_proj = nn.Linear(H * D, C, bias=False)
+        self.rotary = RotaryEmbedding(D, config.rope_theta)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # (B, T, C)
+        state: Optional[dict] = None,
+        use_cache: bool = False,
+        cu_seqlens: Optional[torch.Tensor] = None,
+        offset: int = 0,  # position of x[:, 0] (tokens already in the cache)
+        **_: Any,
+    ) -> Tuple[torch.Tensor, Optional[dict]]:
+        B, T, _ = x.shape
+        H, D, W = self.num_heads, self.head_dim, self.window
+        q = self.q_proj(x).view(B, T, H, D)
+        k = self.k_proj(x).view(B, T, H, D)
+        v = self.v_proj(x).view(B, T, H, D)
+        seq_id = None
+        if cu_seqlens is not None:
+            if state is not None or use_cache:
+                raise NotImplementedError("Attention: cu_seqlens with a generation cache is not supported")
+            if B != 1:
+                raise ValueError(f"with cu_seqlens the batch size must be 1, got x {tuple(x.shape)}")
+            seq_id, pos = varlen_positions(cu_seqlens.to(x.device), T)  # RoPE restarts in every sequence
+        else:
+            pos = torch.arange(offset, offset + T, device=x.device)
+        cos, sin = self.rotary(pos)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+
+        if state is None:  # attend within x only
+            if W is None and seq_id is None:
+                o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            elif x.is_cuda:
+                bm = _window_block_mask(T, W, str(x.device)) if seq_id is None else _varlen_block_mask(seq_id, W)
+                o = _compiled_flex_attention()(q, k, v, block_mask=bm)
+            else:
+                mask = _allowed(pos, pos, W, seq_id, seq_id)
+                o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:  # read the cache: keys = cached + new, masked by position
+            k_all = torch.cat([state["k"].to(k.dtype), k], dim=2)
+            v_all = torch.cat([state["v"].to(v.dtype), v], dim=2)
+            k_pos = torch.cat([state["pos"], pos])
+            o = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=_allowed(pos, k_pos, W))
+        y = self.o_proj(o.transpose(1, 2).reshape(B, T, H * D))
+        return y, (self._update_cache(state, k, v, pos) if use_cache else None)
+
+    def _update_cache(self, state: Optional[dict], k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor) -> dict:
+        """k, v: (B, H, T, D) after RoPE; pos: (T,)."""
+        W = self.window
+        if W is None:  # global: keep everything
+            if state is None:
+                return {"k": k, "v": v, "pos": pos}
+            return {"k": torch.cat([state["k"], k], 2), "v": torch.cat([state["v"], v], 2),
+                    "pos": torch.cat([state["pos"], pos])}
+        if state is None:  # ring buffer of W slots; pos -1 = empty
+            B, H, _, D = k.shape
+            state = {"k": k.new_zeros(B, H, W, D), "v": v.new_zeros(B, H, W, D),
+                     "pos": torch.full((W,), -1, dtype=torch.long, device=k.device)}
+        k, v, pos = k[:, :, -W:], v[:, :, -W:], pos[-W:]  # only the last W tokens can still be seen
+        slots = pos % W
+        return {"k": state["k"].index_copy(2, slots, k.to(state["k"].dtype)),
+                "v": state["v"].index_copy(2, slots, v.to(state["v"].dtype)),
+                "pos": state["pos"].index_copy(0, slots, pos)}

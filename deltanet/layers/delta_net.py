@@ -1,0 +1,137 @@
+"""The DeltaNet token mixer: linear attention whose state is updated with the delta rule.
+
+Per head, with state S ([K, V]):  S_t = S_{t-1} + beta_t k_t (v_t - S_{t-1}^T k_t)^T,  o_t = K^-0.5 S_t^T q_t.
+
+    q, k, v = W_q x, W_k x, W_v x                      (no bias)
+    q, k, v = ShortConv(q), ShortConv(k), ShortConv(v)  (depthwise causal, kernel 4; `use_short_conv`)
+    q, k    = norm(phi(q)), norm(phi(k))                (phi = `qk_activation`, norm = `qk_norm` (l2 | l1))
+    v       = silu(v)
+    beta    = sigmoid(W_beta x)                         (one per head; 1 when not `use_beta`)
+    o       = delta_rule(q, k, v, beta)                 (kernels: chunk for training, recurrent for decoding)
+    o       = RMSNorm_head(o) [* silu(W_g x)]           (`use_output_gate`)
+    y       = W_o o
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import kernels
+
+from ..config import DeltaNetConfig
+from .conv import ShortConvolution
+from .norm import RMSNorm
+
+__all__ = ["DeltaNet", "delta_rule"]
+
+# Inputs at most this long run through the recurrent kernel outside training (decoding, short prompts).
+RECURRENT_MAX_LEN = 64
+
+
+def delta_rule(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, *,
+    backend: str, mode: str, chunk_size: int = 64,
+    initial_state: Optional[torch.Tensor] = None, output_final_state: bool = False,
+    cu_seqlens: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Dispatch to the kernels package. backend: 'triton' | 'torch' (resolved, not 'auto'); mode: 'chunk' | 'recurrent'.
+
+    q, k: (B, T, H, K); v: (B, T, H, V); beta: (B, T, H); initial_state: (N, H, K, V) float32.
+    """
+    if backend == "triton":
+        fn = kernels.chunk_delta_rule if mode == "chunk" else kernels.fused_recurrent_delta_rule
+        if fn is None:
+            raise RuntimeError(f"backend='triton' but the Triton {mode} delta-rule kernel is not available in kernels/")
+    elif backend == "torch":
+        fn = kernels.naive_chunk_delta_rule if mode == "chunk" else kernels.naive_recurrent_delta_rule
+    else:
+        raise ValueError(f"backend must be 'triton' or 'torch' here, got {backend!r}")
+    kwargs: dict[str, Any] = {"chunk_size": chunk_size} if mode == "chunk" else {}
+    return fn(q, k, v, beta, scale=None, initial_state=initial_state, output_final_state=output_final_state,
+              cu_seqlens=cu_seqlens, **kwargs)
+
+
+def _feature_map(x: torch.Tensor, name: str) -> torch.Tensor:
+    if name == "silu":
+        return F.silu(x)
+    if name == "relu":
+        return F.relu(x)
+    if name == "elu":
+        return F.elu(x) + 1.0
+    return x  # identity
+
+
+def _normalize(x: torch.Tensor, kind: str) -> torch.Tensor:  # (B, T, H, D), over D
+    if kind == "l2":
+        return F.normalize(x, p=2.0, dim=-1, eps=1e-6)
+    # l1: divide by the sum of |x| (= the plain sum for nonnegative feature maps such as relu, elu + 1)
+    return x / x.abs().sum(-1, keepdim=True).clamp_min(1e-6)
+
+
+class DeltaNet(nn.Module):
+    def __init__(self, config: DeltaNetConfig, layer_idx: int = 0):
+        super().__init__()
+        self.config, self.layer_idx = config, layer_idx
+        C, H, D = config.hidden_size, config.num_heads, config.head_dim
+        self.num_heads, self.head_dim = H, D
+        self.q_proj = nn.Linear(C, H * D, bias=False)
+        self.k_proj = nn.Linear(C, H * D, bias=False)
+        self.v_proj = nn.Linear(C, H * D, bias=False)
+        self.b_proj = nn.Linear(C, H, bias=False) if config.use_beta else None
+        if config.use_short_conv:
+            self.q_conv = ShortConvolution(H * D, config.conv_size)
+            self.k_conv = ShortConvolution(H * D, config.conv_size)
+            self.v_conv = ShortConvolution(H * D, config.conv_size)
+        self.g_proj = nn.Linear(C, H * D, bias=False) if config.use_output_gate else None
+        self.o_norm = RMSNorm(D, eps=config.norm_eps)  # per head, weight shared across heads
+        self.o_proj = nn.Linear(H * D, C, bias=False)
+
+    def resolve_backend(self, x: torch.Tensor) -> str:
+        b = self.config.backend
+        return ("triton" if x.is_cuda else "torch") if b == "auto" else b
+
+    def forward(
+        self,
+        x: torch.Tensor,  # (B, T, C)
+        state: Optional[dict] = None,  # from a previous call with use_cache=True
+        use_cache: bool = False,
+        cu_seqlens: Optional[torch.Tensor] = None,
+        mode: Optional[str] = None,  # 'chunk' | 'recurrent'; None: recurrent for short inputs outside training
+        **_: Any,
+    ) -> Tuple[torch.Tensor, Optional[dict]]:
+        B, T, _ = x.shape
+        H, D = self.num_heads, self.head_dim
+        cfg = self.config
+        if cu_seqlens is not None and (state is not None or use_cache):
+            raise NotImplementedError("DeltaNet: cu_seqlens with a generation cache is not supported")
+        state = state or {}
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # (B, T, H*D)
+        new_state: dict = {}
+        if cfg.use_short_conv:
+            q, new_state["conv_q"] = self.q_conv(q, state.get("conv_q"), use_cache, cu_seqlens)
+            k, new_state["conv_k"] = self.k_conv(k, state.get("conv_k"), use_cache, cu_seqlens)
+            v, new_state["conv_v"] = self.v_conv(v, state.get("conv_v"), use_cache, cu_seqlens)
+        q = _normalize(_feature_map(q, cfg.qk_activation).view(B, T, H, D), cfg.qk_norm)  # (B, T, H, D)
+        k = _normalize(_feature_map(k, cfg.qk_activation).view(B, T, H, D), cfg.qk_norm)
+        v = F.silu(v).view(B, T, H, D)
+        if self.b_proj is not None:
+            beta = torch.sigmoid(self.b_proj(x))  # (B, T, H)
+        else:
+            beta = x.new_ones(B, T, H, dtype=q.dtype)
+        if mode is None:
+            mode = "recurrent" if (not self.training and T <= RECURRENT_MAX_LEN) else "chunk"
+        if mode not in ("chunk", "recurrent"):
+            raise ValueError(f"mode must be 'chunk' or 'recurrent', got {mode!r}")
+        o, s = delta_rule(
+            q, k, v, beta.to(q.dtype), backend=self.resolve_backend(x), mode=mode, chunk_size=cfg.chunk_size,
+            initial_state=state.get("recurrent_state"), output_final_state=use_cache, cu_seqlens=cu_seqlens,
+        )  # (B, T, H, D), (B, H, D, D) fp32
+        new_state["recurrent_state"] = s
+        o = self.o_norm(o)
+        if self.g_proj is not None:
+            o = o * F.silu(self.g_proj(x).view(B, T, H, D))
+        y = self.o_proj(o.reshape(B, T, H * D))
+        return y, (new_state if use_cache else None)

@@ -1,0 +1,205 @@
+"""DeltaNet language model (and its hybrids / the Transformer++ baseline), one file top to bottom.
+
+    x = Embedding(input_ids)                                   # (B, T, C)
+    for each layer:  x = x + Mixer(RMSNorm(x))                 # DeltaNet, or softmax attention (family)
+                     x = x + SwiGLU(RMSNorm(x))
+    logits = LMHead(RMSNorm(x))                                # untied, (B, T, vocab)
+
+Init: normal(0, 0.02) for embeddings and linears; the residual output projections (mixer ``o_proj``, MLP
+``down_proj``) use std 0.02 / sqrt(2 * num_layers).
+
+Loss: with ``labels`` the model never builds the float32 logits of the whole batch.  It gathers the hidden states
+of the positions that have a label, and computes the cross-entropy over chunks of ``config.loss_chunk_size``
+tokens under activation checkpointing: each chunk's logits (in the compute dtype, upcast to float32 inside
+the chunk) exist only while that chunk is processed, in the forward and again in the backward pass.  Peak
+logits memory is loss_chunk_size * vocab floats instead of B * T * vocab.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .config import DeltaNetConfig
+from .generation import GenerationMixin
+from .layers import Attention, DeltaNet, RMSNorm, SwiGLU
+
+__all__ = ["DeltaNetForCausalLM", "DeltaNetModel", "Block", "Cache", "CausalLMOutput", "chunked_cross_entropy"]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+@dataclass
+class Cache:
+    """Generation state: one dict per layer (delta-rule + conv states, or a KV cache / ring buffer)."""
+    layers: list = field(default_factory=list)
+    seen_tokens: int = 0
+
+
+@dataclass
+class CausalLMOutput:
+    loss: Optional[torch.Tensor] = None  # scalar mean cross-entropy (with labels)
+    logits: Optional[torch.Tensor] = None  # (B, T, V); None with labels unless return_logits=True
+    cache: Optional[Cache] = None
+
+
+class Block(nn.Module):
+    def __init__(self, config: DeltaNetConfig, layer_idx: int):
+        super().__init__()
+        self.attn_norm = RMSNorm(config.hidden_size, config.norm_eps)
+        if config.is_attention_layer(layer_idx):
+            self.mixer: nn.Module = Attention(config, layer_idx, window=config.attn_window)
+        else:
+            self.mixer = DeltaNet(config, layer_idx)
+        self.mlp_norm = RMSNorm(config.hidden_size, config.norm_eps)
+        self.mlp = SwiGLU(config.hidden_size, config.intermediate_size)
+
+    def forward(self, x: torch.Tensor, state: Optional[dict] = None, use_cache: bool = False,
+                cu_seqlens: Optional[torch.Tensor] = None, offset: int = 0):
+        h, new_state = self.mixer(self.attn_norm(x), state=state, use_cache=use_cache, cu_seqlens=cu_seqlens,
+                                  offset=offset)
+        x = x + h
+        x = x + self.mlp(self.mlp_norm(x))
+        return x, new_state
+
+
+class DeltaNetModel(nn.Module):
+    def __init__(self, config: DeltaNetConfig):
+        super().__init__()
+        self.config = config
+        self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList([Block(config, i) for i in range(config.num_layers)])
+        self.norm = RMSNorm(config.hidden_size, config.norm_eps)
+
+    def forward(self, input_ids: torch.Tensor, cache: Optional[Cache] = None, use_cache: bool = False,
+                cu_seqlens: Optional[torch.Tensor] = None):
+        x = self.embeddings(input_ids)  # (B, T, C)
+        offset = cache.seen_tokens if cache is not None else 0
+        new_cache = Cache(seen_tokens=offset + input_ids.shape[1]) if use_cache else None
+        for i, layer in enumerate(self.layers):
+            state = cache.layers[i] if cache is not None else None
+            x, s = layer(x, state=state, use_cache=use_cache, cu_seqlens=cu_seqlens, offset=offset)
+            if use_cache:
+                new_cache.layers.append(s)
+        return self.norm(x), new_cache
+
+
+def _ce_sum(h: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    logits = F.linear(h, weight)  # (n, V) in the compute dtype
+    return F.cross_entropy(logits.float(), labels, reduction="sum")
+
+
+def chunked_cross_entropy(h: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk_size: int,
+                          ignore_index: int = -100) -> torch.Tensor:
+    """Mean CE of ``h @ weight.T`` against ``labels`` over non-ignored rows, chunk by chunk.
+
+    h: (N, C); weight: (V, C); labels: (N,) long.  Each chunk runs under non-reentrant checkpointing, so only
+    (chunk, V) logits are alive at a time, in the forward and the backward.
+    """
+    keep = labels != ignore_index
+    h, labels = h[keep], labels[keep]
+    n = labels.numel()
+    if n == 0:
+        return h.sum() * 0.0  # no target: zero loss that still has a graph
+    total = h.new_zeros((), dtype=torch.float32)
+    grad = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
+    for s in range(0, n, chunk_size):
+        hs, ls = h[s:s + chunk_size], labels[s:s + chunk_size]
+        total = total + (checkpoint(_ce_sum, hs, weight, ls, use_reentrant=False) if grad
+                         else _ce_sum(hs, weight, ls))
+    return total / n
+
+
+class DeltaNetForCausalLM(GenerationMixin, nn.Module):
+    """Causal LM for every family of :class:`DeltaNetConfig`.
+
+    ``forward(input_ids (B, T) long, labels=None, cu_seqlens=None)`` -> :class:`CausalLMOutput`:
+    ``.loss`` = mean next-token cross-entropy (labels aligned with input_ids, shifted inside, -100 ignored) and
+    ``.logits`` (B, T, V) when no labels are given (pass ``return_logits=True`` to get them with labels too).
+    ``cu_seqlens`` ((N+1,) offsets, B = 1) packs N sequences: no state or attention crosses their borders.
+    """
+
+    def __init__(self, config: DeltaNetConfig):
+        super().__init__()
+        if isinstance(config, dict):
+            config = DeltaNetConfig.from_dict(config)
+        self.config = config
+        self.model = DeltaNetModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        std = self.config.initializer_range
+        for name, m in self.named_modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, mean=0.0, std=std)
+                if getattr(m, "bias", None) is not None:
+                    nn.init.zeros_(m.bias)
+        for name, p in self.named_parameters():
+            if name.endswith("mixer.o_proj.weight") or name.endswith("mlp.down_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=std / math.sqrt(2 * self.config.num_layers))
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            n -= self.model.embeddings.weight.numel()
+        return n
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # (B, T) long
+        labels: Optional[torch.Tensor] = None,  # (B, T) long, -100 = ignored
+        cu_seqlens: Optional[torch.Tensor] = None,  # (N+1,) with B = 1
+        cache: Optional[Cache] = None,
+        use_cache: bool = False,
+        return_logits: Optional[bool] = None,
+    ) -> CausalLMOutput:
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be (B, T), got {tuple(input_ids.shape)}")
+        if cu_seqlens is not None and input_ids.shape[0] != 1:
+            raise ValueError(f"with cu_seqlens the batch size must be 1, got input_ids {tuple(input_ids.shape)}")
+        h, new_cache = self.model(input_ids, cache=cache, use_cache=use_cache, cu_seqlens=cu_seqlens)  # (B, T, C)
+        if return_logits is None:
+            return_logits = labels is None
+        loss = None
+        if labels is not None:
+            if labels.shape != input_ids.shape:
+                raise ValueError(f"labels must match input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}")
+            shift = labels[:, 1:]
+            if cu_seqlens is not None:  # the last token of a packed sequence does not predict the next one
+                shift = shift.clone()
+                ends = cu_seqlens[1:-1].to(shift.device).long() - 1
+                shift[0, ends[(ends >= 0) & (ends < shift.shape[1])]] = -100
+            loss = chunked_cross_entropy(h[:, :-1].reshape(-1, h.shape[-1]), self.lm_head.weight,
+                                         shift.reshape(-1), self.config.loss_chunk_size)
+        logits = self.lm_head(h) if return_logits else None
+        return CausalLMOutput(loss=loss, logits=logits, cache=new_cache)
+
+    # ---- persistence ----
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Writes ``config.json`` and ``model.safetensors`` into directory ``path``."""
+        from safetensors.torch import save_file
+        os.makedirs(path, exist_ok=True)
+        self.config.save(os.path.join(path, CONFIG_NAME))
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, os.path.join(path, WEIGHTS_NAME), metadata={"format": "pt"})
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                        **config_overrides: Any) -> "DeltaNetForCausalLM":
+        """Loads a directory written by :meth:`save_pretrained` (config fields may be overridden, e.g. backend)."""
+        from safetensors.torch import load_file
+        with open(os.path.join(path, CONFIG_NAME)) as f:
+            d = json.load(f)
+        model = cls(DeltaNetConfig.from_dict({**d, **config_overrides}))
+        model.load_state_dict(load_file(os.path.join(path, WEIGHTS_NAME), device=str(map_location)))
+        return model.to(map_location)
