@@ -1,0 +1,159 @@
+"""LightningDataModule for language-model pre-training on a tokenized, packed, memory-mapped corpus.
+
+``prepare_data`` tokenizes the source once (processes, progress bar, tokens/s; skipped at once when already done),
+``setup`` maps the token files, the dataloaders yield packed batches (see ``datamodules/packed.py``).
+
+Resume: the datamodule counts training batches where they are consumed (``on_after_batch_transfer`` while the trainer is
+training, i.e. after the DataLoader's prefetching), saves ``{"epoch", "batch"}`` in the checkpoint through
+``state_dict`` and restarts the deterministic order there after ``load_state_dict``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader
+
+from datamodules.packed import PackedBatches, TokenFile
+from datamodules.prepare import load_meta, prepare_corpus
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PackedLMDataModule"]
+
+
+class PackedLMDataModule(LightningDataModule):
+    """Packed causal-LM batches from any document source.
+
+    Args:
+        source: a document source (``datamodules.sources``: ``EmbeddedCorpus``, ``SlimPajamaLocal``, ``LocalFiles``,
+            ``HFDataset``).
+        cache_dir: where the tokenized corpus lives (``{split}.bin``, ``{split}.idx.npy``, ``meta.json``).
+        tokenizer_path: None for Mistral's 32K SentencePiece model, or a ``.model`` / ``tokenizer.json`` path.
+        seq_len: tokens per packed sequence.
+        batch_size: micro-batch, in sequences, per rank.
+        val_batch_size: validation micro-batch (default ``batch_size``).
+        num_workers: DataLoader worker processes.
+        seed: seed of the per-epoch window permutation.
+        shuffle: shuffle training windows (validation is always in order).
+        varlen: flatten each batch into one row with ``cu_seqlens`` at document starts (variable-length training).
+        add_bos: start every document with BOS (EOS always ends it).
+        num_proc: tokenizer processes for preparation (None: up to 8, the CPU count).
+        pin_memory: pin host memory of batches (useful with CUDA).
+    """
+
+    def __init__(self, source, cache_dir: str, tokenizer_path: str | None = None, seq_len: int = 2048,
+                 batch_size: int = 8, val_batch_size: int | None = None, num_workers: int = 2, seed: int = 1234,
+                 shuffle: bool = True, varlen: bool = False, add_bos: bool = True, num_proc: int | None = None,
+                 pin_memory: bool = False, progress: bool = True):
+        super().__init__()
+        self.source = source
+        self.cache_dir = str(cache_dir)
+        self.tokenizer_path = tokenizer_path
+        self.seq_len = int(seq_len)
+        self.batch_size = int(batch_size)
+        self.val_batch_size = int(val_batch_size or batch_size)
+        self.num_workers = int(num_workers)
+        self.seed = int(seed)
+        self.shuffle = bool(shuffle)
+        self.varlen = bool(varlen)
+        self.add_bos = bool(add_bos)
+        self.num_proc = num_proc
+        self.pin_memory = bool(pin_memory)
+        self.progress = bool(progress)
+        self.meta: dict | None = None
+        self.train_set: PackedBatches | None = None
+        self.val_set: PackedBatches | None = None
+        # position of the next training batch to consume; shared by reference with the training dataset
+        self.position = {"epoch": 0, "batch": 0}
+
+    # ----------------------------------------------------------------------------------------------------- preparation
+    def prepare_data(self) -> None:
+        """Tokenize the corpus into ``cache_dir`` (idempotent; returns at once when it is already there)."""
+        self.meta = prepare_corpus(self.source, self.cache_dir, tokenizer_path=self.tokenizer_path,
+                                   add_bos=self.add_bos, add_eos=True, num_proc=self.num_proc, progress=self.progress)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._meta()["vocab_size"])
+
+    def _meta(self) -> dict:
+        if self.meta is None:
+            self.meta = load_meta(self.cache_dir)
+        if self.meta is None:
+            raise RuntimeError(f"no prepared corpus in {self.cache_dir}: call prepare_data() first "
+                               "(or `python run.py task=prepare data=...`)")
+        return self.meta
+
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            return trainer.global_rank, trainer.world_size
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
+    def setup(self, stage: str | None = None) -> None:
+        meta = self._meta()
+        rank, world = self._rank_world()
+        self.train_set = PackedBatches(TokenFile(self.cache_dir, "train", meta["dtype"]), self.seq_len,
+                                       self.batch_size, seed=self.seed, shuffle=self.shuffle, rank=rank,
+                                       world_size=world, varlen=self.varlen, position=self.position, name="train")
+        if "validation" in meta["splits"]:
+            self.val_set = PackedBatches(TokenFile(self.cache_dir, "validation", meta["dtype"]), self.seq_len,
+                                         self.val_batch_size, seed=self.seed, shuffle=False, rank=rank,
+                                         world_size=world, varlen=self.varlen, name="validation")
+
+    # ----------------------------------------------------------------------------------------------------- loaders
+    def _loader(self, dataset: PackedBatches) -> DataLoader:
+        # persistent_workers stays False: each iteration forks workers that snapshot the current position
+        return DataLoader(dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
+                          persistent_workers=False)
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_set is None:
+            self.setup("fit")
+        return self._loader(self.train_set)
+
+    def val_dataloader(self):
+        if self.train_set is None:
+            self.setup("validate")
+        return self._loader(self.val_set) if self.val_set is not None else []
+
+    # ----------------------------------------------------------------------------------------------------- resume
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.training:
+            self.advance(1)
+        return batch
+
+    def advance(self, n_batches: int = 1) -> None:
+        """Record that ``n_batches`` training batches were consumed (rolls over to the next epoch at its end)."""
+        n_per_epoch = self.train_set.n_batches if self.train_set is not None else None
+        self.position["batch"] += n_batches
+        while n_per_epoch and self.position["batch"] >= n_per_epoch:
+            self.position["batch"] -= n_per_epoch
+            self.position["epoch"] += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        _, world = self._rank_world()
+        return {"epoch": self.position["epoch"], "batch": self.position["batch"], "batch_size": self.batch_size,
+                "world_size": world, "seq_len": self.seq_len, "seed": self.seed}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        _, world = self._rank_world()
+        epoch, batch = int(state_dict["epoch"]), int(state_dict["batch"])
+        saved = (state_dict.get("batch_size"), state_dict.get("world_size"), state_dict.get("seq_len"),
+                 state_dict.get("seed"))
+        if saved != (self.batch_size, world, self.seq_len, self.seed):
+            # a different global batch or window layout: keep the number of windows consumed in this epoch
+            samples = batch * (state_dict.get("batch_size") or self.batch_size) * (state_dict.get("world_size") or world)
+            batch = samples // (self.batch_size * world)
+            log.warning("resuming with (batch_size, world_size, seq_len, seed)=%s instead of %s: the data order "
+                        "differs from the interrupted run's; continuing epoch %d at batch %d",
+                        (self.batch_size, world, self.seq_len, self.seed), saved, epoch, batch)
+        self.position["epoch"], self.position["batch"] = epoch, batch
