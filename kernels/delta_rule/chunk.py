@@ -1,0 +1,597 @@
+"""Chunkwise parallel delta rule in Triton: forward and backward (WY representation, UT transform).
+
+State ``S`` is ``[K, V]`` per (sequence, head); per token ``S_t = S_{t-1} + beta_t k_t (v_t - S_{t-1}^T k_t)^T`` and
+``o_t = scale * S_t^T q_t``.  The sequence is cut into chunks of ``BT`` tokens (rows are tokens).  Within a chunk::
+
+    A  = (I + tril(diag(beta) K K^T, -1))^-1      # UT transform, forward substitution on the BT x BT block
+    W  = A diag(beta) K,   U = A diag(beta) V      # WY representation
+and across chunks, with S the state before the chunk::
+
+    V' = U - W S                                   # "new values"
+    O  = scale * (Q S + tril(Q K^T) V')
+    S <- S + K^T V'
+
+Kernels (forward): ``_wy_fwd_kernel`` (A, W, U per chunk, fully parallel), ``_fwd_h_kernel`` (the only sequential one:
+one program per (sequence*head, V block) walks the chunks, writes the chunk-boundary states h and V'),
+``_fwd_o_kernel`` (outputs, fully parallel).  Backward, with V' and S of a chunk as above:
+``dV' = scale * triu(K Q^T) dO + K dS_next``, ``dS = dS_next + scale Q^T dO - W^T dV'`` (``_bwd_dhu_kernel``, reverse
+over chunks), then ``dQ = scale (dO S^T + tril(dO V'^T) K)``, ``dK += V' dS_next^T + scale tril(dO V'^T)^T Q``,
+``dW = -dV' S^T`` (``_bwd_dqkw_kernel``), and finally back through the WY representation (``_wy_bwd_kernel``):
+``dA = dW (bK)^T + dU (bV)^T``, ``dL = -A^T dA A^T`` (strictly lower part), giving dk, dv, dbeta.
+The backward recomputes W, U, h and V' from the stored A instead of keeping them from the forward.
+
+Layout conventions: tensors are [B, T, H, D] contiguous; a chunk is addressed through a base pointer moved (in 64-bit
+arithmetic) to its first token, so in-block offsets stay small; (sequence*head) lives on grid axis 0 or is folded
+into axis 0 together with the chunk index, so no grid axis limited to 65535 grows with N*H.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+from .utils import (
+    check_triton_runnable,
+    prepare_chunk_indices,
+    prepare_chunk_offsets,
+    triton_interpret_enabled,
+    validate_inputs,
+)
+
+__all__ = ["chunk_delta_rule"]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+
+@triton.jit
+def _ld(base, R, C, S, r0, c0, BR: tl.constexpr, BC: tl.constexpr):
+    """Load the [BR, BC] tile at (r0, c0) of a row-major [R, C] matrix with row stride S (zeros outside).
+    Plain masked pointers rather than block pointers: triton >= 3.9 removed block pointers."""
+    o_r = r0 + tl.arange(0, BR)
+    o_c = c0 + tl.arange(0, BC)
+    m = (o_r[:, None] < R) & (o_c[None, :] < C)
+    return tl.load(base + o_r[:, None] * S + o_c[None, :], mask=m, other=0.)
+
+
+@triton.jit
+def _st(base, val, R, C, S, r0, c0, BR: tl.constexpr, BC: tl.constexpr):
+    """Store the [BR, BC] tile `val` at (r0, c0) of a row-major [R, C] matrix with row stride S (cast to its dtype)."""
+    o_r = r0 + tl.arange(0, BR)
+    o_c = c0 + tl.arange(0, BC)
+    m = (o_r[:, None] < R) & (o_c[None, :] < C)
+    tl.store(base + o_r[:, None] * S + o_c[None, :], val.to(base.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _chunk_coords(i_tg, T, cu_seqlens, chunk_indices, BT: tl.constexpr, IS_VARLEN: tl.constexpr):
+    """For global chunk i_tg: (bos, T_seq, i_c) = first token of its sequence (int64), sequence length, chunk index
+    within the sequence.  Without cu_seqlens every batch row is one sequence of T tokens."""
+    if IS_VARLEN:
+        i_n = tl.load(chunk_indices + i_tg * 2).to(tl.int64)
+        i_c = tl.load(chunk_indices + i_tg * 2 + 1).to(tl.int64)
+        bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+        eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+        T_seq = eos - bos
+    else:
+        NT = tl.cdiv(T, BT)
+        i_c = (i_tg % NT).to(tl.int64)
+        bos = (i_tg // NT).to(tl.int64) * T
+        T_seq = T
+    return bos, T_seq, i_c
+
+
+@triton.jit
+def _seq_coords(i_n, T, cu_seqlens, chunk_offsets, BT: tl.constexpr, IS_VARLEN: tl.constexpr):
+    """For sequence i_n: (bos, T_seq, NT_seq, boh) = first token (int64), length, number of chunks, first global chunk."""
+    if IS_VARLEN:
+        bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+        eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+        T_seq = eos - bos
+        NT_seq = tl.cdiv(T_seq, BT)
+        boh = tl.load(chunk_offsets + i_n).to(tl.int64)
+    else:
+        bos = i_n.to(tl.int64) * T
+        T_seq = T
+        NT_seq = tl.cdiv(T, BT)
+        boh = i_n.to(tl.int64) * NT_seq
+    return bos, T_seq, NT_seq, boh
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# forward kernels
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _wy_fwd_kernel(
+    k, v, beta, A, w, u,
+    cu_seqlens, chunk_indices,
+    T,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    LOAD_A: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr,
+):
+    """A = (I + strict_tril(diag(beta) K K^T))^-1 (or loaded when LOAD_A), W = A diag(beta) K, U = A diag(beta) V.
+    Grid: (total chunks * H,), chunk-major."""
+    i_p = tl.program_id(0)
+    i_h = i_p % H
+    i_tg = i_p // H
+    bos, T_seq, i_c = _chunk_coords(i_tg, T, cu_seqlens, chunk_indices, BT, IS_VARLEN)
+    t0 = bos + i_c * BT  # first token of the chunk (int64)
+    T_rem = T_seq - i_c * BT  # tokens of the sequence from t0 on
+
+    o_t = tl.arange(0, BT)
+    m_t = o_t < T_rem
+    b_beta = tl.load(beta + (t0 + o_t) * H + i_h, mask=m_t, other=0.).to(tl.float32)
+    if LOAD_A:
+        b_A = _ld(A + (t0 * H + i_h) * BT, T_rem, BT, H * BT, 0, 0, BT, BT).to(tl.float32)
+    else:
+        b_KK = tl.zeros([BT, BT], dtype=tl.float32)
+        for i_k in range(tl.cdiv(K, BK)):
+            b_k = _ld(k + (t0 * H + i_h) * K, T_rem, K, H * K, 0, i_k * BK, BT, BK)
+            b_KK += tl.dot(b_k, tl.trans(b_k), input_precision=PREC)
+        # With B = -strict_tril(diag(beta) K K^T), the rows R_i of (I + L)^-1 - I satisfy
+        # R_i = B_i + sum_{j<i} B_ij R_j; rows j < i are final when row i is processed (forward substitution).
+        b_A = tl.where(o_t[:, None] > o_t[None, :], -b_KK * b_beta[:, None], 0.)
+        for i in range(1, BT):
+            m_i = o_t == i
+            b_a = tl.sum(tl.where(m_i[:, None], b_A, 0.), 0)
+            b_a = b_a + tl.sum(b_a[:, None] * b_A, 0)
+            b_A = tl.where(m_i[:, None], b_a[None, :], b_A)
+        b_A = b_A + tl.where(o_t[:, None] == o_t[None, :], 1., 0.)
+        _st(A + (t0 * H + i_h) * BT, b_A, T_rem, BT, H * BT, 0, 0, BT, BT)
+
+    b_Ad = b_A.to(k.dtype.element_ty)
+    for i_k in range(tl.cdiv(K, BK)):
+        b_k = _ld(k + (t0 * H + i_h) * K, T_rem, K, H * K, 0, i_k * BK, BT, BK)
+        b_kb = (b_k * b_beta[:, None]).to(b_k.dtype)
+        b_w = tl.dot(b_Ad, b_kb, input_precision=PREC)
+        _st(w + (t0 * H + i_h) * K, b_w, T_rem, K, H * K, 0, i_k * BK, BT, BK)
+    for i_v in range(tl.cdiv(V, BV)):
+        b_v = _ld(v + (t0 * H + i_h) * V, T_rem, V, H * V, 0, i_v * BV, BT, BV)
+        b_vb = (b_v * b_beta[:, None]).to(b_v.dtype)
+        b_u = tl.dot(b_Ad, b_vb, input_precision=PREC)
+        _st(u + (t0 * H + i_h) * V, b_u, T_rem, V, H * V, 0, i_v * BV, BT, BV)
+
+
+@triton.jit
+def _fwd_h_kernel(
+    k, w, u, v_new, h, h0, ht,
+    cu_seqlens, chunk_offsets,
+    T,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    USE_H0: tl.constexpr, STORE_FINAL: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr,
+):
+    """Walk the chunks of one (sequence, head, V block): store the state before each chunk in h, V' = U - W S in
+    v_new, then S += K^T V'.  BK covers all of K (the state block [BK, BV] stays in registers).
+    Grid: (N * H, cdiv(V, BV))."""
+    i_nh, i_v = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos, T_seq, NT_seq, boh = _seq_coords(i_n, T, cu_seqlens, chunk_offsets, BT, IS_VARLEN)
+
+    b_h = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_H0:
+        b_h += _ld(h0 + i_nh.to(tl.int64) * K * V, K, V, V, 0, i_v * BV, BK, BV).to(tl.float32)
+
+    for i_c in range(NT_seq):
+        t0 = bos + i_c * BT
+        T_rem = T_seq - i_c * BT
+        _st(h + ((boh + i_c) * H + i_h) * K * V, b_h, K, V, V, 0, i_v * BV, BK, BV)
+        b_w = _ld(w + (t0 * H + i_h) * K, T_rem, K, H * K, 0, 0, BT, BK)
+        b_k = _ld(k + (t0 * H + i_h) * K, T_rem, K, H * K, 0, 0, BT, BK)
+        b_u = _ld(u + (t0 * H + i_h) * V, T_rem, V, H * V, 0, i_v * BV, BT, BV)
+        b_vn = b_u.to(tl.float32) - tl.dot(b_w, b_h.to(b_w.dtype), input_precision=PREC)
+        _st(v_new + (t0 * H + i_h) * V, b_vn, T_rem, V, H * V, 0, i_v * BV, BT, BV)
+        b_h += tl.dot(tl.trans(b_k), b_vn.to(b_k.dtype), input_precision=PREC)
+
+    if STORE_FINAL:
+        _st(ht + i_nh.to(tl.int64) * K * V, b_h, K, V, V, 0, i_v * BV, BK, BV)
+
+
+@triton.jit
+def _fwd_o_kernel(
+    q, k, v_new, h, o,
+    cu_seqlens, chunk_indices,
+    scale, T,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    IS_VARLEN: tl.constexpr, PREC: tl.constexpr,
+):
+    """O = scale * (Q S + tril(Q K^T) V') per chunk.  Grid: (total chunks * H, cdiv(V, BV))."""
+    i_p, i_v = tl.program_id(0), tl.program_id(1)
+    i_h = i_p % H
+    i_tg = i_p // H
+    bos, T_seq, i_c = _chunk_coords(i_tg, T, cu_seqlens, chunk_indices, BT, IS_VARLEN)
+    t0 = bos + i_c * BT
+    T_rem = T_seq - i_c * BT
+    o_t = tl.arange(0, BT)
+
+    b_o = tl.zeros([BT, BV], dtype=tl.float32)
+    b_s = tl.zeros([BT, BT], dtype=tl.float32)
+    for i_k in range(tl.cdiv(K, BK)):
+        b_q = _ld(q + (t0 * H + i_h) * K, T_rem, K, H * K, 0, i_k * BK, BT, BK)
+        b_k = _ld(k + (t0 * H + i_h) * K, T_rem, K, H * K, 0, i_k * BK, BT, BK)
+        b_h = _ld(h + (i_tg.to(tl.int64) * H + i_h) * K * V, K, V, V, i_k * BK, i_v * BV, BK, BV)
+        b_o += tl.dot(b_q, b_h, input_precision=PREC)
+        b_s += tl.dot(b_q, tl.trans(b_k), input_precision=PREC)
+    b_s = tl.where(o_t[:, None] >= o_t[None, :], b_s, 0.)
+    b_vn = _ld(v_new + (t0 * H + i_h) * V, T_rem, V, H * V, 0, i_v * BV, BT, BV)
+    b_o = (b_o + tl.dot(b_s.to(b_vn.dtype), b_vn, input_precision=PREC)) * scale
+    _st(o + (t0 * H + i_h) * V, b_o, T_rem, V, H * V, 0, i_v * BV, BT, BV)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# backward kernels
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _bwd_dhu_kernel(
+    q, k, w, do, dv_new, dh, dht, dh0,
+    cu_seqlens, chunk_offsets,
+    scale, T,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr,
+):
+    """Reverse walk over the chunks of one (sequence, head, V block) with dS = gradient of the state after the chunk:
+    store dS in dh, dV' = scale * triu(K Q^T) dO + K dS, then dS <- dS + scale Q^T dO - W^T dV'.
+    Grid: (N * H, cdiv(V, BV))."""
+    i_nh, i_v = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos, T_seq, NT_seq, boh = _seq_coords(i_n, T, cu_seqlens, chunk_offsets, BT, IS_VARLEN)
+    o_t = tl.arange(0, BT)
+
+    b_dh = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_DHT:
+        b_dh += _ld(dht + i_nh.to(tl.int64) * K * V, K, V, V, 0, i_v * BV, BK, BV).to(tl.float32)
+
+    for i_r in range(NT_seq):
+        i_c = NT_seq - 1 - i_r
+        t0 = bos + i_c * BT
+        T_rem = T_seq - i_c * BT
+        _st(dh + ((boh + i_c) * H + i_h) * K * V, b_dh, K, V, V, 0, i_v * BV, BK, BV)
+        b_q = _ld(q + (t0 * H + i_h) * K, T_rem, K, H * K, 0, 0, BT, BK)
+        b_k = _ld(k + (t0 * H + i_h) * K, T_rem, K, H * K, 0, 0, BT, BK)
+        b_w = _ld(w + (t0 * H + i_h) * K, T_rem, K, H * K, 0, 0, BT, BK)
+        b_do = _ld(do + (t0 * H + i_h) * V, T_rem, V, H * V, 0, i_v * BV, BT, BV)
+        b_A = tl.dot(b_k, tl.trans(b_q), input_precision=PREC)
+        b_A = tl.where(o_t[:, None] <= o_t[None, :], b_A * scale, 0.)
+        b_dv = tl.dot(b_k, b_dh.to(b_k.dtype), input_precision=PREC)
+        b_dv += tl.dot(b_A.to(b_do.dtype), b_do, input_precision=PREC)
+        _st(dv_new + (t0 * H + i_h) * V, b_dv, T_rem, V, H * V, 0, i_v * BV, BT, BV)
+        b_qs = (b_q * scale).to(b_q.dtype)
+        b_dh += tl.dot(tl.trans(b_qs), b_do, input_precision=PREC)
+        b_dh -= tl.dot(tl.trans(b_w), b_dv.to(b_w.dtype), input_precision=PREC)
+
+    if STORE_DH0:
+        _st(dh0 + i_nh.to(tl.int64) * K * V, b_dh, K, V, V, 0, i_v * BV, BK, BV)
+
+
+@triton.jit
+def _bwd_dqkw_kernel(
+    q, k, v_new, do, h, dh, dv_new, dq, dk, dw,
+    cu_seqlens, chunk_indices,
+    scale, T,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    IS_VARLEN: tl.constexpr, PREC: tl.constexpr,
+):
+    """Per chunk, with S = h (state before), dS = dh (gradient of the state after), D = tril(dO V'^T):
+    dQ = scale (dO S^T + D K), dK_partial = V' dS^T + scale D^T Q, dW = -dV' S^T.
+    Grid: (total chunks * H, cdiv(K, BK))."""
+    i_p, i_k = tl.program_id(0), tl.program_id(1)
+    i_h = i_p % H
+    i_tg = i_p // H
+    bos, T_seq, i_c = _chunk_coords(i_tg, T, cu_seqlens, chunk_indices, BT, IS_VARLEN)
+    t0 = bos + i_c * BT
+    T_rem = T_seq - i_c * BT
+    o_t = tl.arange(0, BT)
+    o_hs = (i_tg.to(tl.int64) * H + i_h) * K * V
+
+    b_dq = tl.zeros([BT, BK], dtype=tl.float32)
+    b_dk = tl.zeros([BT, BK], dtype=tl.float32)
+    b_dw = tl.zeros([BT, BK], dtype=tl.float32)
+    b_ds = tl.zeros([BT, BT], dtype=tl.float32)
+    for i_v in range(tl.cdiv(V, BV)):
+        b_vn = _ld(v_new + (t0 * H + i_h) * V, T_rem, V, H * V, 0, i_v * BV, BT, BV)
+        b_do = _ld(do + (t0 * H + i_h) * V, T_rem, V, H * V, 0, i_v * BV, BT, BV)
+        b_dv = _ld(dv_new + (t0 * H + i_h) * V, T_rem, V, H * V, 0, i_v * BV, BT, BV)
+        b_h = _ld(h + o_hs, K, V, V, i_k * BK, i_v * BV, BK, BV)
+        b_dh = _ld(dh + o_hs, K, V, V, i_k * BK, i_v * BV, BK, BV)
+        b_ds += tl.dot(b_do, tl.trans(b_vn), input_precision=PREC)
+        b_dq += tl.dot(b_do, tl.trans(b_h), input_precision=PREC)
+        b_dk += tl.dot(b_vn, tl.trans(b_dh), input_precision=PREC)
+        b_dw += tl.dot(b_dv, tl.trans(b_h), input_precision=PREC)
+    b_ds = tl.where(o_t[:, None] >= o_t[None, :], b_ds * scale, 0.)
+    b_q = _ld(q + (t0 * H + i_h) * K, T_rem, K, H * K, 0, i_k * BK, BT, BK)
+    b_k = _ld(k + (t0 * H + i_h) * K, T_rem, K, H * K, 0, i_k * BK, BT, BK)
+    b_dsd = b_ds.to(b_q.dtype)
+    b_dq = b_dq * scale + tl.dot(b_dsd, b_k, input_precision=PREC)
+    b_dk += tl.dot(tl.trans(b_dsd), b_q, input_precision=PREC)
+    _st(dq + (t0 * H + i_h) * K, b_dq, T_rem, K, H * K, 0, i_k * BK, BT, BK)
+    _st(dk + (t0 * H + i_h) * K, b_dk, T_rem, K, H * K, 0, i_k * BK, BT, BK)
+    _st(dw + (t0 * H + i_h) * K, (-b_dw), T_rem, K, H * K, 0, i_k * BK, BT, BK)
+
+
+@triton.jit
+def _wy_bwd_kernel(
+    k, v, beta, A, dw, du, dk_part, dk, dv, dbeta,
+    cu_seqlens, chunk_indices,
+    T,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    IS_VARLEN: tl.constexpr, PREC: tl.constexpr,
+):
+    """Back through W = A diag(b) K, U = A diag(b) V, A = (I + L)^-1, L = strict_tril(diag(b) K K^T):
+    dA = dW (bK)^T + dU (bV)^T, dL = -strict_tril(A^T dA A^T), G = diag(b) dL,
+    dk = dk_part + b * (A^T dW) + G K + G^T K, dv = b * (A^T dU),
+    dbeta = rowsum((A^T dW) * K) + rowsum((A^T dU) * V) + rowsum(dL * K K^T).  Grid: (total chunks * H,)."""
+    i_p = tl.program_id(0)
+    i_h = i_p % H
+    i_tg = i_p // H
+    bos, T_seq, i_c = _chunk_coords(i_tg, T, cu_seqlens, chunk_indices, BT, IS_VARLEN)
+    t0 = bos + i_c * BT
+    T_rem = T_seq - i_c * BT
+    o_t = tl.arange(0, BT)
+    m_t = o_t < T_rem
+
+    b_beta = tl.load(beta + (t0 + o_t) * H + i_h, mask=m_t, other=0.).to(tl.float32)
+    b_Ad = _ld(A + (t0 * H + i_h) * BT, T_rem, BT, H * BT, 0, 0, BT, BT).to(k.dtype.element_ty)
+
+    b_dA = tl.zeros([BT, BT], dtype=tl.float32)
+    b_KK = tl.zeros([BT, BT], dtype=tl.float32)
+    b_db = tl.zeros([BT], dtype=tl.float32)
+    for i_k in range(tl.cdiv(K, BK)):
+        b_k = _ld(k + (t0 * H + i_h) * K, T_rem, K, H * K, 0, i_k * BK, BT, BK)
+        b_dw = _ld(dw + (t0 * H + i_h) * K, T_rem, K, H * K, 0, i_k * BK, BT, BK)
+        b_kb = (b_k * b_beta[:, None]).to(b_k.dtype)
+        b_dA += tl.dot(b_dw, tl.trans(b_kb), input_precision=PREC)
+        b_KK += tl.dot(b_k, tl.trans(b_k), input_precision=PREC)
+        b_dX = tl.dot(tl.trans(b_Ad), b_dw, input_precision=PREC)
+        b_db += tl.sum(b_dX * b_k.to(tl.float32), 1)
+    for i_v in range(tl.cdiv(V, BV)):
+        b_v = _ld(v + (t0 * H + i_h) * V, T_rem, V, H * V, 0, i_v * BV, BT, BV)
+        b_du = _ld(du + (t0 * H + i_h) * V, T_rem, V, H * V, 0, i_v * BV, BT, BV)
+        b_vb = (b_v * b_beta[:, None]).to(b_v.dtype)
+        b_dA += tl.dot(b_du, tl.trans(b_vb), input_precision=PREC)
+        b_dY = tl.dot(tl.trans(b_Ad), b_du, input_precision=PREC)
+        b_db += tl.sum(b_dY * b_v.to(tl.float32), 1)
+        _st(dv + (t0 * H + i_h) * V, (b_dY * b_beta[:, None]), T_rem, V, H * V, 0, i_v * BV, BT, BV)
+
+    b_dA = tl.dot(tl.trans(b_Ad), b_dA.to(b_Ad.dtype), input_precision=PREC)
+    b_dA = tl.dot(b_dA.to(b_Ad.dtype), tl.trans(b_Ad), input_precision=PREC)
+    b_dL = tl.where(o_t[:, None] > o_t[None, :], -b_dA, 0.)
+    b_db += tl.sum(b_dL * b_KK, 1)
+    b_G = (b_dL * b_beta[:, None]).to(b_Ad.dtype)
+    for i_k in range(tl.cdiv(K, BK)):
+        b_k = _ld(k + (t0 * H + i_h) * K, T_rem, K, H * K, 0, i_k * BK, BT, BK)
+        b_dw = _ld(dw + (t0 * H + i_h) * K, T_rem, K, H * K, 0, i_k * BK, BT, BK)
+        b_dX = tl.dot(tl.trans(b_Ad), b_dw, input_precision=PREC)
+        b_dk = _ld(dk_part + (t0 * H + i_h) * K, T_rem, K, H * K, 0, i_k * BK, BT, BK).to(tl.float32) + b_dX * b_beta[:, None]
+        b_dk += tl.dot(b_G, b_k, input_precision=PREC)
+        b_dk += tl.dot(tl.trans(b_G), b_k, input_precision=PREC)
+        _st(dk + (t0 * H + i_h) * K, b_dk, T_rem, K, H * K, 0, i_k * BK, BT, BK)
+    tl.store(dbeta + (t0 + o_t) * H + i_h, b_db.to(dbeta.dtype.element_ty), mask=m_t)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# launchers
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _pow2(n: int) -> int:
+    return max(16, triton.next_power_of_2(n))
+
+
+class _Meta:
+    """Shapes and launch constants shared by the forward and backward launchers of one call."""
+
+    def __init__(self, q: torch.Tensor, v: torch.Tensor, cu_seqlens: Optional[torch.Tensor], chunk_size: int):
+        self.B, self.T, self.H, self.K = q.shape
+        self.V = v.shape[-1]
+        self.BT = chunk_size
+        self.is_varlen = cu_seqlens is not None
+        if self.is_varlen:
+            self.N = cu_seqlens.numel() - 1
+            self.chunk_indices = prepare_chunk_indices(cu_seqlens, chunk_size)
+            self.chunk_offsets = prepare_chunk_offsets(cu_seqlens, chunk_size)
+            self.NT = self.chunk_indices.shape[0]  # chunks over all sequences
+        else:
+            self.N = self.B
+            self.chunk_indices = self.chunk_offsets = None
+            self.NT = self.B * triton.cdiv(self.T, chunk_size)
+        self.cu_seqlens = cu_seqlens
+        self.prec = "ieee" if q.dtype == torch.float32 else "tf32"
+        self.BKf = _pow2(self.K)  # all of K (sequential kernels keep the [K, BV] state in registers)
+        self.BK = min(64, self.BKf)  # K block of the chunk-parallel kernels
+        self.BV = min(64, _pow2(self.V))
+        # sequential kernels: a smaller V block gives more programs when N*H is small
+        self.BVs = 32 if self.BKf <= 128 else 16
+        self.BVs = min(self.BVs, _pow2(self.V))
+
+
+def _wy_fwd(m: _Meta, k, v, beta, A=None):
+    """Returns (A, w, u); A is computed unless given (the backward recomputes W, U from the stored A)."""
+    load_A = A is not None
+    if A is None:
+        A = k.new_empty(m.B, m.T, m.H, m.BT)
+    w, u = torch.empty_like(k), torch.empty_like(v)
+    _wy_fwd_kernel[(m.NT * m.H,)](
+        k, v, beta, A, w, u, m.cu_seqlens, m.chunk_indices, m.T,
+        H=m.H, K=m.K, V=m.V, BT=m.BT, BK=m.BK, BV=m.BV,
+        LOAD_A=load_A, IS_VARLEN=m.is_varlen, PREC=m.prec, num_warps=4,
+    )
+    return A, w, u
+
+
+def _fwd_h(m: _Meta, k, w, u, initial_state, output_final_state):
+    h = k.new_empty(m.NT, m.H, m.K, m.V)
+    v_new = torch.empty_like(u)
+    ht = k.new_empty(m.N, m.H, m.K, m.V, dtype=torch.float32) if output_final_state else None
+    grid = (m.N * m.H, triton.cdiv(m.V, m.BVs))
+    _fwd_h_kernel[grid](
+        k, w, u, v_new, h, initial_state, ht, m.cu_seqlens, m.chunk_offsets, m.T,
+        H=m.H, K=m.K, V=m.V, BT=m.BT, BK=m.BKf, BV=m.BVs,
+        USE_H0=initial_state is not None, STORE_FINAL=output_final_state, IS_VARLEN=m.is_varlen, PREC=m.prec,
+        num_warps=4, num_stages=2,
+    )
+    return h, v_new, ht
+
+
+def _fwd_o(m: _Meta, q, k, v_new, h, scale):
+    o = torch.empty_like(v_new)
+    grid = (m.NT * m.H, triton.cdiv(m.V, m.BV))
+    _fwd_o_kernel[grid](
+        q, k, v_new, h, o, m.cu_seqlens, m.chunk_indices, scale, m.T,
+        H=m.H, K=m.K, V=m.V, BT=m.BT, BK=m.BK, BV=m.BV, IS_VARLEN=m.is_varlen, PREC=m.prec,
+        num_warps=4, num_stages=2,
+    )
+    return o
+
+
+def _bwd_dhu(m: _Meta, q, k, w, do, dht, scale, need_dh0):
+    dh = q.new_empty(m.NT, m.H, m.K, m.V)
+    dv_new = torch.empty_like(do)
+    dh0 = q.new_empty(m.N, m.H, m.K, m.V, dtype=torch.float32) if need_dh0 else None
+    grid = (m.N * m.H, triton.cdiv(m.V, m.BVs))
+    _bwd_dhu_kernel[grid](
+        q, k, w, do, dv_new, dh, dht, dh0, m.cu_seqlens, m.chunk_offsets, scale, m.T,
+        H=m.H, K=m.K, V=m.V, BT=m.BT, BK=m.BKf, BV=m.BVs,
+        USE_DHT=dht is not None, STORE_DH0=need_dh0, IS_VARLEN=m.is_varlen, PREC=m.prec,
+        num_warps=4, num_stages=2,
+    )
+    return dv_new, dh, dh0
+
+
+def _bwd_dqkw(m: _Meta, q, k, v_new, do, h, dh, dv_new, scale):
+    dq, dk_part, dw = torch.empty_like(q), torch.empty_like(k), torch.empty_like(k)
+    grid = (m.NT * m.H, triton.cdiv(m.K, m.BK))
+    _bwd_dqkw_kernel[grid](
+        q, k, v_new, do, h, dh, dv_new, dq, dk_part, dw, m.cu_seqlens, m.chunk_indices, scale, m.T,
+        H=m.H, K=m.K, V=m.V, BT=m.BT, BK=m.BK, BV=m.BV, IS_VARLEN=m.is_varlen, PREC=m.prec,
+        num_warps=4, num_stages=2,
+    )
+    return dq, dk_part, dw
+
+
+def _wy_bwd(m: _Meta, k, v, beta, A, dw, du, dk_part):
+    dk, dv, dbeta = torch.empty_like(k), torch.empty_like(v), torch.empty_like(beta)
+    _wy_bwd_kernel[(m.NT * m.H,)](
+        k, v, beta, A, dw, du, dk_part, dk, dv, dbeta, m.cu_seqlens, m.chunk_indices, m.T,
+        H=m.H, K=m.K, V=m.V, BT=m.BT, BK=m.BK, BV=m.BV, IS_VARLEN=m.is_varlen, PREC=m.prec,
+        num_warps=4, num_stages=2,
+    )
+    return dk, dv, dbeta
+
+
+def chunk_delta_rule_fwd(q, k, v, beta, scale, initial_state, output_final_state, cu_seqlens, chunk_size):
+    """Forward pass on contiguous, validated inputs. Returns (o, final_state or None, A)."""
+    m = _Meta(q, v, cu_seqlens, chunk_size)
+    A, w, u = _wy_fwd(m, k, v, beta)
+    h, v_new, ht = _fwd_h(m, k, w, u, initial_state, output_final_state)
+    o = _fwd_o(m, q, k, v_new, h, scale)
+    return o, ht, A
+
+
+def chunk_delta_rule_bwd(q, k, v, beta, A, scale, initial_state, do, dht, cu_seqlens, chunk_size):
+    """Backward pass: recomputes W, U (from the stored A), chunk states h and V', then runs the gradient kernels.
+    Returns (dq, dk, dv, dbeta, dh0 or None)."""
+    m = _Meta(q, v, cu_seqlens, chunk_size)
+    _, w, u = _wy_fwd(m, k, v, beta, A=A)
+    h, v_new, _ = _fwd_h(m, k, w, u, initial_state, False)
+    dv_new, dh, dh0 = _bwd_dhu(m, q, k, w, do, dht, scale, initial_state is not None)
+    dq, dk_part, dw = _bwd_dqkw(m, q, k, v_new, do, h, dh, dv_new, scale)
+    dk, dv, dbeta = _wy_bwd(m, k, v, beta, A, dw, dv_new, dk_part)
+    return dq, dk, dv, dbeta, dh0
+
+
+class ChunkDeltaRuleFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, beta, scale, initial_state, output_final_state, cu_seqlens, chunk_size):
+        o, ht, A = chunk_delta_rule_fwd(q, k, v, beta, scale, initial_state, output_final_state, cu_seqlens,
+                                        chunk_size)
+        ctx.save_for_backward(q, k, v, beta, A, initial_state, cu_seqlens)
+        ctx.scale, ctx.chunk_size = scale, chunk_size
+        return o, ht
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        q, k, v, beta, A, initial_state, cu_seqlens = ctx.saved_tensors
+        do = do.contiguous()
+        dht = dht.contiguous() if dht is not None else None
+        dq, dk, dv, dbeta, dh0 = chunk_delta_rule_bwd(q, k, v, beta, A, ctx.scale, initial_state, do, dht,
+                                                      cu_seqlens, ctx.chunk_size)
+        if dh0 is not None:
+            dh0 = dh0.to(initial_state.dtype)
+        return dq, dk, dv, dbeta, None, dh0, None, None, None
+
+
+def chunk_delta_rule(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    beta: torch.Tensor,
+    scale: Optional[float] = None,
+    initial_state: Optional[torch.Tensor] = None,
+    output_final_state: bool = False,
+    cu_seqlens: Optional[torch.Tensor] = None,
+    chunk_size: int = 64,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    r"""Delta rule, chunkwise parallel (WY representation / UT transform), forward and backward in Triton.
+
+    Per (sequence, head), with state ``S`` of shape [K, V] starting at ``initial_state`` (zeros if None)::
+
+        S_t = S_{t-1} + beta_t * k_t (v_t - S_{t-1}^T k_t)^T
+        o_t = scale * S_t^T q_t
+
+    q and k are used as given (no normalisation here; the layer normalises them).
+
+    Args:
+        q: [B, T, H, K] queries, bfloat16, float16 or float32 (CUDA, or CPU under ``TRITON_INTERPRET=1``).
+        k: [B, T, H, K] keys, same dtype and device as q.
+        v: [B, T, H, V] values, same dtype. K and V may each be any size in [16, 256] (powers of two or not).
+        beta: [B, T, H] writing strengths (usually in (0, 1)), same dtype.
+        scale: output scale; default ``K ** -0.5``.
+        initial_state: optional [N, H, K, V] state before the first token (any supported dtype; gradients flow to it).
+        output_final_state: also return the state after the last token, [N, H, K, V] float32.
+        cu_seqlens: optional [N + 1] int32/int64 cumulative sequence lengths (starting at 0, ending at T) packing N
+            sequences into B = 1; chunks never cross sequence boundaries and each sequence starts from its own
+            initial_state row.
+        chunk_size: tokens per chunk, 16, 32 or 64 (default 64).
+
+    Returns:
+        o: [B, T, H, V] in q's dtype; final_state: [N, H, K, V] float32, or None unless ``output_final_state``.
+
+    Raises:
+        ValueError: wrong shapes, dtypes or devices, non-monotone ``cu_seqlens``, or CPU tensors without
+            ``TRITON_INTERPRET=1`` (use ``kernels.naive_chunk_delta_rule`` there).
+
+    Example::
+
+        >>> B, T, H, K, V = 2, 1000, 4, 64, 64
+        >>> q = F.normalize(torch.randn(B, T, H, K, device="cuda", dtype=torch.bfloat16), dim=-1)
+        >>> k = F.normalize(torch.randn(B, T, H, K, device="cuda", dtype=torch.bfloat16), dim=-1)
+        >>> v = torch.randn(B, T, H, V, device="cuda", dtype=torch.bfloat16)
+        >>> beta = torch.rand(B, T, H, device="cuda", dtype=torch.bfloat16)
+        >>> o, state = chunk_delta_rule(q, k, v, beta, output_final_state=True)  # o: [2, 1000, 4, 64]
+    """
+    validate_inputs(q, k, v, beta, initial_state=initial_state, cu_seqlens=cu_seqlens, chunk_size=chunk_size)
+    check_triton_runnable(q, k, v, beta, initial_state, cu_seqlens)
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    q, k, v, beta = (x.contiguous() for x in (q, k, v, beta))
+    if initial_state is not None:
+        initial_state = initial_state.contiguous()
+    if cu_seqlens is not None:
+        cu_seqlens = cu_seqlens.contiguous()
+    return ChunkDeltaRuleFunction.apply(q, k, v, beta, float(scale), initial_state, bool(output_final_state),
+                                        cu_seqlens, int(chunk_size))
