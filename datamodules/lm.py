@@ -33,7 +33,7 @@ class PackedLMDataModule(LightningDataModule):
         source: a document source (``datamodules.sources``: ``EmbeddedCorpus``, ``SlimPajamaLocal``, ``LocalFiles``,
             ``HFDataset``).
         cache_dir: where the tokenized corpus lives (``{split}.bin``, ``{split}.idx.npy``, ``meta.json``).
-        tokenizer_path: None for Mistral's 32K SentencePiece model, or a ``.model`` / ``tokenizer.json`` path.
+        tokenizer: None for Mistral's 32K SentencePiece model, or a ``.model`` / ``tokenizer.json`` path.
         seq_len: tokens per packed sequence.
         batch_size: micro-batch, in sequences, per rank.
         val_batch_size: validation micro-batch (default ``batch_size``).
@@ -46,14 +46,14 @@ class PackedLMDataModule(LightningDataModule):
         pin_memory: pin host memory of batches (useful with CUDA).
     """
 
-    def __init__(self, source, cache_dir: str, tokenizer_path: str | None = None, seq_len: int = 2048,
+    def __init__(self, source, cache_dir: str, tokenizer: str | None = None, seq_len: int = 2048,
                  batch_size: int = 8, val_batch_size: int | None = None, num_workers: int = 2, seed: int = 1234,
                  shuffle: bool = True, varlen: bool = False, add_bos: bool = True, num_proc: int | None = None,
                  pin_memory: bool = False, progress: bool = True):
         super().__init__()
         self.source = source
         self.cache_dir = str(cache_dir)
-        self.tokenizer_path = tokenizer_path
+        self.tokenizer = tokenizer
         self.seq_len = int(seq_len)
         self.batch_size = int(batch_size)
         self.val_batch_size = int(val_batch_size or batch_size)
@@ -74,7 +74,7 @@ class PackedLMDataModule(LightningDataModule):
     # ----------------------------------------------------------------------------------------------------- preparation
     def prepare_data(self) -> None:
         """Tokenize the corpus into ``cache_dir`` (idempotent; returns at once when it is already there)."""
-        self.meta = prepare_corpus(self.source, self.cache_dir, tokenizer_path=self.tokenizer_path,
+        self.meta = prepare_corpus(self.source, self.cache_dir, tokenizer_path=self.tokenizer,
                                    add_bos=self.add_bos, add_eos=True, num_proc=self.num_proc, progress=self.progress)
 
     @property
