@@ -1,8 +1,14 @@
 """The PyTorch references: recurrent and chunkwise (WY/UT) forms against an independent float64 loop."""
+import os
+
 import pytest
 import torch
 
-from kernels import naive_chunk_delta_rule, naive_recurrent_delta_rule
+if not torch.cuda.is_available():
+    # importing kernels/ imports triton, which must see TRITON_INTERPRET=1 first for the Triton tests that follow
+    os.environ["TRITON_INTERPRET"] = "1"
+
+from kernels import naive_chunk_delta_rule, naive_recurrent_delta_rule  # noqa: E402
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
