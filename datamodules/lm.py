@@ -44,12 +44,14 @@ class PackedLMDataModule(LightningDataModule):
         add_bos: start every document with BOS (EOS always ends it).
         num_proc: tokenizer processes for preparation (None: up to 8, the CPU count).
         pin_memory: pin host memory of batches (useful with CUDA).
+        progress: show a progress bar while tokenizing.
+        max_tokens: per-split token cap for preparation (``{"train": 15e9}``): a prefix of the source's order.
     """
 
     def __init__(self, source, cache_dir: str, tokenizer: str | None = None, seq_len: int = 2048,
                  batch_size: int = 8, val_batch_size: int | None = None, num_workers: int = 2, seed: int = 1234,
                  shuffle: bool = True, varlen: bool = False, add_bos: bool = True, num_proc: int | None = None,
-                 pin_memory: bool = False, progress: bool = True):
+                 pin_memory: bool = False, progress: bool = True, max_tokens: dict | None = None):
         super().__init__()
         self.source = source
         self.cache_dir = str(cache_dir)
@@ -65,6 +67,7 @@ class PackedLMDataModule(LightningDataModule):
         self.num_proc = num_proc
         self.pin_memory = bool(pin_memory)
         self.progress = bool(progress)
+        self.max_tokens = dict(max_tokens) if max_tokens else None
         self.meta: dict | None = None
         self.train_set: PackedBatches | None = None
         self.val_set: PackedBatches | None = None
@@ -75,7 +78,8 @@ class PackedLMDataModule(LightningDataModule):
     def prepare_data(self) -> None:
         """Tokenize the corpus into ``cache_dir`` (idempotent; returns at once when it is already there)."""
         self.meta = prepare_corpus(self.source, self.cache_dir, tokenizer_path=self.tokenizer,
-                                   add_bos=self.add_bos, add_eos=True, num_proc=self.num_proc, progress=self.progress)
+                                   add_bos=self.add_bos, add_eos=True, num_proc=self.num_proc, progress=self.progress,
+                                   max_tokens=self.max_tokens)
 
     @property
     def vocab_size(self) -> int:

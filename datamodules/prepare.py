@@ -85,11 +85,14 @@ def load_meta(out_dir: str | os.PathLike) -> dict | None:
 
 def prepare_corpus(source, out_dir: str | os.PathLike, tokenizer_path: str | None = None, add_bos: bool = True,
                    add_eos: bool = True, num_proc: int | None = None, batch_docs: int = 256,
-                   progress: bool = True) -> dict:
+                   progress: bool = True, max_tokens: dict | None = None) -> dict:
     """Tokenize every split of ``source`` into ``out_dir`` unless an identical preparation is already there.
 
+    ``max_tokens`` (``{"train": 15_000_000_000}``) stops a split after the first batch of documents that reaches the cap:
+    a prefix of the source's fixed order, so a capped preparation is reproducible.
     Returns the corpus meta (see module docstring). Raises :class:`CorpusError` on an empty split.
     """
+    max_tokens = {k: int(v) for k, v in (max_tokens or {}).items() if v is not None}
     out_dir = Path(out_dir)
     tok = load_tokenizer(tokenizer_path)
     if add_eos and tok.eos_id is None:
@@ -101,6 +104,7 @@ def prepare_corpus(source, out_dir: str | os.PathLike, tokenizer_path: str | Non
         "tokenizer": {"path": os.path.abspath(tok.path), "sha256": _sha256(tok.path)},
         "add_bos": add_bos,
         "add_eos": add_eos,
+        "max_tokens": max_tokens,
     }
     meta = load_meta(out_dir)
     if meta is not None and meta.get("fingerprint") == fingerprint:
@@ -129,7 +133,8 @@ def prepare_corpus(source, out_dir: str | os.PathLike, tokenizer_path: str | Non
         _init_worker(*init_args)
     try:
         for split in source.splits():
-            meta["splits"][split] = _prepare_split(source, split, out_dir, pool, batch_docs, progress, dtype)
+            meta["splits"][split] = _prepare_split(source, split, out_dir, pool, batch_docs, progress,
+                                                     max_tokens.get(split))
     finally:
         if pool is not None:
             pool.terminate()
@@ -140,13 +145,14 @@ def prepare_corpus(source, out_dir: str | os.PathLike, tokenizer_path: str | Non
     return meta
 
 
-def _prepare_split(source, split: str, out_dir: Path, pool, batch_docs: int, progress: bool, dtype: str) -> dict:
+def _prepare_split(source, split: str, out_dir: Path, pool, batch_docs: int, progress: bool,
+                   max_tokens: int | None) -> dict:
     from tqdm.auto import tqdm
 
     stats = ReadStats()
     bin_tmp = out_dir / f"{split}.bin.tmp{os.getpid()}"
     lengths: list[np.ndarray] = []
-    n_tokens, busy = 0, 0.0
+    n_tokens, n_docs, busy = 0, 0, 0.0
     t0 = time.perf_counter()
     batches = _batched(source.iter_documents(split, stats), batch_docs)
     results = pool.imap(_encode_batch, batches) if pool is not None else map(_encode_batch, batches)
@@ -157,20 +163,23 @@ def _prepare_split(source, split: str, out_dir: Path, pool, batch_docs: int, pro
                 f.write(tokens.tobytes())
                 lengths.append(lens)
                 n_tokens += int(tokens.size)
+                n_docs += len(lens)
                 busy += seconds
                 bar.update(len(lens))
                 bar.set_postfix(tokens=f"{n_tokens:,}", refresh=False)
+                if max_tokens is not None and n_tokens >= max_tokens:
+                    break
     except BaseException:
         bin_tmp.unlink(missing_ok=True)
         raise
     finally:
         bar.close()
     wall = time.perf_counter() - t0
-    if stats.docs == 0:
+    if n_docs == 0:
         bin_tmp.unlink(missing_ok=True)
         raise CorpusError(f"empty corpus: split {split!r} of {source.describe(split)} holds no document "
                           f"(read stats: {stats.to_dict()})")
-    offsets = np.zeros(stats.docs + 1, dtype=np.int64)
+    offsets = np.zeros(n_docs + 1, dtype=np.int64)
     np.cumsum(np.concatenate(lengths), out=offsets[1:])
     assert offsets[-1] == n_tokens
     np.save(out_dir / f"{split}.idx.tmp{os.getpid()}.npy", offsets)
@@ -178,7 +187,7 @@ def _prepare_split(source, split: str, out_dir: Path, pool, batch_docs: int, pro
     os.replace(bin_tmp, out_dir / f"{split}.bin")
     info = {
         "n_tokens": n_tokens,
-        "n_docs": stats.docs,
+        "n_docs": n_docs,
         "read": stats.to_dict(),
         "seconds": round(wall, 3),
         "tokens_per_s": round(n_tokens / max(wall, 1e-9)),
@@ -186,10 +195,10 @@ def _prepare_split(source, split: str, out_dir: Path, pool, batch_docs: int, pro
     }
     skipped = stats.empty + stats.bad
     log.info("prepared %s: %s docs, %s tokens in %.1fs (%s tokens/s, %s tokens/s per process)%s", split,
-             f"{stats.docs:,}", f"{n_tokens:,}", wall, f"{info['tokens_per_s']:,}",
+             f"{n_docs:,}", f"{n_tokens:,}", wall, f"{info['tokens_per_s']:,}",
              f"{info['tokens_per_s_per_process']:,}",
              f"; skipped {stats.empty} empty and {stats.bad} bad records" if skipped else "")
-    print(f"[prepare] {split}: {stats.docs:,} docs, {n_tokens:,} tokens, {wall:.2f}s, "
+    print(f"[prepare] {split}: {n_docs:,} docs, {n_tokens:,} tokens, {wall:.2f}s, "
           f"{info['tokens_per_s']:,} tokens/s ({info['tokens_per_s_per_process']:,} tokens/s per process)"
           + (f", skipped {stats.empty} empty + {stats.bad} bad records" if skipped else ""), file=sys.stderr)
     return info
