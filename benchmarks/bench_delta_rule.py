@@ -1,0 +1,275 @@
+"""Is our delta-rule kernel faster than fla's?  Times forward and forward+backward on one GPU, one process.
+
+Providers (bf16, inputs [B, T, H, D], K = V = D):
+  ours_chunk      kernels.chunk_delta_rule             (chunkwise WY/UT, Triton)
+  ours_recurrent  kernels.fused_recurrent_delta_rule   (token by token, Triton)
+  fla_chunk       fla.ops.delta_rule.chunk_delta_rule           (if fla is installed)
+  fla_recurrent   fla.ops.delta_rule.fused_recurrent_delta_rule (if fla is installed)
+  sdpa_flash      torch SDPA, causal, flash backend, same B, T, H, D (a softmax-attention yardstick)
+
+Each cell is the median of triton.testing.do_bench.  Forward is timed under torch.no_grad(); forward+backward runs
+forward with grad-requiring inputs and backward of a fixed random do.  Recurrent providers are skipped at a shape
+where one forward+backward run takes longer than --max-run-s (1 s).  A failing cell (OOM, missing kernel, ...)
+is reported in the table and the run goes on.
+
+Writes bench_delta_rule.md (table + ratios), bench_delta_rule.json (command, GPU, versions, all cells) and
+bench_delta_rule.png (ms vs T, when matplotlib is available) to --out; prints the ratios last.
+
+    python benchmarks/bench_delta_rule.py                       # all shapes, all providers
+    python benchmarks/bench_delta_rule.py --shapes 8,2048,16,128 --providers ours_chunk,fla_chunk
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+DEFAULT_SHAPES = [(8, 2048, 16, 128), (2, 8192, 16, 128), (1, 32768, 16, 128), (8, 2048, 32, 64), (4, 4096, 8, 256)]
+PROVIDERS = ["ours_chunk", "ours_recurrent", "fla_chunk", "fla_recurrent", "sdpa_flash"]
+RECURRENT = {"ours_recurrent", "fla_recurrent"}
+MODES = ["fwd", "fwdbwd"]
+
+
+def load_providers():
+    """name -> callable(q, k, v, beta) -> o [B, T, H, D], or name -> str (why it is unavailable)."""
+    out = {}
+    try:
+        from kernels import chunk_delta_rule
+        out["ours_chunk"] = (lambda q, k, v, b: chunk_delta_rule(q, k, v, b)[0]) if chunk_delta_rule else "not importable"
+    except Exception as e:  # noqa: BLE001 - the chunk kernel may be missing or broken; the others still run
+        out["ours_chunk"] = f"import failed: {type(e).__name__}: {e}"
+    try:
+        from kernels import fused_recurrent_delta_rule
+        out["ours_recurrent"] = lambda q, k, v, b: fused_recurrent_delta_rule(q, k, v, b)[0]
+    except Exception as e:  # noqa: BLE001
+        out["ours_recurrent"] = f"import failed: {type(e).__name__}: {e}"
+    try:
+        from fla.ops.delta_rule import chunk_delta_rule as fla_chunk
+        from fla.ops.delta_rule import fused_recurrent_delta_rule as fla_rec
+
+        out["fla_chunk"] = lambda q, k, v, b: fla_chunk(q, k, v, b)[0]
+        out["fla_recurrent"] = lambda q, k, v, b: fla_rec(q, k, v, b)[0]
+    except Exception as e:  # noqa: BLE001
+        out["fla_chunk"] = out["fla_recurrent"] = f"fla unavailable ({type(e).__name__})"
+
+    def sdpa(q, k, v, b):
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):  # (B, H, T, D) layout for SDPA
+            o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
+        return o.transpose(1, 2)
+
+    out["sdpa_flash"] = sdpa
+    return out
+
+
+def make_inputs(B, T, H, D, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    kw = dict(device="cuda", generator=g)
+    q = F.normalize(torch.randn(B, T, H, D, **kw), dim=-1).bfloat16()
+    k = F.normalize(torch.randn(B, T, H, D, **kw), dim=-1).bfloat16()
+    v = torch.randn(B, T, H, D, **kw).bfloat16()
+    beta = torch.rand(B, T, H, **kw).sigmoid().bfloat16()
+    do = torch.randn(B, T, H, D, **kw).bfloat16()
+    return [x.requires_grad_() for x in (q, k, v, beta)], do
+
+
+def time_cell(fn, inputs, do, mode, warmup, rep, max_run_s, recurrent):
+    """Median ms of one provider/mode, or raise."""
+    import triton.testing
+
+    if mode == "fwd":
+        def run():
+            with torch.no_grad():
+                fn(*inputs)
+    else:
+        def run():
+            fn(*inputs).backward(do)
+    run()  # compile / autotune outside the timing
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    run()
+    torch.cuda.synchronize()
+    one = time.perf_counter() - t0
+    if recurrent and one > max_run_s:
+        raise _Skip(f"skipped (one run {one:.1f} s > {max_run_s:g} s)")
+    return triton.testing.do_bench(run, warmup=warmup, rep=rep, grad_to_none=inputs, return_mode="median")
+
+
+class _Skip(Exception):
+    pass
+
+
+def fmt(cell):
+    return f"{cell:.3f}" if isinstance(cell, float) else str(cell)
+
+
+def ratio(a, b):
+    return a / b if isinstance(a, float) and isinstance(b, float) and b > 0 else None
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--shapes", nargs="*", default=None, help="B,T,H,D ... (default: the five issue shapes)")
+    ap.add_argument("--providers", default=",".join(PROVIDERS))
+    ap.add_argument("--warmup", type=int, default=25, help="do_bench warm-up, ms")
+    ap.add_argument("--rep", type=int, default=100, help="do_bench measurement time, ms")
+    ap.add_argument("--max-run-s", type=float, default=1.0, help="skip recurrent kernels slower than this per run")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        sys.exit("bench_delta_rule.py needs a CUDA GPU")
+    shapes = [tuple(int(x) for x in s.split(",")) for s in args.shapes] if args.shapes else DEFAULT_SHAPES
+    wanted = [p for p in args.providers.split(",") if p]
+    available = load_providers()
+
+    versions = {"torch": torch.__version__, "python": platform.python_version()}
+    for mod in ("triton", "fla"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001
+            versions[mod] = None
+    meta = {
+        "command": "python " + " ".join([os.path.relpath(__file__, ROOT)] + (argv if argv is not None else sys.argv[1:])),
+        "gpu": torch.cuda.get_device_name(),
+        "versions": versions,
+        "dtype": "bfloat16",
+        "timing": f"triton.testing.do_bench median, warmup={args.warmup} ms, rep={args.rep} ms",
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+    }
+    print(json.dumps(meta), flush=True)
+
+    lines = []
+    results = []  # one dict per shape: {"shape": [B,T,H,D], "fwd": {provider: ms|str}, "fwdbwd": {...}, "check": ...}
+    for B, T, H, D in shapes:
+        row = {"shape": [B, T, H, D], "fwd": {}, "fwdbwd": {}}
+        try:
+            inputs, do = make_inputs(B, T, H, D)
+        except Exception as e:  # noqa: BLE001
+            for m in MODES:
+                row[m] = {p: f"inputs failed: {type(e).__name__}" for p in wanted}
+            results.append(row)
+            continue
+        for p in wanted:
+            fn = available.get(p, "unknown provider")
+            for m in MODES:
+                if isinstance(fn, str):
+                    row[m][p] = fn
+                    continue
+                try:
+                    row[m][p] = time_cell(fn, inputs, do, m, args.warmup, args.rep, args.max_run_s, p in RECURRENT)
+                except _Skip as e:
+                    row[m][p] = str(e)
+                except torch.cuda.OutOfMemoryError:
+                    row[m][p] = "OOM"
+                except Exception as e:  # noqa: BLE001 - report the cell and go on
+                    row[m][p] = f"error: {type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''}"
+                    traceback.print_exc()
+                for x in inputs:
+                    x.grad = None
+                torch.cuda.empty_cache()
+                print(f"  {B},{T},{H},{D} {p:15s} {m:7s} {fmt(row[m][p])}", flush=True)
+        # Sanity: our two kernels agree on this shape (catches a fast but wrong kernel).
+        if not isinstance(available.get("ours_chunk"), str) and not isinstance(available.get("ours_recurrent"), str):
+            try:
+                with torch.no_grad():
+                    a = available["ours_chunk"](*inputs).float()
+                    b = available["ours_recurrent"](*inputs).float()
+                row["rel_err_chunk_vs_recurrent"] = ((a - b).norm() / b.norm()).item()
+            except Exception as e:  # noqa: BLE001
+                row["rel_err_chunk_vs_recurrent"] = f"error: {type(e).__name__}"
+        del inputs, do
+        torch.cuda.empty_cache()
+        results.append(row)
+        lines = write_outputs(Path(args.out), meta, results, wanted)  # after every shape: a cut-short run keeps its rows
+
+    print("\n".join(lines))
+
+
+def summary_lines(results):
+    """Ratios ours/fla (fwd, fwd+bwd) and the chunk-vs-recurrent speed-up, one line per shape."""
+    lines = ["| B, T, H, D | ours/fla chunk fwd | ours/fla chunk fwd+bwd | ours/fla recurrent fwd+bwd "
+             "| speed-up chunk vs recurrent (ours, fwd+bwd) | rel err chunk vs recurrent |",
+             "|---|---|---|---|---|---|"]
+    for r in results:
+        fb, fw = r["fwdbwd"], r["fwd"]
+        cells = [
+            ratio(fw.get("ours_chunk"), fw.get("fla_chunk")),
+            ratio(fb.get("ours_chunk"), fb.get("fla_chunk")),
+            ratio(fb.get("ours_recurrent"), fb.get("fla_recurrent")),
+            ratio(fb.get("ours_recurrent"), fb.get("ours_chunk")),
+        ]
+        err = r.get("rel_err_chunk_vs_recurrent", "n/a")
+        err = f"{err:.1e}" if isinstance(err, float) else err
+        lines.append(f"| {', '.join(map(str, r['shape']))} | "
+                     + " | ".join("n/a" if c is None else f"{c:.2f}x" for c in cells) + f" | {err} |")
+    return lines
+
+
+def write_outputs(out: Path, meta, results, providers):
+    out.mkdir(parents=True, exist_ok=True)
+    md = [f"# Delta-rule kernel benchmark ({meta['gpu']})", "",
+          f"Command: `{meta['command']}`  ", f"Versions: {meta['versions']}  ",
+          f"dtype {meta['dtype']}; {meta['timing']}; {meta['date_utc']} UTC. Times in ms.", ""]
+    for m, title in (("fwd", "Forward"), ("fwdbwd", "Forward + backward")):
+        md += [f"## {title}", "", "| B, T, H, D | " + " | ".join(providers) + " |", "|---" * (len(providers) + 1) + "|"]
+        for r in results:
+            md.append(f"| {', '.join(map(str, r['shape']))} | " + " | ".join(fmt(r[m].get(p, "-")) for p in providers) + " |")
+        md.append("")
+    ratios = summary_lines(results)
+    md += ["## Ratios (ours/fla < 1 means ours is faster; speed-up = recurrent time / chunk time)", ""] + ratios + [""]
+    png = plot(out / "bench_delta_rule.png", results, providers)
+    if png:
+        md += ["![fwd+bwd time vs T](bench_delta_rule.png)", ""]
+    (out / "bench_delta_rule.md").write_text("\n".join(md))
+    (out / "bench_delta_rule.json").write_text(json.dumps({**meta, "results": results}, indent=1))
+    return ratios
+
+
+def plot(path: Path, results, providers):
+    """fwd+bwd ms vs T for the D=128, H=16 shapes (the sequence-length sweep)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception:  # noqa: BLE001
+        return False
+    sweep = sorted((r for r in results if r["shape"][2:] == [16, 128]), key=lambda r: r["shape"][1])
+    if not sweep:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for p in providers:
+        pts = [(r["shape"][1], r["fwdbwd"].get(p)) for r in sweep]
+        pts = [(t, ms) for t, ms in pts if isinstance(ms, float) and math.isfinite(ms)]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=p)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("T (B = " + ", ".join(str(r["shape"][0]) for r in sweep) + "; H=16, D=128)")
+    ax.set_ylabel("forward + backward, ms")
+    ax.set_title("Delta rule, bf16")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+if __name__ == "__main__":
+    main()
