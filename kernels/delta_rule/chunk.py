@@ -70,6 +70,59 @@ def _st(base, val, R, C, S, r0, c0, BR: tl.constexpr, BC: tl.constexpr):
 
 
 @triton.jit
+def _inv_unit_lower_rows(b_L, BT: tl.constexpr):
+    """(I + L)^-1 for strictly lower [BT, BT] L, by forward substitution one row at a time.
+    With B = -L, the rows R_i of (I + L)^-1 - I satisfy R_i = B_i + sum_{j<i} B_ij R_j, and rows j < i are final
+    when row i is processed."""
+    o_t = tl.arange(0, BT)
+    b_A = -b_L
+    for i in range(1, BT):
+        m_i = o_t == i
+        b_a = tl.sum(tl.where(m_i[:, None], b_A, 0.), 0)
+        b_a = b_a + tl.sum(b_a[:, None] * b_A, 0)
+        b_A = tl.where(m_i[:, None], b_a[None, :], b_A)
+    return b_A + tl.where(o_t[:, None] == o_t[None, :], 1., 0.)
+
+
+@triton.jit
+def _inv_unit_lower_blocked(b_L, BT: tl.constexpr, PREC: tl.constexpr):
+    """(I + L)^-1 for strictly lower [BT, BT] L (BT = 16 * NB, NB <= 4), with 16-row blocks.
+
+    Split L = D + E (D: the 16x16 diagonal blocks, E: strictly below them).  The NB diagonal blocks are inverted
+    together by forward substitution (15 steps on an [NB, 16, 16] tile), giving P = (I + D)^-1.  Then
+    I + L = (I + D)(I + N) with N = P E, strictly block-lower so N^4 = 0, hence
+    (I + L)^-1 = (I + N)^-1 P = (I - N)(I + N^2) P  (four BT x BT dots)."""
+    NB: tl.constexpr = BT // 16
+    o_t = tl.arange(0, BT)
+    o_b = o_t // 16
+    o_nb = tl.arange(0, NB)
+    o_16 = tl.arange(0, 16)
+    m_blk = (o_b[:, None] == o_nb[None, :])[:, :, None]  # [BT, NB, 1]: row's block == column block
+    # diagonal blocks of B = -L as [NB, 16, 16]
+    b_D = tl.sum(tl.where(m_blk, tl.reshape(-b_L, [BT, NB, 16]), 0.), 1)
+    b_D = tl.reshape(b_D, [NB, 16, 16])
+    for i in range(1, 16):
+        m_i = (o_16 == i)[None, :, None]
+        b_a = tl.sum(tl.where(m_i, b_D, 0.), 1)  # [NB, 16]: row i of every block
+        b_a = b_a + tl.sum(b_a[:, :, None] * b_D, 1)
+        b_D = tl.where(m_i, b_a[:, None, :], b_D)
+    # back to a block-diagonal [BT, BT] tile, adding the identity
+    b_P = tl.broadcast_to(tl.reshape(b_D, [BT, 1, 16]), [BT, NB, 16])
+    b_P = tl.reshape(tl.where(m_blk, b_P, 0.), [BT, BT])
+    b_I = tl.where(o_t[:, None] == o_t[None, :], 1., 0.)
+    b_P = b_P + b_I
+    if NB == 1:
+        b_A = b_P
+    else:
+        b_E = tl.where(o_b[:, None] > o_b[None, :], b_L, 0.)
+        b_N = tl.dot(b_P, b_E, input_precision=PREC)
+        b_N2 = tl.dot(b_N, b_N, input_precision=PREC)
+        b_M = tl.dot(b_I - b_N, b_I + b_N2, input_precision=PREC)
+        b_A = tl.dot(b_M, b_P, input_precision=PREC)
+    return b_A
+
+
+@triton.jit
 def _chunk_coords(i_tg, T, cu_seqlens, chunk_indices, BT: tl.constexpr, IS_VARLEN: tl.constexpr):
     """For global chunk i_tg: (bos, T_seq, i_c) = first token of its sequence (int64), sequence length, chunk index
     within the sequence.  Without cu_seqlens every batch row is one sequence of T tokens."""
@@ -116,7 +169,7 @@ def _wy_fwd_kernel(
     T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    LOAD_A: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr,
+    LOAD_A: tl.constexpr, BLOCKED_INV: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr,
 ):
     """A = (I + strict_tril(diag(beta) K K^T))^-1 (or loaded when LOAD_A), W = A diag(beta) K, U = A diag(beta) V.
     Grid: (total chunks * H,), chunk-major."""
@@ -137,15 +190,11 @@ def _wy_fwd_kernel(
         for i_k in range(tl.cdiv(K, BK)):
             b_k = _ld(k + (t0 * H + i_h) * K, T_rem, K, H * K, 0, i_k * BK, BT, BK)
             b_KK += tl.dot(b_k, tl.trans(b_k), input_precision=PREC)
-        # With B = -strict_tril(diag(beta) K K^T), the rows R_i of (I + L)^-1 - I satisfy
-        # R_i = B_i + sum_{j<i} B_ij R_j; rows j < i are final when row i is processed (forward substitution).
-        b_A = tl.where(o_t[:, None] > o_t[None, :], -b_KK * b_beta[:, None], 0.)
-        for i in range(1, BT):
-            m_i = o_t == i
-            b_a = tl.sum(tl.where(m_i[:, None], b_A, 0.), 0)
-            b_a = b_a + tl.sum(b_a[:, None] * b_A, 0)
-            b_A = tl.where(m_i[:, None], b_a[None, :], b_A)
-        b_A = b_A + tl.where(o_t[:, None] == o_t[None, :], 1., 0.)
+        b_L = tl.where(o_t[:, None] > o_t[None, :], b_KK * b_beta[:, None], 0.)  # L = strict_tril(diag(b) K K^T)
+        if BLOCKED_INV:
+            b_A = _inv_unit_lower_blocked(b_L, BT, PREC)
+        else:
+            b_A = _inv_unit_lower_rows(b_L, BT)
         _st(A + (t0 * H + i_h) * BT, b_A, T_rem, BT, H * BT, 0, 0, BT, BT)
 
     b_Ad = b_A.to(k.dtype.element_ty)
@@ -388,6 +437,21 @@ def _wy_bwd_kernel(
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+# Launch settings per kernel (num_warps, num_stages), and the algorithm switches; a module-level table so that
+# benchmarks/bench_chunk_tuning.py can sweep them. Values chosen from that sweep on an H200 (see
+# benchmarks/NOTES_delta_rule.md).
+LAUNCH = {
+    "wy_fwd": (4, 2),
+    "fwd_h": (4, 2),
+    "fwd_o": (4, 2),
+    "bwd_dhu": (4, 2),
+    "bwd_dqkw": (4, 2),
+    "wy_bwd": (4, 2),
+}
+BLOCKED_INV = True  # (I + L)^-1 by 16x16 diagonal blocks + merge (False: row-by-row substitution on BT x BT)
+SEQ_BV = None  # V block of the sequential kernels (None: heuristic in _Meta)
+
+
 def _pow2(n: int) -> int:
     return max(16, triton.next_power_of_2(n))
 
@@ -416,6 +480,8 @@ class _Meta:
         self.BV = min(64, _pow2(self.V))
         # sequential kernels: a smaller V block gives more programs when N*H is small
         self.BVs = 32 if self.BKf <= 128 else 16
+        if SEQ_BV is not None:
+            self.BVs = SEQ_BV
         self.BVs = min(self.BVs, _pow2(self.V))
 
 
@@ -428,7 +494,8 @@ def _wy_fwd(m: _Meta, k, v, beta, A=None):
     _wy_fwd_kernel[(m.NT * m.H,)](
         k, v, beta, A, w, u, m.cu_seqlens, m.chunk_indices, m.T,
         H=m.H, K=m.K, V=m.V, BT=m.BT, BK=m.BK, BV=m.BV,
-        LOAD_A=load_A, IS_VARLEN=m.is_varlen, PREC=m.prec, num_warps=4,
+        LOAD_A=load_A, BLOCKED_INV=BLOCKED_INV and m.BT > 16, IS_VARLEN=m.is_varlen, PREC=m.prec,
+        num_warps=LAUNCH["wy_fwd"][0], num_stages=LAUNCH["wy_fwd"][1],
     )
     return A, w, u
 
@@ -442,7 +509,7 @@ def _fwd_h(m: _Meta, k, w, u, initial_state, output_final_state):
         k, w, u, v_new, h, initial_state, ht, m.cu_seqlens, m.chunk_offsets, m.T,
         H=m.H, K=m.K, V=m.V, BT=m.BT, BK=m.BKf, BV=m.BVs,
         USE_H0=initial_state is not None, STORE_FINAL=output_final_state, IS_VARLEN=m.is_varlen, PREC=m.prec,
-        num_warps=4, num_stages=2,
+        num_warps=LAUNCH["fwd_h"][0], num_stages=LAUNCH["fwd_h"][1],
     )
     return h, v_new, ht
 
@@ -453,7 +520,7 @@ def _fwd_o(m: _Meta, q, k, v_new, h, scale):
     _fwd_o_kernel[grid](
         q, k, v_new, h, o, m.cu_seqlens, m.chunk_indices, scale, m.T,
         H=m.H, K=m.K, V=m.V, BT=m.BT, BK=m.BK, BV=m.BV, IS_VARLEN=m.is_varlen, PREC=m.prec,
-        num_warps=4, num_stages=2,
+        num_warps=LAUNCH["fwd_o"][0], num_stages=LAUNCH["fwd_o"][1],
     )
     return o
 
@@ -467,7 +534,7 @@ def _bwd_dhu(m: _Meta, q, k, w, do, dht, scale, need_dh0):
         q, k, w, do, dv_new, dh, dht, dh0, m.cu_seqlens, m.chunk_offsets, scale, m.T,
         H=m.H, K=m.K, V=m.V, BT=m.BT, BK=m.BKf, BV=m.BVs,
         USE_DHT=dht is not None, STORE_DH0=need_dh0, IS_VARLEN=m.is_varlen, PREC=m.prec,
-        num_warps=4, num_stages=2,
+        num_warps=LAUNCH["bwd_dhu"][0], num_stages=LAUNCH["bwd_dhu"][1],
     )
     return dv_new, dh, dh0
 
@@ -478,7 +545,7 @@ def _bwd_dqkw(m: _Meta, q, k, v_new, do, h, dh, dv_new, scale):
     _bwd_dqkw_kernel[grid](
         q, k, v_new, do, h, dh, dv_new, dq, dk_part, dw, m.cu_seqlens, m.chunk_indices, scale, m.T,
         H=m.H, K=m.K, V=m.V, BT=m.BT, BK=m.BK, BV=m.BV, IS_VARLEN=m.is_varlen, PREC=m.prec,
-        num_warps=4, num_stages=2,
+        num_warps=LAUNCH["bwd_dqkw"][0], num_stages=LAUNCH["bwd_dqkw"][1],
     )
     return dq, dk_part, dw
 
@@ -488,7 +555,7 @@ def _wy_bwd(m: _Meta, k, v, beta, A, dw, du, dk_part):
     _wy_bwd_kernel[(m.NT * m.H,)](
         k, v, beta, A, dw, du, dk_part, dk, dv, dbeta, m.cu_seqlens, m.chunk_indices, m.T,
         H=m.H, K=m.K, V=m.V, BT=m.BT, BK=m.BK, BV=m.BV, IS_VARLEN=m.is_varlen, PREC=m.prec,
-        num_warps=4, num_stages=2,
+        num_warps=LAUNCH["wy_bwd"][0], num_stages=LAUNCH["wy_bwd"][1],
     )
     return dk, dv, dbeta
 
