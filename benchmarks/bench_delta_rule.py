@@ -183,6 +183,7 @@ def main(argv=None):
                     x.grad = None
                 torch.cuda.empty_cache()
                 print(f"  {B},{T},{H},{D} {p:15s} {m:7s} {fmt(row[m][p])}", flush=True)
+                write_outputs(Path(args.out), meta, results + [row], wanted)  # a cut-short run keeps its cells
         # Sanity: our two kernels agree on this shape (catches a fast but wrong kernel).
         if not isinstance(available.get("ours_chunk"), str) and not isinstance(available.get("ours_recurrent"), str):
             try:
@@ -195,7 +196,7 @@ def main(argv=None):
         del inputs, do
         torch.cuda.empty_cache()
         results.append(row)
-        lines = write_outputs(Path(args.out), meta, results, wanted)  # after every shape: a cut-short run keeps its rows
+        lines = write_outputs(Path(args.out), meta, results, wanted)
 
     print("\n".join(lines))
 

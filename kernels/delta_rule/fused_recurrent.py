@@ -243,12 +243,17 @@ def fused_recurrent_delta_rule_bwd_forward_kernel(
         p_beta += H
 
 
-def _block_sizes(K: int, V: int) -> Tuple[int, int, int]:
-    """BK covers all of K (the state's K axis stays in one program); BV keeps BK * BV <= 8192 float32 registers."""
+def _block_sizes(K: int, V: int, backward: bool) -> Tuple[int, int, int]:
+    """(BK, BV, num_warps).  BK covers all of K: the state's K axis stays in one program.
+
+    The step-by-step loop is latency-bound, so the forward uses many small programs (BV = 8, one warp: reductions
+    stay inside the warp, and many resident programs hide load latency).  The backward keeps BV up to 32 with two
+    warps, because dq, dk and dbeta are summed over V-blocks through float32 partial buffers of NV times their size.
+    """
     BK = triton.next_power_of_2(K)
-    BV = min(triton.next_power_of_2(V), max(16, 8192 // BK), 32)
-    num_warps = 4 if BK * BV >= 4096 else 2 if BK * BV >= 1024 else 1
-    return BK, BV, num_warps
+    if not backward:
+        return BK, min(triton.next_power_of_2(V), 8), 1
+    return BK, min(triton.next_power_of_2(V), 32, max(8, 4096 // BK)), 2
 
 
 def fused_recurrent_delta_rule_fwd(
@@ -266,7 +271,7 @@ def fused_recurrent_delta_rule_fwd(
     """Launch the forward kernel; returns (o [B, T, H, V] in q.dtype, final_state float32 or None, e float32 or None)."""
     B, T, H, K = q.shape
     V = v.shape[-1]
-    BK, BV, num_warps = _block_sizes(K, V)
+    BK, BV, num_warps = _block_sizes(K, V, backward=False)
     o = torch.empty_like(v, dtype=q.dtype)
     e = torch.empty(B, T, H, V, dtype=torch.float32, device=q.device) if store_err else None
     ht = q.new_empty(N, H, K, V, dtype=torch.float32) if output_final_state else None
@@ -299,7 +304,7 @@ def fused_recurrent_delta_rule_bwd(
     """Launch the two backward kernels; returns float32 (dq, dk, dv, dbeta, dh0 or None)."""
     B, T, H, K = q.shape
     V = e.shape[-1]
-    BK, BV, num_warps = _block_sizes(K, V)
+    BK, BV, num_warps = _block_sizes(K, V, backward=True)
     NV = triton.cdiv(V, BV)
     BTH = B * T * H
     dq_part = q.new_empty(NV, B, T, H, K, dtype=torch.float32)
