@@ -11,7 +11,7 @@ training, i.e. after the DataLoader's prefetching), saves ``{"epoch", "batch"}``
 from __future__ import annotations
 
 import logging
-import os
+import warnings
 from typing import Any
 
 import torch
@@ -22,6 +22,10 @@ from datamodules.packed import PackedBatches, TokenFile
 from datamodules.prepare import load_meta, prepare_corpus
 
 log = logging.getLogger(__name__)
+
+# PackedBatches splits its batches between workers itself (worker w takes batches w, w+W, ...), so its __len__ is exact
+# with any number of workers; Lightning's generic warning about IterableDataset.__len__ does not apply.
+warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
 
 __all__ = ["PackedLMDataModule"]
 

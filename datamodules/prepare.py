@@ -22,7 +22,6 @@ import multiprocessing as mp
 import os
 import sys
 import time
-from itertools import islice
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -54,9 +53,16 @@ def _encode_batch(texts: list[str]) -> tuple[np.ndarray, np.ndarray, float]:
     return lengths, tokens, time.perf_counter() - t0
 
 
-def _batched(it: Iterable[str], n: int) -> Iterator[list[str]]:
-    it = iter(it)
-    while batch := list(islice(it, n)):
+def _batched(it: Iterable[str], max_docs: int, max_chars: int = 1 << 18) -> Iterator[list[str]]:
+    """Batches of up to ``max_docs`` documents and about ``max_chars`` characters (work units of ~0.1-1 s)."""
+    batch, chars = [], 0
+    for text in it:
+        batch.append(text)
+        chars += len(text)
+        if len(batch) >= max_docs or chars >= max_chars:
+            yield batch
+            batch, chars = [], 0
+    if batch:
         yield batch
 
 
