@@ -62,7 +62,7 @@ class DeltaNetConfig:
     conv_size: int = 4
     use_beta: bool = True  # False: beta = 1 (plain delta rule with unit step)
     use_output_gate: bool = False  # o = RMSNorm(o) * silu(W_g x)
-    chunk_size: int = 64
+    chunk_size: int = 64  # 16 | 32 | 64
     backend: str = "auto"  # "auto" (triton on CUDA, torch on CPU) | "triton" | "torch"
     # --- misc ---
     norm_eps: float = 1e-6
@@ -70,11 +70,12 @@ class DeltaNetConfig:
     loss_chunk_size: int = 4096  # tokens per chunk of the chunked cross-entropy (bounds the logits memory)
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "conv_size", "chunk_size",
-                     "loss_chunk_size"):
+        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "conv_size", "loss_chunk_size"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if self.chunk_size not in (16, 32, 64):
+            raise ValueError(f"chunk_size must be 16, 32 or 64 (the Triton chunk kernel's sizes), got {self.chunk_size!r}")
         if self.family not in FAMILIES:
             raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}")
         if self.head_dim is None:

@@ -120,13 +120,16 @@ class DeltaNet(nn.Module):
         if self.b_proj is not None:
             beta = torch.sigmoid(self.b_proj(x))  # (B, T, H)
         else:
-            beta = x.new_ones(B, T, H, dtype=q.dtype)
+            beta = v.new_ones(B, T, H)
+        # The kernels take one dtype for all four; under autocast F.normalize returns float32 while v is bf16.
+        dt = v.dtype
+        q, k, beta = q.to(dt), k.to(dt), beta.to(dt)
         if mode is None:
             mode = "recurrent" if (not self.training and T <= RECURRENT_MAX_LEN) else "chunk"
         if mode not in ("chunk", "recurrent"):
             raise ValueError(f"mode must be 'chunk' or 'recurrent', got {mode!r}")
         o, s = delta_rule(
-            q, k, v, beta.to(q.dtype), backend=self.resolve_backend(x), mode=mode, chunk_size=cfg.chunk_size,
+            q, k, v, beta, backend=self.resolve_backend(x), mode=mode, chunk_size=cfg.chunk_size,
             initial_state=state.get("recurrent_state"), output_final_state=use_cache, cu_seqlens=cu_seqlens,
         )  # (B, T, H, D), (B, H, D, D) fp32
         new_state["recurrent_state"] = s
