@@ -75,6 +75,7 @@ class PackedLMDataModule(LightningDataModule):
         self.meta: dict | None = None
         self.train_set: PackedBatches | None = None
         self.val_set: PackedBatches | None = None
+        self.test_set: PackedBatches | None = None
         # position of the next training batch to consume; shared by reference with the training dataset
         self.position = {"epoch": 0, "batch": 0}
 
@@ -111,10 +112,12 @@ class PackedLMDataModule(LightningDataModule):
         self.train_set = PackedBatches(TokenFile(self.cache_dir, "train", meta["dtype"]), self.seq_len,
                                        self.batch_size, seed=self.seed, shuffle=self.shuffle, rank=rank,
                                        world_size=world, varlen=self.varlen, position=self.position, name="train")
-        if "validation" in meta["splits"]:
-            self.val_set = PackedBatches(TokenFile(self.cache_dir, "validation", meta["dtype"]), self.seq_len,
-                                         self.val_batch_size, seed=self.seed, shuffle=False, rank=rank,
-                                         world_size=world, varlen=self.varlen, name="validation")
+        for split in ("validation", "test"):
+            if split in meta["splits"]:
+                dataset = PackedBatches(TokenFile(self.cache_dir, split, meta["dtype"]), self.seq_len,
+                                        self.val_batch_size, seed=self.seed, shuffle=False, rank=rank,
+                                        world_size=world, varlen=self.varlen, name=split)
+                setattr(self, "val_set" if split == "validation" else "test_set", dataset)
 
     # ----------------------------------------------------------------------------------------------------- loaders
     def _loader(self, dataset: PackedBatches) -> DataLoader:
@@ -131,6 +134,11 @@ class PackedLMDataModule(LightningDataModule):
         if self.train_set is None:
             self.setup("validate")
         return self._loader(self.val_set) if self.val_set is not None else []
+
+    def test_dataloader(self):
+        if self.train_set is None:
+            self.setup("test")
+        return self._loader(self.test_set) if self.test_set is not None else []
 
     # ----------------------------------------------------------------------------------------------------- resume
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:

@@ -97,5 +97,5 @@ def test_config_files_compose_and_embedded_trains_through_the_same_path(tmp_path
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert batch["input_ids"].shape == (4, 64) and int(batch["input_ids"].max()) < dm.vocab_size == 32000
-    assert len(dm.val_dataloader()) >= 1
+    assert len(dm.val_dataloader()) >= 1 and dm.test_dataloader() == []
     assert (tmp_path / "corpora" / "embedded" / "train" / "chunk1").is_dir()
