@@ -44,6 +44,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     import lightning as L
     from hydra.utils import instantiate
 
+    from lit_modules.recipe import apply_recipe, write_metrics
+
+    plan = apply_recipe(cfg)  # token budget -> accumulation / steps / warm-up; fails here on configs that cannot work
+    log.info(plan.describe())
+    print(plan.describe())
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     model_config = instantiate(cfg.model)
@@ -59,13 +64,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=loggers)
 
     trainer.fit(lit_module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg))
+    final_train_loss = float(trainer.callback_metrics.get("train/loss", float("nan")))  # validate() clears it
     metrics: dict[str, float] = {}
     if cfg.get("run_final_validation", True):
         results = trainer.validate(lit_module, datamodule=datamodule, verbose=False)
         metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
         if "val/loss" in metrics:
             print(f"Final validation: loss {metrics['val/loss']:.4f}, perplexity {metrics['val/ppl']:.2f}")
-    metrics["train/loss"] = float(trainer.callback_metrics.get("train/loss", float("nan")))
+    metrics["train/loss"] = final_train_loss
+    if trainer.is_global_zero:
+        summary = write_metrics(f"{cfg.paths.output_dir}/metrics.json", metrics, plan, lit_module, trainer)["summary"]
+        print("Run summary: " + ", ".join(f"{k} {v:.4g}" for k, v in summary.items()))
     print(f"Run directory: {cfg.paths.output_dir}")
     return metrics
 
