@@ -220,29 +220,67 @@ def _fwd_h_kernel(
     USE_H0: tl.constexpr, STORE_FINAL: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr,
 ):
     """Walk the chunks of one (sequence, head, V block): store the state before each chunk in h, V' = U - W S in
-    v_new, then S += K^T V'.  BK covers all of K (the state block [BK, BV] stays in registers).
-    Grid: (N * H, cdiv(V, BV))."""
+    v_new, then S += K^T V'.  The state [K, BV] stays in registers as up to four [BK, BV] row blocks (K <= 4 * BK,
+    BK <= 64: no [BT, 256] tiles, which spill).  Grid: (N * H, cdiv(V, BV))."""
     i_nh, i_v = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, T_seq, NT_seq, boh = _seq_coords(i_n, T, cu_seqlens, chunk_offsets, BT, IS_VARLEN)
+    c0 = i_v * BV
 
-    b_h = tl.zeros([BK, BV], dtype=tl.float32)
+    b_h1 = tl.zeros([BK, BV], dtype=tl.float32)
+    b_h2 = tl.zeros([BK, BV], dtype=tl.float32)
+    b_h3 = tl.zeros([BK, BV], dtype=tl.float32)
+    b_h4 = tl.zeros([BK, BV], dtype=tl.float32)
     if USE_H0:
-        b_h += _ld(h0 + i_nh.to(tl.int64) * K * V, K, V, V, 0, i_v * BV, BK, BV).to(tl.float32)
+        p_h0 = h0 + i_nh.to(tl.int64) * K * V
+        b_h1 += _ld(p_h0, K, V, V, 0, c0, BK, BV).to(tl.float32)
+        if K > BK:
+            b_h2 += _ld(p_h0, K, V, V, BK, c0, BK, BV).to(tl.float32)
+        if K > 2 * BK:
+            b_h3 += _ld(p_h0, K, V, V, 2 * BK, c0, BK, BV).to(tl.float32)
+        if K > 3 * BK:
+            b_h4 += _ld(p_h0, K, V, V, 3 * BK, c0, BK, BV).to(tl.float32)
 
     for i_c in range(NT_seq):
         t0 = bos + i_c * BT
         T_rem = T_seq - i_c * BT
-        _st(h + ((boh + i_c) * H + i_h) * K * V, b_h, K, V, V, 0, i_v * BV, BK, BV)
-        b_w = _ld(w + (t0 * H + i_h) * K, T_rem, K, H * K, 0, 0, BT, BK)
-        b_k = _ld(k + (t0 * H + i_h) * K, T_rem, K, H * K, 0, 0, BT, BK)
-        b_u = _ld(u + (t0 * H + i_h) * V, T_rem, V, H * V, 0, i_v * BV, BT, BV)
-        b_vn = b_u.to(tl.float32) - tl.dot(b_w, b_h.to(b_w.dtype), input_precision=PREC)
-        _st(v_new + (t0 * H + i_h) * V, b_vn, T_rem, V, H * V, 0, i_v * BV, BT, BV)
-        b_h += tl.dot(tl.trans(b_k), b_vn.to(b_k.dtype), input_precision=PREC)
+        p_h = h + ((boh + i_c) * H + i_h) * K * V
+        p_w = w + (t0 * H + i_h) * K
+        p_k = k + (t0 * H + i_h) * K
+        _st(p_h, b_h1, K, V, V, 0, c0, BK, BV)
+        b_v = _ld(u + (t0 * H + i_h) * V, T_rem, V, H * V, 0, c0, BT, BV).to(tl.float32)
+        b_v -= tl.dot(_ld(p_w, T_rem, K, H * K, 0, 0, BT, BK), b_h1.to(w.dtype.element_ty), input_precision=PREC)
+        if K > BK:
+            _st(p_h, b_h2, K, V, V, BK, c0, BK, BV)
+            b_v -= tl.dot(_ld(p_w, T_rem, K, H * K, 0, BK, BT, BK), b_h2.to(w.dtype.element_ty),
+                          input_precision=PREC)
+        if K > 2 * BK:
+            _st(p_h, b_h3, K, V, V, 2 * BK, c0, BK, BV)
+            b_v -= tl.dot(_ld(p_w, T_rem, K, H * K, 0, 2 * BK, BT, BK), b_h3.to(w.dtype.element_ty),
+                          input_precision=PREC)
+        if K > 3 * BK:
+            _st(p_h, b_h4, K, V, V, 3 * BK, c0, BK, BV)
+            b_v -= tl.dot(_ld(p_w, T_rem, K, H * K, 0, 3 * BK, BT, BK), b_h4.to(w.dtype.element_ty),
+                          input_precision=PREC)
+        _st(v_new + (t0 * H + i_h) * V, b_v, T_rem, V, H * V, 0, c0, BT, BV)
+        b_vd = b_v.to(k.dtype.element_ty)
+        b_h1 += tl.dot(tl.trans(_ld(p_k, T_rem, K, H * K, 0, 0, BT, BK)), b_vd, input_precision=PREC)
+        if K > BK:
+            b_h2 += tl.dot(tl.trans(_ld(p_k, T_rem, K, H * K, 0, BK, BT, BK)), b_vd, input_precision=PREC)
+        if K > 2 * BK:
+            b_h3 += tl.dot(tl.trans(_ld(p_k, T_rem, K, H * K, 0, 2 * BK, BT, BK)), b_vd, input_precision=PREC)
+        if K > 3 * BK:
+            b_h4 += tl.dot(tl.trans(_ld(p_k, T_rem, K, H * K, 0, 3 * BK, BT, BK)), b_vd, input_precision=PREC)
 
     if STORE_FINAL:
-        _st(ht + i_nh.to(tl.int64) * K * V, b_h, K, V, V, 0, i_v * BV, BK, BV)
+        p_ht = ht + i_nh.to(tl.int64) * K * V
+        _st(p_ht, b_h1, K, V, V, 0, c0, BK, BV)
+        if K > BK:
+            _st(p_ht, b_h2, K, V, V, BK, c0, BK, BV)
+        if K > 2 * BK:
+            _st(p_ht, b_h3, K, V, V, 2 * BK, c0, BK, BV)
+        if K > 3 * BK:
+            _st(p_ht, b_h4, K, V, V, 3 * BK, c0, BK, BV)
 
 
 @triton.jit
@@ -283,8 +321,37 @@ def _fwd_o_kernel(
 
 
 @triton.jit
+def _bwd_dv_local_kernel(
+    q, k, do, dv_local,
+    cu_seqlens, chunk_indices,
+    scale, T,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    IS_VARLEN: tl.constexpr, PREC: tl.constexpr,
+):
+    """The within-chunk part of dV': scale * triu(K Q^T) dO (kept off the sequential walk).
+    Grid: (total chunks * H, cdiv(V, BV))."""
+    i_p, i_v = tl.program_id(0), tl.program_id(1)
+    i_h = i_p % H
+    i_tg = i_p // H
+    bos, T_seq, i_c = _chunk_coords(i_tg, T, cu_seqlens, chunk_indices, BT, IS_VARLEN)
+    t0 = bos + i_c * BT
+    T_rem = T_seq - i_c * BT
+    o_t = tl.arange(0, BT)
+    b_A = tl.zeros([BT, BT], dtype=tl.float32)
+    for i_k in range(tl.cdiv(K, BK)):
+        b_q = _ld(q + (t0 * H + i_h) * K, T_rem, K, H * K, 0, i_k * BK, BT, BK)
+        b_k = _ld(k + (t0 * H + i_h) * K, T_rem, K, H * K, 0, i_k * BK, BT, BK)
+        b_A += tl.dot(b_k, tl.trans(b_q), input_precision=PREC)
+    b_A = tl.where(o_t[:, None] <= o_t[None, :], b_A * scale, 0.)
+    b_do = _ld(do + (t0 * H + i_h) * V, T_rem, V, H * V, 0, i_v * BV, BT, BV)
+    b_dv = tl.dot(b_A.to(b_do.dtype), b_do, input_precision=PREC)
+    _st(dv_local + (t0 * H + i_h) * V, b_dv, T_rem, V, H * V, 0, i_v * BV, BT, BV)
+
+
+@triton.jit
 def _bwd_dhu_kernel(
-    q, k, w, do, dv_new, dh, dht, dh0,
+    q, k, w, do, dv_local, dv_new, dh, dht, dh0,
     cu_seqlens, chunk_offsets,
     scale, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
@@ -292,37 +359,80 @@ def _bwd_dhu_kernel(
     USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr,
 ):
     """Reverse walk over the chunks of one (sequence, head, V block) with dS = gradient of the state after the chunk:
-    store dS in dh, dV' = scale * triu(K Q^T) dO + K dS, then dS <- dS + scale Q^T dO - W^T dV'.
-    Grid: (N * H, cdiv(V, BV))."""
+    store dS in dh, dV' = dv_local + K dS, then dS <- dS + scale Q^T dO - W^T dV'.  dS is held as up to four
+    [BK, BV] row blocks, as in _fwd_h_kernel.  Grid: (N * H, cdiv(V, BV))."""
     i_nh, i_v = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, T_seq, NT_seq, boh = _seq_coords(i_n, T, cu_seqlens, chunk_offsets, BT, IS_VARLEN)
-    o_t = tl.arange(0, BT)
+    c0 = i_v * BV
+    dt = q.dtype.element_ty
 
-    b_dh = tl.zeros([BK, BV], dtype=tl.float32)
+    b_dh1 = tl.zeros([BK, BV], dtype=tl.float32)
+    b_dh2 = tl.zeros([BK, BV], dtype=tl.float32)
+    b_dh3 = tl.zeros([BK, BV], dtype=tl.float32)
+    b_dh4 = tl.zeros([BK, BV], dtype=tl.float32)
     if USE_DHT:
-        b_dh += _ld(dht + i_nh.to(tl.int64) * K * V, K, V, V, 0, i_v * BV, BK, BV).to(tl.float32)
+        p_dht = dht + i_nh.to(tl.int64) * K * V
+        b_dh1 += _ld(p_dht, K, V, V, 0, c0, BK, BV).to(tl.float32)
+        if K > BK:
+            b_dh2 += _ld(p_dht, K, V, V, BK, c0, BK, BV).to(tl.float32)
+        if K > 2 * BK:
+            b_dh3 += _ld(p_dht, K, V, V, 2 * BK, c0, BK, BV).to(tl.float32)
+        if K > 3 * BK:
+            b_dh4 += _ld(p_dht, K, V, V, 3 * BK, c0, BK, BV).to(tl.float32)
 
     for i_r in range(NT_seq):
         i_c = NT_seq - 1 - i_r
         t0 = bos + i_c * BT
         T_rem = T_seq - i_c * BT
-        _st(dh + ((boh + i_c) * H + i_h) * K * V, b_dh, K, V, V, 0, i_v * BV, BK, BV)
-        b_q = _ld(q + (t0 * H + i_h) * K, T_rem, K, H * K, 0, 0, BT, BK)
-        b_k = _ld(k + (t0 * H + i_h) * K, T_rem, K, H * K, 0, 0, BT, BK)
-        b_w = _ld(w + (t0 * H + i_h) * K, T_rem, K, H * K, 0, 0, BT, BK)
-        b_do = _ld(do + (t0 * H + i_h) * V, T_rem, V, H * V, 0, i_v * BV, BT, BV)
-        b_A = tl.dot(b_k, tl.trans(b_q), input_precision=PREC)
-        b_A = tl.where(o_t[:, None] <= o_t[None, :], b_A * scale, 0.)
-        b_dv = tl.dot(b_k, b_dh.to(b_k.dtype), input_precision=PREC)
-        b_dv += tl.dot(b_A.to(b_do.dtype), b_do, input_precision=PREC)
-        _st(dv_new + (t0 * H + i_h) * V, b_dv, T_rem, V, H * V, 0, i_v * BV, BT, BV)
-        b_qs = (b_q * scale).to(b_q.dtype)
-        b_dh += tl.dot(tl.trans(b_qs), b_do, input_precision=PREC)
-        b_dh -= tl.dot(tl.trans(b_w), b_dv.to(b_w.dtype), input_precision=PREC)
+        p_dh = dh + ((boh + i_c) * H + i_h) * K * V
+        p_q = q + (t0 * H + i_h) * K
+        p_k = k + (t0 * H + i_h) * K
+        p_w = w + (t0 * H + i_h) * K
+        b_do = _ld(do + (t0 * H + i_h) * V, T_rem, V, H * V, 0, c0, BT, BV)
+        b_dv = _ld(dv_local + (t0 * H + i_h) * V, T_rem, V, H * V, 0, c0, BT, BV).to(tl.float32)
+        _st(p_dh, b_dh1, K, V, V, 0, c0, BK, BV)
+        b_dv += tl.dot(_ld(p_k, T_rem, K, H * K, 0, 0, BT, BK), b_dh1.to(dt), input_precision=PREC)
+        if K > BK:
+            _st(p_dh, b_dh2, K, V, V, BK, c0, BK, BV)
+            b_dv += tl.dot(_ld(p_k, T_rem, K, H * K, 0, BK, BT, BK), b_dh2.to(dt), input_precision=PREC)
+        if K > 2 * BK:
+            _st(p_dh, b_dh3, K, V, V, 2 * BK, c0, BK, BV)
+            b_dv += tl.dot(_ld(p_k, T_rem, K, H * K, 0, 2 * BK, BT, BK), b_dh3.to(dt), input_precision=PREC)
+        if K > 3 * BK:
+            _st(p_dh, b_dh4, K, V, V, 3 * BK, c0, BK, BV)
+            b_dv += tl.dot(_ld(p_k, T_rem, K, H * K, 0, 3 * BK, BT, BK), b_dh4.to(dt), input_precision=PREC)
+        _st(dv_new + (t0 * H + i_h) * V, b_dv, T_rem, V, H * V, 0, c0, BT, BV)
+        b_dvd = b_dv.to(dt)
+        b_q = _ld(p_q, T_rem, K, H * K, 0, 0, BT, BK)
+        b_w = _ld(p_w, T_rem, K, H * K, 0, 0, BT, BK)
+        b_dh1 += tl.dot(tl.trans((b_q * scale).to(dt)), b_do, input_precision=PREC)
+        b_dh1 -= tl.dot(tl.trans(b_w), b_dvd, input_precision=PREC)
+        if K > BK:
+            b_q = _ld(p_q, T_rem, K, H * K, 0, BK, BT, BK)
+            b_w = _ld(p_w, T_rem, K, H * K, 0, BK, BT, BK)
+            b_dh2 += tl.dot(tl.trans((b_q * scale).to(dt)), b_do, input_precision=PREC)
+            b_dh2 -= tl.dot(tl.trans(b_w), b_dvd, input_precision=PREC)
+        if K > 2 * BK:
+            b_q = _ld(p_q, T_rem, K, H * K, 0, 2 * BK, BT, BK)
+            b_w = _ld(p_w, T_rem, K, H * K, 0, 2 * BK, BT, BK)
+            b_dh3 += tl.dot(tl.trans((b_q * scale).to(dt)), b_do, input_precision=PREC)
+            b_dh3 -= tl.dot(tl.trans(b_w), b_dvd, input_precision=PREC)
+        if K > 3 * BK:
+            b_q = _ld(p_q, T_rem, K, H * K, 0, 3 * BK, BT, BK)
+            b_w = _ld(p_w, T_rem, K, H * K, 0, 3 * BK, BT, BK)
+            b_dh4 += tl.dot(tl.trans((b_q * scale).to(dt)), b_do, input_precision=PREC)
+            b_dh4 -= tl.dot(tl.trans(b_w), b_dvd, input_precision=PREC)
 
     if STORE_DH0:
-        _st(dh0 + i_nh.to(tl.int64) * K * V, b_dh, K, V, V, 0, i_v * BV, BK, BV)
+        p_dh0 = dh0 + i_nh.to(tl.int64) * K * V
+        _st(p_dh0, b_dh1, K, V, V, 0, c0, BK, BV)
+        if K > BK:
+            _st(p_dh0, b_dh2, K, V, V, BK, c0, BK, BV)
+        if K > 2 * BK:
+            _st(p_dh0, b_dh3, K, V, V, 2 * BK, c0, BK, BV)
+        if K > 3 * BK:
+            _st(p_dh0, b_dh4, K, V, V, 3 * BK, c0, BK, BV)
 
 
 @triton.jit
@@ -444,6 +554,7 @@ LAUNCH = {
     "wy_fwd": (4, 2),
     "fwd_h": (4, 2),
     "fwd_o": (4, 2),
+    "bwd_dv_local": (4, 2),
     "bwd_dhu": (4, 2),
     "bwd_dqkw": (4, 2),
     "wy_bwd": (4, 2),
@@ -454,6 +565,28 @@ SEQ_BV = None  # V block of the sequential kernels (None: heuristic in _Meta)
 
 def _pow2(n: int) -> int:
     return max(16, triton.next_power_of_2(n))
+
+
+_NUM_SMS = {}
+
+
+def _num_sms() -> int:
+    if not torch.cuda.is_available():
+        return 132
+    dev = torch.cuda.current_device()
+    if dev not in _NUM_SMS:
+        _NUM_SMS[dev] = torch.cuda.get_device_properties(dev).multi_processor_count
+    return _NUM_SMS[dev]
+
+
+def _seq_block_v(NH: int, K: int, V: int) -> int:
+    """V block of the sequential kernels (one program per (sequence*head, V block) walks all chunks): the largest of
+    64/32/16 that still gives about two programs per SM; smaller blocks when N*H is small (long sequences)."""
+    cap = 32 if K > 128 else 64  # keep the [K, BV] state within registers
+    for bv in (64, 32):
+        if bv <= cap and NH * triton.cdiv(V, bv) >= 2 * _num_sms():
+            return min(bv, _pow2(V))
+    return 16
 
 
 class _Meta:
@@ -475,13 +608,9 @@ class _Meta:
             self.NT = self.B * triton.cdiv(self.T, chunk_size)
         self.cu_seqlens = cu_seqlens
         self.prec = "ieee" if q.dtype == torch.float32 else "tf32"
-        self.BKf = _pow2(self.K)  # all of K (sequential kernels keep the [K, BV] state in registers)
-        self.BK = min(64, self.BKf)  # K block of the chunk-parallel kernels
+        self.BK = min(64, _pow2(self.K))  # K block: <= 4 of them cover K <= 256
         self.BV = min(64, _pow2(self.V))
-        # sequential kernels: a smaller V block gives more programs when N*H is small
-        self.BVs = 32 if self.BKf <= 128 else 16
-        if SEQ_BV is not None:
-            self.BVs = SEQ_BV
+        self.BVs = SEQ_BV if SEQ_BV is not None else _seq_block_v(self.N * self.H, self.K, self.V)
         self.BVs = min(self.BVs, _pow2(self.V))
 
 
@@ -507,7 +636,7 @@ def _fwd_h(m: _Meta, k, w, u, initial_state, output_final_state):
     grid = (m.N * m.H, triton.cdiv(m.V, m.BVs))
     _fwd_h_kernel[grid](
         k, w, u, v_new, h, initial_state, ht, m.cu_seqlens, m.chunk_offsets, m.T,
-        H=m.H, K=m.K, V=m.V, BT=m.BT, BK=m.BKf, BV=m.BVs,
+        H=m.H, K=m.K, V=m.V, BT=m.BT, BK=m.BK, BV=m.BVs,
         USE_H0=initial_state is not None, STORE_FINAL=output_final_state, IS_VARLEN=m.is_varlen, PREC=m.prec,
         num_warps=LAUNCH["fwd_h"][0], num_stages=LAUNCH["fwd_h"][1],
     )
@@ -526,13 +655,19 @@ def _fwd_o(m: _Meta, q, k, v_new, h, scale):
 
 
 def _bwd_dhu(m: _Meta, q, k, w, do, dht, scale, need_dh0):
+    dv_local = torch.empty_like(do)
+    _bwd_dv_local_kernel[(m.NT * m.H, triton.cdiv(m.V, m.BV))](
+        q, k, do, dv_local, m.cu_seqlens, m.chunk_indices, scale, m.T,
+        H=m.H, K=m.K, V=m.V, BT=m.BT, BK=m.BK, BV=m.BV, IS_VARLEN=m.is_varlen, PREC=m.prec,
+        num_warps=LAUNCH["bwd_dv_local"][0], num_stages=LAUNCH["bwd_dv_local"][1],
+    )
     dh = q.new_empty(m.NT, m.H, m.K, m.V)
     dv_new = torch.empty_like(do)
     dh0 = q.new_empty(m.N, m.H, m.K, m.V, dtype=torch.float32) if need_dh0 else None
     grid = (m.N * m.H, triton.cdiv(m.V, m.BVs))
     _bwd_dhu_kernel[grid](
-        q, k, w, do, dv_new, dh, dht, dh0, m.cu_seqlens, m.chunk_offsets, scale, m.T,
-        H=m.H, K=m.K, V=m.V, BT=m.BT, BK=m.BKf, BV=m.BVs,
+        q, k, w, do, dv_local, dv_new, dh, dht, dh0, m.cu_seqlens, m.chunk_offsets, scale, m.T,
+        H=m.H, K=m.K, V=m.V, BT=m.BT, BK=m.BK, BV=m.BVs,
         USE_DHT=dht is not None, STORE_DH0=need_dh0, IS_VARLEN=m.is_varlen, PREC=m.prec,
         num_warps=LAUNCH["bwd_dhu"][0], num_stages=LAUNCH["bwd_dhu"][1],
     )
