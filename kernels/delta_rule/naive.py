@@ -96,8 +96,8 @@ def _dispatch(
 def _recurrent_core(q, k, v, beta, scale, S):
     """q, k: (B, H, T, K); v: (B, H, T, V); beta: (B, H, T); S: (B, H, K, V)."""
     outs = []
-    for t in range(q.shape[2]):
-        k_t, v_t, q_t, b_t = k[:, :, t], v[:, :, t], q[:, :, t], beta[:, :, t, None]
+    # unbind: one stack in the backward instead of a full-size zero tensor per token
+    for q_t, k_t, v_t, b_t in zip(q.unbind(2), k.unbind(2), v.unbind(2), beta.unsqueeze(-1).unbind(2)):
         err = v_t - torch.einsum("bhkv,bhk->bhv", S, k_t)  # (B, H, V)
         S = S + torch.einsum("bhk,bhv->bhkv", k_t, b_t * err)
         outs.append(scale * torch.einsum("bhkv,bhk->bhv", S, q_t))
@@ -128,11 +128,13 @@ def _chunk_core(q, k, v, beta, scale, S, chunk_size):
     U = torch.linalg.solve_triangular(IA, beta * v, upper=False, unitriangular=True)  # (B, H, n, C, V)
     QK = torch.tril(q @ k.transpose(-1, -2))  # (B, H, n, C, C), inclusive of the diagonal
     # Inter-chunk recurrence over chunk-boundary states.
+    # unbind (not q[:, :, i]) so that the backward stacks the chunk gradients once instead of scattering each
+    # into a zero tensor of the full size (quadratic in the number of chunks).
     outs = []
-    for i in range(n):
-        U_i = U[:, :, i] - W[:, :, i] @ S  # (B, H, C, V)
-        outs.append(scale * (q[:, :, i] @ S + QK[:, :, i] @ U_i))
-        S = S + k[:, :, i].transpose(-1, -2) @ U_i
+    for q_i, k_i, W_i, U_i, QK_i in zip(*(x.unbind(2) for x in (q, k, W, U, QK))):
+        U_i = U_i - W_i @ S  # (B, H, C, V)
+        outs.append(scale * (q_i @ S + QK_i @ U_i))
+        S = S + k_i.transpose(-1, -2) @ U_i
     o = torch.stack(outs, dim=2).reshape(B, H, n * C, V)[:, :, :T]
     return o, S
 
