@@ -51,18 +51,18 @@ def check_against_float64(seed, B, T, H, K, V, cu_seqlens=None, use_h0=True, dty
     if not use_h0:
         ins[4] = None
     ours = [None if x is None else x.clone().requires_grad_() for x in ins]
-    ref = [None if x is None else x.detach().cpu().double().requires_grad_() for x in ins]
+    ref = [None if x is None else x.detach().double().requires_grad_() for x in ins]  # float64 on the same device
     cu = None if cu_seqlens is None else cu_seqlens.to(DEVICE)
     o, s = fused_recurrent_delta_rule(*ours[:4], initial_state=ours[4], output_final_state=True, cu_seqlens=cu)
-    ro, rs = naive_recurrent_delta_rule(*ref[:4], initial_state=ref[4], output_final_state=True,
-                                        cu_seqlens=None if cu_seqlens is None else cu_seqlens.cpu())
+    ro, rs = naive_recurrent_delta_rule(*ref[:4], initial_state=ref[4], output_final_state=True, cu_seqlens=cu)
     assert o.dtype == dtype and o.shape == (B, T, H, V)
     assert s.dtype == torch.float32 and s.shape == (N, H, K, V)
     assert rel(o, ro) <= tol_o, f"o rel err {rel(o, ro)}"
     assert rel(s, rs) <= tol_o, f"final_state rel err {rel(s, rs)}"
     g = torch.Generator().manual_seed(seed + 1)
-    do, ds = torch.randn(ro.shape, generator=g, dtype=torch.float64), torch.randn(rs.shape, generator=g, dtype=torch.float64)
-    torch.autograd.backward([o, s], [do.to(DEVICE, dtype), ds.to(DEVICE)])
+    do = torch.randn(ro.shape, generator=g, dtype=torch.float64).to(DEVICE)
+    ds = torch.randn(rs.shape, generator=g, dtype=torch.float64).to(DEVICE)
+    torch.autograd.backward([o, s], [do.to(dtype), ds.float()])
     torch.autograd.backward([ro, rs], [do, ds])
     for name, a, b in zip(("dq", "dk", "dv", "dbeta", "dh0"), ours, ref):
         if a is None:
