@@ -129,7 +129,7 @@ def main() -> None:
              f"{env['loadavg_start']:.1f} at start, {env['loadavg_end']:.1f} at end (the machine is shared: with load "
              f"above the core count, more processes do not add throughput).", "",
              "## Preparation (SlimPajama-format .jsonl.zst -> Mistral tokenizer -> uint16 memmap)", "",
-             "| processes | docs | tokens | seconds | tokens/s | tokens/s per process |", "|---|---|---|---|---|---|"]
+             "| processes | docs | tokens | seconds | tokens/s (wall) | tokens/s per process (CPU time) |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['num_proc']} | {r['docs']:,} | {r['tokens']:,} | {r['seconds']} | {r['tokens_per_s']:,} | "
               f"{r['tokens_per_s_per_process']:,} |" for r in prep]
     lines += ["", f"## Feed (memmap -> packed batches, seq_len 2048, batch 8, shuffled, {args.epochs} epochs of "

@@ -143,6 +143,7 @@ class PackedBatches(IterableDataset):
 
     def __iter__(self):
         epoch, start = int(self.position["epoch"]), int(self.position["batch"])
+        epoch, start = epoch + start // self.n_batches, start % self.n_batches  # a position past the epoch's end
         info = get_worker_info()
         worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         plan = epoch_batches(self.n_windows, self.batch_size, epoch, self.seed, self.shuffle, self.rank,

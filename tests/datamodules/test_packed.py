@@ -71,6 +71,10 @@ def test_resume_position_gives_the_remaining_batches(tmp_path, num_workers):
         rest = collect(PackedBatches(tf, 24, 2, seed=5, position={"epoch": 2, "batch": k}), num_workers)
         assert len(rest) == len(full) - k
         assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(rest, full[k:]))
+    # a position past the end of an epoch continues in the next one (never an endless run of empty epochs)
+    nxt = collect(PackedBatches(tf, 24, 2, seed=5, position={"epoch": 3, "batch": 1}), num_workers)
+    late = collect(PackedBatches(tf, 24, 2, seed=5, position={"epoch": 2, "batch": len(full) + 1}), num_workers)
+    assert len(late) == len(nxt) and all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(late, nxt))
 
 
 def test_varlen_boundaries(tmp_path):
