@@ -3,6 +3,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+# Triton reads TRITON_INTERPRET when it is first imported, so set it before any test module imports kernels/:
+# without a GPU, the kernel tests run the Triton kernels themselves in Triton's CPU interpreter.
+# (The model layers pick their backend by device, so this does not push model tests onto the interpreter.)
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("DELTANET_ROOT", str(ROOT))
@@ -12,8 +19,6 @@ if str(ROOT) not in sys.path:
 
 def pytest_collection_modifyitems(config, items):
     """`gpu` tests need CUDA: skip them (visibly) on CPU-only machines."""
-    import torch
-
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
