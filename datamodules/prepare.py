@@ -115,6 +115,7 @@ def prepare_corpus(source, out_dir: str | os.PathLike, tokenizer_path: str | Non
         "add_eos": add_eos,
         "max_tokens": max_tokens,
     }
+    fingerprint = json.loads(json.dumps(fingerprint))  # as it reads back from meta.json (lists, string keys)
     meta = load_meta(out_dir)
     if meta is not None and meta.get("fingerprint") == fingerprint:
         log.info("corpus already prepared in %s (%s)", out_dir,

@@ -105,6 +105,17 @@ def expand_paths(paths: str | Sequence[str]) -> list[str]:
     return [p for p in out if not (p in seen or seen.add(p))]
 
 
+def _plain(obj):
+    """Plain dicts/lists from config containers (Hydra passes DictConfig/ListConfig), for libraries that check types."""
+    if isinstance(obj, (str, bytes, os.PathLike)) or obj is None:
+        return obj
+    if hasattr(obj, "items"):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, Iterable):
+        return [_plain(v) for v in obj]
+    return obj
+
+
 def _files_fingerprint(files: Iterable[str]) -> list[list]:
     out = []
     for f in files:
@@ -313,7 +324,7 @@ class HFDataset:
                  revision: str | None = None, skip_bad_records: bool = False):
         self.path = path
         self.name = name
-        self.data_files = data_files
+        self.data_files = _plain(data_files)
         self.split_names = dict(split_names or {"train": "train", "validation": "validation"})
         self.max_docs = dict(max_docs or {})
         self.text_key = text_key

@@ -45,9 +45,15 @@ def test_local_files_mixed_formats(tmp_path):
 def test_hf_datasets_path_reads_the_same_documents(tmp_path):
     train, val = random_docs(23, seed=31), random_docs(4, seed=32)
     write_slimpajama(tmp_path, train, val)
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
     local = SlimPajamaLocal(tmp_path)
-    hf = HFDataset(path="json", data_files={"train": local.files("train"), "validation": local.files("validation")},
-                   max_docs={"validation": 3})
+    # built from config like `data=slimpajama`, with the datasets API reading local stand-in files (one a glob)
+    hf = instantiate(OmegaConf.create({
+        "_target_": "datamodules.sources.HFDataset", "path": "json", "max_docs": {"validation": 3},
+        "data_files": {"train": local.files("train"), "validation": str(tmp_path / "validation" / "*" / "*.jsonl")}}))
+    assert isinstance(hf, HFDataset) and hf.fingerprint()["data_files"]["validation"][0][0].endswith(".jsonl")
     assert read(hf)[0] == read(local)[0]
     assert read(hf, "validation")[0] == val[:3]
 
