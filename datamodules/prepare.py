@@ -124,6 +124,8 @@ def prepare_corpus(source, out_dir: str | os.PathLike, tokenizer_path: str | Non
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "meta.json").unlink(missing_ok=True)
+    for stale in out_dir.glob("*.tmp*"):  # left by an interrupted preparation
+        stale.unlink(missing_ok=True)
     num_proc = max(1, int(num_proc or min(8, os.cpu_count() or 1)))
     meta = {
         "fingerprint": fingerprint,

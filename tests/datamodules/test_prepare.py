@@ -47,6 +47,11 @@ def test_prepare_is_idempotent_and_notices_changes(tmp_path):
     assert meta3["splits"]["train"]["n_tokens"] == meta2["splits"]["train"]["n_tokens"] - 30
     (out / "train.bin").write_bytes(b"\0\0")  # truncated output -> not considered prepared
     assert load_meta(out) is None
+    (out / "train.bin.tmp999").write_bytes(b"\0" * 8)  # debris of an interrupted preparation is cleaned
+    meta4 = prepare_corpus(src, out, num_proc=1, progress=False, add_bos=False)
+    assert meta4["fingerprint"] == meta3["fingerprint"] and meta4["splits"]["train"]["n_tokens"] == len(
+        np.fromfile(out / "train.bin", dtype=np.uint16)) == meta3["splits"]["train"]["n_tokens"]
+    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "train.bin", "train.idx.npy"]
 
 
 def test_max_tokens_prepares_a_prefix(tmp_path):
