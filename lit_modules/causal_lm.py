@@ -224,7 +224,10 @@ class CausalLMModule(L.LightningModule):
 
     # ---------------------------------------------------------------- exact resume
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+        # Plain types and tensors only: Lightning loads checkpoints with torch.load(weights_only=True).
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        rng = {"python": random.getstate(), "torch": torch.get_rng_state(),
+               "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)]}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         checkpoint["recipe_state"] = {"skipped_steps": self.skipped_steps, "consecutive_bad": self.consecutive_bad,
@@ -246,7 +249,8 @@ class CausalLMModule(L.LightningModule):
         if rng is None:
             return
         random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
+        kind, keys, pos, has_gauss, gauss = rng["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
         torch.set_rng_state(rng["torch"])
         if "cuda" in rng and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(rng["cuda"])
