@@ -40,6 +40,12 @@ FORMAT_VERSION = 1
 _worker_state: dict = {}
 
 
+def _init_pool_worker(*args) -> None:
+    # one thread per process: parallelism comes from num_proc, and tokens/s per process stays a single core's speed
+    os.environ["RAYON_NUM_THREADS"] = "1"  # HF tokenizers (read when its thread pool starts)
+    _init_worker(*args)
+
+
 def _init_worker(tokenizer_path: str, add_bos: bool, add_eos: bool, dtype: str) -> None:
     _worker_state.update(tok=load_tokenizer(tokenizer_path), add_bos=add_bos, add_eos=add_eos, dtype=np.dtype(dtype))
 
@@ -50,7 +56,7 @@ def _encode_batch(texts: list[str]) -> tuple[np.ndarray, np.ndarray, float]:
     CPU time, not wall time: on a shared or oversubscribed machine it still measures one process's own speed."""
     t0 = time.process_time()
     s = _worker_state
-    ids = s["tok"].encode_batch(texts, bos=s["add_bos"], eos=s["add_eos"])
+    ids = s["tok"].encode_batch(texts, bos=s["add_bos"], eos=s["add_eos"], num_threads=1)
     lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
     tokens = np.fromiter((t for x in ids for t in x), dtype=s["dtype"], count=int(lengths.sum()))
     return lengths, tokens, time.process_time() - t0
@@ -140,7 +146,7 @@ def prepare_corpus(source, out_dir: str | os.PathLike, tokenizer_path: str | Non
     pool = None
     if num_proc > 1:
         ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-        pool = ctx.Pool(num_proc, initializer=_init_worker, initargs=init_args)
+        pool = ctx.Pool(num_proc, initializer=_init_pool_worker, initargs=init_args)
     else:
         _init_worker(*init_args)
     try:

@@ -90,9 +90,12 @@ class Tokenizer:
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
         return self.encode_batch([text], bos=bos, eos=eos)[0]
 
-    def encode_batch(self, texts: Sequence[str], bos: bool = False, eos: bool = False) -> list[list[int]]:
+    def encode_batch(self, texts: Sequence[str], bos: bool = False, eos: bool = False,
+                     num_threads: int | None = None) -> list[list[int]]:
+        """Encode several texts; ``num_threads`` caps SentencePiece's threads (None: its default, all cores)."""
         if self._kind == "spm":
-            ids = self._tok.encode(list(texts), out_type=int)
+            kw = {} if num_threads is None else {"num_threads": int(num_threads)}
+            ids = self._tok.encode(list(texts), out_type=int, **kw)
         else:
             ids = [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
         return [self._wrap(list(x), bos, eos) for x in ids]
