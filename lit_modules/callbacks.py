@@ -1,4 +1,5 @@
-"""Fault injection for tests of the recipe's fault handling and exact resume (never in a real run's config).
+"""Callbacks of the recipe: `StepCheckpoint` (conf/callbacks/default.yaml) and `FaultInjector`, fault injection for
+tests of the fault handling and exact resume (never in a real run's config):
 
     python run.py experiment=smoke +callbacks.fault._target_=lit_modules.callbacks.FaultInjector \\
         '+callbacks.fault.nan_loss_steps=[3]' +callbacks.fault.sigkill_at_step=7
@@ -14,6 +15,23 @@ from typing import Any, Sequence
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+
+class StepCheckpoint(ModelCheckpoint):
+    """`ModelCheckpoint` (every `every_n_train_steps`, `save_last`) that also writes `last.ckpt` when training ends
+    between two periodic checkpoints, so `ckpt_path=last` always holds the final state of a finished run. A run that
+    stops on an exception (e.g. `NonFiniteTrainingError`) is not saved here: its newest checkpoints stay as they were."""
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        super().on_train_end(trainer, pl_module)
+        if not self.save_last or self.dirpath is None or trainer.global_step == 0:
+            return
+        if getattr(self, "_last_global_step_saved", -1) == trainer.global_step:
+            return  # the periodic checkpoint of this step already wrote last.ckpt
+        path = os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
+        trainer.save_checkpoint(path, self.save_weights_only)  # collective under DDP/FSDP: every rank calls it
+        self.last_model_path = path
 
 
 class FaultInjector(L.Callback):

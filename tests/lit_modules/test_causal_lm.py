@@ -9,13 +9,12 @@ from functools import partial
 import lightning as L
 import pytest
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader
 
 from deltanet import DeltaNetConfig
 from lit_modules import CausalLMModule
-from lit_modules.callbacks import FaultInjector
+from lit_modules.callbacks import FaultInjector, StepCheckpoint
 from lit_modules.causal_lm import NonFiniteTrainingError, _clean
 from lit_modules.flops import flops_per_token, peak_flops
 from lit_modules.schedules import cosine_with_warmup
@@ -55,7 +54,7 @@ class Snapshots(L.Callback):
 def fit(module, data, tmp_path, max_steps: int, accumulate: int = 1, callbacks=()):
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=max_steps, accumulate_grad_batches=accumulate,
                         gradient_clip_val=1.0, logger=TensorBoardLogger(str(tmp_path), name="tb", version=""),
-                        callbacks=[ModelCheckpoint(dirpath=str(tmp_path / "checkpoints"), every_n_train_steps=2,
+                        callbacks=[StepCheckpoint(dirpath=str(tmp_path / "checkpoints"), every_n_train_steps=2,
                                                    filename="step{step:07d}", auto_insert_metric_name=False,
                                                    save_top_k=-1, save_last=True), *callbacks],
                         log_every_n_steps=1, limit_val_batches=0, num_sanity_val_steps=0, enable_progress_bar=False,
@@ -134,6 +133,12 @@ def test_two_bad_steps_with_a_good_one_between_do_not_stop(tmp_path):
     module = tiny_module(max_bad_steps=2, scheduler=False)
     fit(module, batches(6, seed=4), tmp_path, max_steps=5, callbacks=[FaultInjector(nan_loss_steps=[1, 3])])
     assert module.skipped_steps == 2 and module.trainer.global_step == 5
+    # checkpoints every 2 steps, and last.ckpt holds the end of training (step 5), counters included
+    ckpts = tmp_path / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["last.ckpt", "step0000002.ckpt", "step0000004.ckpt"]
+    last = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == 5 and last["recipe_state"]["skipped_steps"] == 2
+    assert torch.equal(last["state_dict"]["model.lm_head.weight"], module.model.lm_head.weight)
 
 
 def test_weight_decay_only_on_matrices():
