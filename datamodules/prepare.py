@@ -212,11 +212,11 @@ def _prepare_split(source, split: str, out_dir: Path, pool, batch_docs: int, pro
         "tokens_per_s_per_process": round(n_tokens / max(busy, 1e-9)),
     }
     skipped = stats.empty + stats.bad
-    log.info("prepared %s: %s docs, %s tokens in %.1fs (%s tokens/s, %s tokens/s per process)%s", split,
-             f"{n_docs:,}", f"{n_tokens:,}", wall, f"{info['tokens_per_s']:,}",
-             f"{info['tokens_per_s_per_process']:,}",
-             f"; skipped {stats.empty} empty and {stats.bad} bad records" if skipped else "")
-    print(f"[prepare] {split}: {n_docs:,} docs, {n_tokens:,} tokens, {wall:.2f}s, "
-          f"{info['tokens_per_s']:,} tokens/s ({info['tokens_per_s_per_process']:,} tokens/s per process)"
-          + (f", skipped {stats.empty} empty + {stats.bad} bad records" if skipped else ""), file=sys.stderr)
+    report = (f"prepared {split}: {n_docs:,} docs, {n_tokens:,} tokens in {wall:.2f}s, {info['tokens_per_s']:,} tokens/s "
+              f"({info['tokens_per_s_per_process']:,} tokens/s per process)"
+              + (f"; skipped {stats.empty} empty and {stats.bad} bad records" if skipped else ""))
+    if log.hasHandlers():  # e.g. under run.py (Hydra configures logging): goes to the console and the run's log file
+        log.info(report)
+    else:  # a bare script or notebook: still show the report
+        print(report, file=sys.stderr)
     return info
