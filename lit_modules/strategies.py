@@ -28,6 +28,7 @@ def fsdp(block: str = "deltanet.model.Block", sharding_strategy: str = "FULL_SHA
     from torch.distributed.fsdp import MixedPrecision
 
     block_cls = _import(block)
+    kwargs.setdefault("use_orig_params", True)  # parameter names (and so the weight-decay groups) survive wrapping
     mp = MixedPrecision(param_dtype=getattr(torch, param_dtype), reduce_dtype=getattr(torch, reduce_dtype),
                         buffer_dtype=torch.float32)
     return FSDPStrategy(auto_wrap_policy={block_cls}, mixed_precision=mp, sharding_strategy=sharding_strategy,
