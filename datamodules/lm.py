@@ -113,11 +113,21 @@ class PackedLMDataModule(LightningDataModule):
                                        self.batch_size, seed=self.seed, shuffle=self.shuffle, rank=rank,
                                        world_size=world, varlen=self.varlen, position=self.position, name="train")
         for split in ("validation", "test"):
-            if split in meta["splits"]:
-                dataset = PackedBatches(TokenFile(self.cache_dir, split, meta["dtype"]), self.seq_len,
-                                        self.val_batch_size, seed=self.seed, shuffle=False, rank=rank,
-                                        world_size=world, varlen=self.varlen, name=split)
-                setattr(self, "val_set" if split == "validation" else "test_set", dataset)
+            if split not in meta["splits"]:
+                continue
+            token_file = TokenFile(self.cache_dir, split, meta["dtype"])
+            # a small held-out split still gets evaluated: smaller batches when it cannot fill val_batch_size per rank
+            batch_size = min(self.val_batch_size, token_file.n_tokens // self.seq_len // world)
+            if batch_size == 0:
+                log.warning("%s split has %s tokens, less than one sequence of %d per rank: not evaluated", split,
+                            f"{token_file.n_tokens:,}", self.seq_len)
+                continue
+            if batch_size < self.val_batch_size:
+                log.warning("%s split fills only batches of %d sequences of %d per rank", split, batch_size,
+                            self.seq_len)
+            dataset = PackedBatches(token_file, self.seq_len, batch_size, seed=self.seed, shuffle=False, rank=rank,
+                                    world_size=world, varlen=self.varlen, name=split)
+            setattr(self, "val_set" if split == "validation" else "test_set", dataset)
 
     # ----------------------------------------------------------------------------------------------------- loaders
     def _loader(self, dataset: PackedBatches) -> DataLoader:

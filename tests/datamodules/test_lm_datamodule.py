@@ -99,3 +99,12 @@ def test_config_files_compose_and_embedded_trains_through_the_same_path(tmp_path
     assert batch["input_ids"].shape == (4, 64) and int(batch["input_ids"].max()) < dm.vocab_size == 32000
     assert len(dm.val_dataloader()) >= 1 and dm.test_dataloader() == []
     assert (tmp_path / "corpora" / "embedded" / "train" / "chunk1").is_dir()
+    # paper-size sequences on the small embedded corpus: validation falls back to the batches it can fill
+    dm = instantiate(cfg, seq_len=2048, batch_size=8, num_workers=0, progress=False)
+    dm.setup("fit")
+    val = list(dm.val_dataloader())
+    n_val = dm.meta["splits"]["validation"]["n_tokens"]
+    assert 0 < n_val // 2048 < 8 and len(val) == 1 and val[0]["input_ids"].shape == (n_val // 2048, 2048)
+    dm = instantiate(cfg, seq_len=16384, batch_size=1, num_workers=0, progress=False)
+    dm.setup("fit")
+    assert n_val < 16384 and dm.val_dataloader() == [] and len(dm.train_dataloader()) > 0  # too short: not evaluated
