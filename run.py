@@ -94,16 +94,16 @@ def generate(cfg: DictConfig) -> str:
 
     if cfg.ckpt_path is None:
         raise ValueError("task=generate needs ckpt_path=<a .ckpt file or a save_pretrained directory>")
-    L_seed = int(cfg.seed)
-    torch.manual_seed(L_seed)
+    torch.manual_seed(int(cfg.seed))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_for_generation(cfg.ckpt_path).to(device).eval()
     tokenizer = load_tokenizer(cfg.data.get("tokenizer"))
     ids = torch.tensor([[tokenizer.bos_id] + tokenizer.encode(cfg.prompt)], device=device)
     out = model.generate(ids, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
                          top_p=cfg.top_p, eos_token_id=tokenizer.eos_id)
-    text = tokenizer.decode(out[0, ids.shape[1]:].tolist())
-    print(cfg.prompt + text)
+    # Decode prompt and continuation together: SentencePiece drops the leading space of a piece decoded on its own.
+    text = tokenizer.decode(out[0, 1:].tolist())
+    print(text)
     return text
 
 
