@@ -88,12 +88,59 @@ def totals(q, k, v, beta, do, fn):
     return bench(fwd), bench(fwdbwd)
 
 
+def diag_stages(K, V, dtype=torch.bfloat16, B=1, T=256, H=2, BT=64, device="cuda"):
+    """Relative error of every forward intermediate (A, w, u, h, v_new, o, final state) of our kernels against the
+    same stage computed in float64 from the same (rounded) inputs: localises a wrong kernel."""
+    torch.manual_seed(K * 1000 + V)
+    q = F.normalize(torch.randn(B, T, H, K, device=device, dtype=torch.float64), dim=-1).to(dtype)
+    k = F.normalize(torch.randn(B, T, H, K, device=device, dtype=torch.float64), dim=-1).to(dtype)
+    v = torch.randn(B, T, H, V, device=device, dtype=torch.float64).to(dtype)
+    beta = torch.rand(B, T, H, device=device, dtype=torch.float64).to(dtype)
+    h0 = torch.randn(B, H, K, V, device=device, dtype=torch.float64).to(dtype)
+    scale = K ** -0.5
+    m = ck._Meta(q, v, None, BT)
+    A, w, u = ck._wy_fwd(m, k, v, beta)
+    h, v_new, ht = ck._fwd_h(m, k, w, u, h0, True)
+    o = ck._fwd_o(m, q, k, v_new, h, scale)
+    qd, kd, vd, bd, S = (x.double() for x in (q, k, v, beta, h0))
+    ref = {n: [] for n in ("A", "w", "u", "h", "v_new", "o")}
+    NT = T // BT
+    for c in range(NT):
+        sl = slice(c * BT, (c + 1) * BT)
+        kc, vc, qc, bc = (x[:, sl].transpose(1, 2) for x in (kd, vd, qd, bd))  # (B, H, BT, *)
+        L = torch.tril(bc[..., None] * (kc @ kc.transpose(-1, -2)), -1)
+        Ac = torch.linalg.inv(torch.eye(BT, device=device, dtype=torch.float64) + L)
+        wc, uc = Ac @ (bc[..., None] * kc), Ac @ (bc[..., None] * vc)
+        vn = uc - wc @ S
+        oc = scale * (qc @ S + torch.tril(qc @ kc.transpose(-1, -2)) @ vn)
+        ref["A"].append(Ac.transpose(1, 2)), ref["w"].append(wc.transpose(1, 2)), ref["u"].append(uc.transpose(1, 2))
+        ref["h"].append(S.clone()), ref["v_new"].append(vn.transpose(1, 2)), ref["o"].append(oc.transpose(1, 2))
+        S = S + kc.transpose(-1, -2) @ vn
+    ours = {"A": A, "w": w, "u": u, "h": h.view(B, NT, H, K, V), "v_new": v_new, "o": o}
+    err = {}
+    for n, r in ref.items():
+        r = torch.stack(r, 1) if n == "h" else torch.cat(r, 1)
+        err[n] = ((ours[n].double() - r).norm() / r.norm()).item()
+    err["final"] = ((ht.double() - S).norm() / S.norm()).item()
+    return err
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--sweep-shapes", default="8,2048,16,128;1,32768,16,128")
     ap.add_argument("--budget-s", type=float, default=240.0, help="stop sweeping after this many seconds")
+    ap.add_argument("--shapes", default=";".join(",".join(map(str, s)) for s in SHAPES))
+    ap.add_argument("--no-fla", action="store_true", help="skip the fla totals")
+    ap.add_argument("--no-sweep", action="store_true", help="skip the (num_warps, num_stages) sweep")
+    ap.add_argument("--diag", action="store_true", help="only: per-stage errors vs float64 at several K, V; exit")
     args = ap.parse_args()
+    if args.diag:
+        for dt in (torch.bfloat16, torch.float32):
+            for K, V in ((128, 128), (256, 256), (256, 64), (64, 256), (192, 64)):
+                e = diag_stages(K, V, dt)
+                print("diag", str(dt)[6:], K, V, {n: f"{x:.1e}" for n, x in e.items()}, flush=True)
+        return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
@@ -113,18 +160,22 @@ def main():
 
     ours = lambda q, k, v, b: ck.chunk_delta_rule(q, k, v, b)  # noqa: E731
     # 1. breakdown at every shape, both inverse variants for wy_fwd
-    for shape in SHAPES:
+    for spec in args.shapes.split(";"):
+        shape = tuple(int(x) for x in spec.split(","))
         q, k, v, beta, do = make(*shape)
         fns = stage_fns(q, k, v, beta, do)
         row = {name: bench(f) for name, f in fns.items()}
-        ck.BLOCKED_INV = False
-        row["wy_fwd_rowinv"] = bench(fns["wy_fwd"])
-        ck.BLOCKED_INV = True
+        row["seq_bv_heuristic"] = ck._Meta(q, v, None, 64).BVs
+        for bv in (16, 32, 64):  # the sequential kernels at each V block
+            ck.SEQ_BV = bv
+            for name in SEQ:
+                row[f"{name}_bv{bv}"] = bench(fns[name])
+        ck.SEQ_BV = None
         res["breakdown"][str(shape)] = row
-        print("breakdown", shape, {n: round(t, 4) for n, t in row.items()}, flush=True)
+        print("breakdown", shape, {n: round(t, 4) for n, t in row.items()}, f"t={time.time() - t_start:.0f}s", flush=True)
         f0, fb0 = totals(q, k, v, beta, do, ours)
         res["totals"][str(shape)] = {"ours_default": [f0, fb0]}
-        if fla_chunk is not None:
+        if fla_chunk is not None and not args.no_fla:
             f1, fb1 = totals(q, k, v, beta, do, lambda q, k, v, b: fla_chunk(q, k, v, b))
             res["totals"][str(shape)]["fla"] = [f1, fb1]
         print("totals", shape, res["totals"][str(shape)], flush=True)
@@ -133,7 +184,7 @@ def main():
         torch.cuda.empty_cache()
 
     # 2. sweep
-    for spec in args.sweep_shapes.split(";"):
+    for spec in ([] if args.no_sweep else args.sweep_shapes.split(";")):
         shape = tuple(int(x) for x in spec.split(","))
         q, k, v, beta, do = make(*shape)
         fns = stage_fns(q, k, v, beta, do)

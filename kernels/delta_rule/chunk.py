@@ -220,8 +220,8 @@ def _fwd_h_kernel(
     USE_H0: tl.constexpr, STORE_FINAL: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr,
 ):
     """Walk the chunks of one (sequence, head, V block): store the state before each chunk in h, V' = U - W S in
-    v_new, then S += K^T V'.  The state [K, BV] stays in registers as up to four [BK, BV] row blocks (K <= 4 * BK,
-    BK <= 64: no [BT, 256] tiles, which spill).  Grid: (N * H, cdiv(V, BV))."""
+    v_new, then S += K^T V'.  The state [K, BV] stays in registers as up to four [BK, BV] row blocks (K <= 4 * BK;
+    one block up to K = 128, blocks of 64 above).  Grid: (N * H, cdiv(V, BV))."""
     i_nh, i_v = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, T_seq, NT_seq, boh = _seq_coords(i_n, T, cu_seqlens, chunk_offsets, BT, IS_VARLEN)
@@ -356,11 +356,15 @@ def _bwd_dhu_kernel(
     scale, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr,
+    USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr, INLINE_DV: tl.constexpr, IS_VARLEN: tl.constexpr,
+    PREC: tl.constexpr,
 ):
     """Reverse walk over the chunks of one (sequence, head, V block) with dS = gradient of the state after the chunk:
     store dS in dh, dV' = dv_local + K dS, then dS <- dS + scale Q^T dO - W^T dV'.  dS is held as up to four
-    [BK, BV] row blocks, as in _fwd_h_kernel.  Grid: (N * H, cdiv(V, BV))."""
+    [BK, BV] row blocks, as in _fwd_h_kernel.  With INLINE_DV (only when K <= BK) dv_local = scale * triu(K Q^T) dO
+    is computed here from the q, k tiles the step loads anyway (it is off the dS dependency chain).
+    Grid: (N * H, cdiv(V, BV))."""
+    o_t = tl.arange(0, BT)
     i_nh, i_v = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, T_seq, NT_seq, boh = _seq_coords(i_n, T, cu_seqlens, chunk_offsets, BT, IS_VARLEN)
@@ -389,10 +393,18 @@ def _bwd_dhu_kernel(
         p_q = q + (t0 * H + i_h) * K
         p_k = k + (t0 * H + i_h) * K
         p_w = w + (t0 * H + i_h) * K
+        b_q = _ld(p_q, T_rem, K, H * K, 0, 0, BT, BK)
+        b_k = _ld(p_k, T_rem, K, H * K, 0, 0, BT, BK)
+        b_w = _ld(p_w, T_rem, K, H * K, 0, 0, BT, BK)
         b_do = _ld(do + (t0 * H + i_h) * V, T_rem, V, H * V, 0, c0, BT, BV)
-        b_dv = _ld(dv_local + (t0 * H + i_h) * V, T_rem, V, H * V, 0, c0, BT, BV).to(tl.float32)
+        if INLINE_DV:
+            b_A = tl.dot(b_k, tl.trans(b_q), input_precision=PREC)
+            b_A = tl.where(o_t[:, None] <= o_t[None, :], b_A * scale, 0.)
+            b_dv = tl.dot(b_A.to(dt), b_do, input_precision=PREC)
+        else:
+            b_dv = _ld(dv_local + (t0 * H + i_h) * V, T_rem, V, H * V, 0, c0, BT, BV).to(tl.float32)
         _st(p_dh, b_dh1, K, V, V, 0, c0, BK, BV)
-        b_dv += tl.dot(_ld(p_k, T_rem, K, H * K, 0, 0, BT, BK), b_dh1.to(dt), input_precision=PREC)
+        b_dv += tl.dot(b_k, b_dh1.to(dt), input_precision=PREC)
         if K > BK:
             _st(p_dh, b_dh2, K, V, V, BK, c0, BK, BV)
             b_dv += tl.dot(_ld(p_k, T_rem, K, H * K, 0, BK, BT, BK), b_dh2.to(dt), input_precision=PREC)
@@ -404,8 +416,6 @@ def _bwd_dhu_kernel(
             b_dv += tl.dot(_ld(p_k, T_rem, K, H * K, 0, 3 * BK, BT, BK), b_dh4.to(dt), input_precision=PREC)
         _st(dv_new + (t0 * H + i_h) * V, b_dv, T_rem, V, H * V, 0, c0, BT, BV)
         b_dvd = b_dv.to(dt)
-        b_q = _ld(p_q, T_rem, K, H * K, 0, 0, BT, BK)
-        b_w = _ld(p_w, T_rem, K, H * K, 0, 0, BT, BK)
         b_dh1 += tl.dot(tl.trans((b_q * scale).to(dt)), b_do, input_precision=PREC)
         b_dh1 -= tl.dot(tl.trans(b_w), b_dvd, input_precision=PREC)
         if K > BK:
@@ -560,33 +570,12 @@ LAUNCH = {
     "wy_bwd": (4, 2),
 }
 BLOCKED_INV = True  # (I + L)^-1 by 16x16 diagonal blocks + merge (False: row-by-row substitution on BT x BT)
-SEQ_BV = None  # V block of the sequential kernels (None: heuristic in _Meta)
+SEQ_BV = None  # V block of the sequential kernels (None: 32 for K <= 128, 64 above; see _Meta)
 
 
 def _pow2(n: int) -> int:
     return max(16, triton.next_power_of_2(n))
 
-
-_NUM_SMS = {}
-
-
-def _num_sms() -> int:
-    if not torch.cuda.is_available():
-        return 132
-    dev = torch.cuda.current_device()
-    if dev not in _NUM_SMS:
-        _NUM_SMS[dev] = torch.cuda.get_device_properties(dev).multi_processor_count
-    return _NUM_SMS[dev]
-
-
-def _seq_block_v(NH: int, K: int, V: int) -> int:
-    """V block of the sequential kernels (one program per (sequence*head, V block) walks all chunks): the largest of
-    64/32/16 that still gives about two programs per SM; smaller blocks when N*H is small (long sequences)."""
-    cap = 32 if K > 128 else 64  # keep the [K, BV] state within registers
-    for bv in (64, 32):
-        if bv <= cap and NH * triton.cdiv(V, bv) >= 2 * _num_sms():
-            return min(bv, _pow2(V))
-    return 16
 
 
 class _Meta:
@@ -610,8 +599,9 @@ class _Meta:
         self.prec = "ieee" if q.dtype == torch.float32 else "tf32"
         self.BK = min(64, _pow2(self.K))  # K block: <= 4 of them cover K <= 256
         self.BV = min(64, _pow2(self.V))
-        self.BVs = SEQ_BV if SEQ_BV is not None else _seq_block_v(self.N * self.H, self.K, self.V)
-        self.BVs = min(self.BVs, _pow2(self.V))
+        # sequential kernels: all of K in one [BKs, BV] state tile up to K = 128, else row blocks of 64
+        self.BKs = _pow2(self.K) if self.K <= 128 else 64
+        self.BVs = min(SEQ_BV if SEQ_BV is not None else (64 if self.K > 128 else 32), _pow2(self.V))
 
 
 def _wy_fwd(m: _Meta, k, v, beta, A=None):
@@ -636,7 +626,7 @@ def _fwd_h(m: _Meta, k, w, u, initial_state, output_final_state):
     grid = (m.N * m.H, triton.cdiv(m.V, m.BVs))
     _fwd_h_kernel[grid](
         k, w, u, v_new, h, initial_state, ht, m.cu_seqlens, m.chunk_offsets, m.T,
-        H=m.H, K=m.K, V=m.V, BT=m.BT, BK=m.BK, BV=m.BVs,
+        H=m.H, K=m.K, V=m.V, BT=m.BT, BK=m.BKs, BV=m.BVs,
         USE_H0=initial_state is not None, STORE_FINAL=output_final_state, IS_VARLEN=m.is_varlen, PREC=m.prec,
         num_warps=LAUNCH["fwd_h"][0], num_stages=LAUNCH["fwd_h"][1],
     )
@@ -655,20 +645,23 @@ def _fwd_o(m: _Meta, q, k, v_new, h, scale):
 
 
 def _bwd_dhu(m: _Meta, q, k, w, do, dht, scale, need_dh0):
-    dv_local = torch.empty_like(do)
-    _bwd_dv_local_kernel[(m.NT * m.H, triton.cdiv(m.V, m.BV))](
-        q, k, do, dv_local, m.cu_seqlens, m.chunk_indices, scale, m.T,
-        H=m.H, K=m.K, V=m.V, BT=m.BT, BK=m.BK, BV=m.BV, IS_VARLEN=m.is_varlen, PREC=m.prec,
-        num_warps=LAUNCH["bwd_dv_local"][0], num_stages=LAUNCH["bwd_dv_local"][1],
-    )
+    inline_dv = m.BKs >= m.K
+    dv_local = None
+    if not inline_dv:
+        dv_local = torch.empty_like(do)
+        _bwd_dv_local_kernel[(m.NT * m.H, triton.cdiv(m.V, m.BV))](
+            q, k, do, dv_local, m.cu_seqlens, m.chunk_indices, scale, m.T,
+            H=m.H, K=m.K, V=m.V, BT=m.BT, BK=m.BK, BV=m.BV, IS_VARLEN=m.is_varlen, PREC=m.prec,
+            num_warps=LAUNCH["bwd_dv_local"][0], num_stages=LAUNCH["bwd_dv_local"][1],
+        )
     dh = q.new_empty(m.NT, m.H, m.K, m.V)
     dv_new = torch.empty_like(do)
     dh0 = q.new_empty(m.N, m.H, m.K, m.V, dtype=torch.float32) if need_dh0 else None
     grid = (m.N * m.H, triton.cdiv(m.V, m.BVs))
     _bwd_dhu_kernel[grid](
         q, k, w, do, dv_local, dv_new, dh, dht, dh0, m.cu_seqlens, m.chunk_offsets, scale, m.T,
-        H=m.H, K=m.K, V=m.V, BT=m.BT, BK=m.BK, BV=m.BVs,
-        USE_DHT=dht is not None, STORE_DH0=need_dh0, IS_VARLEN=m.is_varlen, PREC=m.prec,
+        H=m.H, K=m.K, V=m.V, BT=m.BT, BK=m.BKs, BV=m.BVs,
+        USE_DHT=dht is not None, STORE_DH0=need_dh0, INLINE_DV=inline_dv, IS_VARLEN=m.is_varlen, PREC=m.prec,
         num_warps=LAUNCH["bwd_dhu"][0], num_stages=LAUNCH["bwd_dhu"][1],
     )
     return dv_new, dh, dh0

@@ -129,6 +129,11 @@ def test_non_power_of_two_head_dims(K, V):
     check(seed=K + V, B=1, T=21, H=1, K=K, V=V, chunk_size=16)
 
 
+def test_largest_key_dim():
+    """K = 256: the sequential kernels hold the state as four 64-row blocks and dv_local runs as its own kernel."""
+    check(seed=256, B=1, T=20, H=1, K=256, V=16, chunk_size=16)
+
+
 def test_float16_inputs():
     check(seed=16, B=1, T=40, H=1, K=32, V=32, chunk_size=32, dtype=torch.float16, tol_o=4e-3, tol_g=8e-3)
 
