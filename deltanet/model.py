@@ -102,13 +102,15 @@ def chunked_cross_entropy(h: torch.Tensor, weight: torch.Tensor, labels: torch.T
     """Mean CE of ``h @ weight.T`` against ``labels`` over non-ignored rows, chunk by chunk.
 
     h: (N, C); weight: (V, C); labels: (N,) long.  Each chunk runs under non-reentrant checkpointing, so only
-    (chunk, V) logits are alive at a time, in the forward and the backward.
+    (chunk, V) logits are alive at a time, in the forward and the backward; a single chunk runs without checkpointing.
     """
     keep = labels != ignore_index
     h, labels = h[keep], labels[keep]
     n = labels.numel()
     if n == 0:
         return h.sum() * 0.0  # no target: zero loss that still has a graph
+    if n <= chunk_size:  # one chunk: its logits are the peak anyway, recomputing them would only cost time
+        return _ce_sum(h, weight, labels) / n
     total = h.new_zeros((), dtype=torch.float32)
     grad = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
     for s in range(0, n, chunk_size):
