@@ -66,8 +66,8 @@ def main() -> None:
         r["mfu"] = r["model_tflops"] / a.peak_tflops
         rows.append(r)
         print(json.dumps(r), flush=True)
-    if a.out:
-        Path(a.out).write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
+        if a.out:  # after every family, so a run cut short by a time limit keeps what it measured
+            Path(a.out).write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
     print(f"\n{meta}\n| family | params | ms/step | tokens/s | MFU | peak GiB |\n|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['family']} | {r['params'] / 1e6:.0f}M | {r['ms']:.1f} | {r['tokens_per_s']:,.0f} | "
