@@ -140,6 +140,14 @@ def main():
             for K, V in ((128, 128), (256, 256), (256, 64), (64, 256), (192, 64)):
                 e = diag_stages(K, V, dt)
                 print("diag", str(dt)[6:], K, V, {n: f"{x:.1e}" for n, x in e.items()}, flush=True)
+        # the same without software pipelining of the chunk-parallel kernels' K/V loops (num_stages=1)
+        saved = dict(ck.LAUNCH)
+        for name in ("wy_fwd", "fwd_o"):
+            ck.LAUNCH[name] = (ck.LAUNCH[name][0], 1)
+        for K, V in ((256, 256), (256, 64), (64, 256)):
+            e = diag_stages(K, V, torch.bfloat16)
+            print("diag stages=1 bfloat16", K, V, {n: f"{x:.1e}" for n, x in e.items()}, flush=True)
+        ck.LAUNCH.update(saved)
         return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
