@@ -135,3 +135,28 @@ def test_deltanet_triton_backend_matches_torch_backend(triton_runnable):
     a, _ = ref(x[:1], cu_seqlens=cu, mode="chunk")
     b, _ = tri(x[:1], cu_seqlens=cu, mode="chunk")
     assert rel_err(b, a) < 1e-5
+
+
+@pytest.mark.parametrize("window,varlen", [(64, False), (None, True), (50, True)])
+def test_flex_block_masks_match_dense_masks(window, varlen):
+    """The CUDA path's FlexAttention block masks select the same keys as the CPU path's dense masks (eager flex on CPU;
+    the compiled kernel itself is checked in test_gpu.py)."""
+    import warnings
+
+    from torch.nn.attention.flex_attention import flex_attention
+
+    from deltanet.layers.attention import _allowed, _varlen_block_mask, _window_block_mask
+    from deltanet.layers.conv import varlen_positions
+    torch.manual_seed(7)
+    T = 300  # not a multiple of the 128-token blocks
+    q, k, v = (torch.randn(1, 2, T, 32) for _ in range(3))
+    if varlen:
+        seq_id, pos = varlen_positions(torch.tensor([0, 37, 38, 200, 300]), T)
+        bm, dense = _varlen_block_mask(seq_id, window), _allowed(pos, pos, window, seq_id, seq_id)
+    else:
+        pos = torch.arange(T)
+        bm, dense = _window_block_mask(T, window, "cpu"), _allowed(pos, pos, window)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # eager flex_attention warns that it is not compiled
+        out = flex_attention(q, k, v, block_mask=bm)
+    assert rel_err(out, F.scaled_dot_product_attention(q, k, v, attn_mask=dense)) < 1e-5
