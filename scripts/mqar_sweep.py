@@ -355,6 +355,7 @@ def report(args) -> None:
     for r in sorted(runs, key=lambda r: r["name"]):
         lines.append(f"| {r['name']} | {100 * r['final_acc']:.2f}% | {r['steps']} | {r['sequences']:,} | "
                      f"{r['train_seconds']:.0f} |")
+    lines += [""] + [f"- {n}" for n in (args.note or [])]
     (out / "mqar.md").write_text("\n".join(lines) + "\n")
     (out / "mqar.json").write_text(json.dumps({"best": table, "runs": runs}, indent=1))
 
@@ -364,21 +365,24 @@ def report(args) -> None:
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
     for fam_rec in sorted({(k[0], k[2]) for k in best}):
-        pts = sorted((k[1], best[k][1]["final_acc"]) for k in best if (k[0], k[2]) == fam_rec)
-        a1.plot([p[0] for p in pts], [100 * p[1] for p in pts], "o-", label=f"{fam_rec[0]} ({fam_rec[1]})")
+        pts = sorted((k[1], best[k][1]) for k in best if (k[0], k[2]) == fam_rec)
+        a1.plot([w for w, _ in pts], [100 * r["final_acc"] for _, r in pts], "o-", label=f"{fam_rec[0]} ({fam_rec[1]})")
+        for w, r in pts:  # the training length differs between points: say it on the plot
+            a1.annotate(f"{r['sequences'] / 1e6:.2f}M seq", (w, 100 * r["final_acc"]), textcoords="offset points",
+                        xytext=(4, -10), fontsize=7)
     a1.set_xscale("log", base=2)
     a1.set_xlabel("model width")
     a1.set_ylabel("test accuracy (%)")
-    a1.set_title("MQAR, best lr per point")
+    a1.set_title("MQAR, best lr per point (at the end of each run)")
     a1.set_ylim(-2, 102)
     a1.legend(fontsize=8)
-    for r in sorted(runs, key=lambda r: r["name"]):
-        if r["width"] == min(x["width"] for x in runs):
-            c = r["curve"]
-            a2.plot([p["seqs"] / 1e6 for p in c], [100 * p["acc"] for p in c], label=r["name"])
+    for _, r in sorted(best.values(), key=lambda sr: sr[1]["name"]):
+        c = r["curve"]
+        a2.plot([p["seqs"] / 1e6 for p in c], [100 * p["acc"] for p in c], label=r["name"])
+    a2.axhline(100 * runs[0]["target"], color="gray", lw=0.8, ls="--")
     a2.set_xlabel("training sequences (M)")
     a2.set_ylabel("test accuracy (%)")
-    a2.set_title("smallest width: accuracy vs training sequences")
+    a2.set_title("test accuracy vs training sequences")
     a2.set_ylim(-2, 102)
     a2.legend(fontsize=7)
     fig.tight_layout()
@@ -422,6 +426,7 @@ def main() -> None:
     s.add_argument("--results", required=True)
     s.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     s.add_argument("--command", default="python scripts/mqar_sweep.py sweep ...")
+    s.add_argument("--note", action="append", help="a line of notes under the table")
     args = p.parse_args()
     if args.cmd == "sweep":
         sweep(args)
