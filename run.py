@@ -3,7 +3,7 @@
     python run.py                                  # train a small DeltaNet on the embedded corpus
     python run.py experiment=smoke                 # toy-size run of the whole pipeline (< 1 min on CPU)
     python run.py model=deltanet_hybrid_swa trainer.devices=8
-    python run.py task=prepare data=slimpajama_local data.root=/path/to/SlimPajama
+    python run.py task=prepare data=slimpajama_local data.source.root=/path/to/SlimPajama
     python run.py task=generate ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt prompt="The delta rule"
 """
 from __future__ import annotations

@@ -22,10 +22,13 @@ def compose_cfg(overrides: list[str], tmp_path: Path):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=overrides, return_hydra_config=True)
-        HydraConfig.instance().set_config(cfg)
+        OmegaConf.set_readonly(cfg.hydra, False)
         with open_dict(cfg):
-            cfg.hydra.runtime.output_dir = str(tmp_path)
-        OmegaConf.resolve(cfg)
+            cfg.hydra.runtime.output_dir = str(tmp_path)  # what a real run's `${hydra:runtime.output_dir}` gives
+        HydraConfig.instance().set_config(cfg)
+        for key in cfg:  # every interpolation outside Hydra's own node must resolve
+            if key != "hydra":
+                OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
     return cfg
 
 
