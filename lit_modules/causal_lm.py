@@ -159,7 +159,7 @@ class CausalLMModule(L.LightningModule):
             metrics["train/peak_mem_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         for name, value in metrics.items():
             self.log(name, value, on_step=True, on_epoch=False, rank_zero_only=True,
-                     prog_bar=name in ("train/loss", "train/grad_norm", "train/lr", "train/tokens_per_s"))
+                     prog_bar=name in ("train/loss", "train/grad_norm", "train/lr", "train/tokens_per_s", "train/mfu"))
 
         if bad and self.consecutive_bad >= self.max_bad_steps:
             raise NonFiniteTrainingError(self._fault_message(step))

@@ -23,11 +23,12 @@ from tests.helpers import read_scalars
 VOCAB = 64
 
 
-def tiny_module(max_bad_steps: int = 3, scheduler: bool = True) -> CausalLMModule:
+def tiny_module(max_bad_steps: int = 3, scheduler: bool = True, peak_flops_per_device=None) -> CausalLMModule:
     config = DeltaNetConfig(vocab_size=VOCAB, hidden_size=32, num_layers=2, num_heads=2, family="transformer")
     return CausalLMModule(config, optimizer=partial(torch.optim.AdamW, lr=1e-2, betas=(0.9, 0.95), weight_decay=0.01),
                           scheduler=partial(cosine_with_warmup, warmup_steps=2, total_steps=8, min_lr=1e-3)
-                          if scheduler else None, max_bad_steps=max_bad_steps)
+                          if scheduler else None, max_bad_steps=max_bad_steps,
+                          peak_flops_per_device=peak_flops_per_device)
 
 
 def batches(n: int, seed: int) -> list[dict[str, torch.Tensor]]:
@@ -65,7 +66,7 @@ def fit(module, data, tmp_path, max_steps: int, accumulate: int = 1, callbacks=(
 
 def test_logged_step_metrics_match_a_manual_step(tmp_path):
     torch.manual_seed(0)
-    module = tiny_module()
+    module = tiny_module(peak_flops_per_device=1e12)
     reference = copy.deepcopy(module)
     data = batches(8, seed=1)
     fit(module, data, tmp_path, max_steps=4, accumulate=2)
@@ -92,6 +93,10 @@ def test_logged_step_metrics_match_a_manual_step(tmp_path):
     assert lrs == pytest.approx(expected, rel=1e-6)
     tps = read_scalars(tmp_path, "train/tokens_per_s")
     assert len(tps) == 3 and all(v > 0 for _, v in tps)  # every step but the first is timed
+    fpt = flops_per_token(module.model_config, 16, module.model.num_parameters())
+    mfu = read_scalars(tmp_path, "train/mfu")
+    assert [s for s, _ in mfu] == [s for s, _ in tps]
+    assert [v for _, v in mfu] == pytest.approx([v * fpt / 1e12 for _, v in tps], rel=1e-5)
     assert module.tokens_seen == 8 * 2 * 16
 
 
