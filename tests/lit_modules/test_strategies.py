@@ -1,0 +1,38 @@
+"""trainer=ddp / trainer=fsdp build the strategies they document (construction only: running them needs GPUs)."""
+from __future__ import annotations
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
+
+from deltanet.model import Block
+from tests.helpers import ROOT
+
+
+def strategy_of(trainer: str):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[f"trainer={trainer}"])
+    assert cfg.trainer.accelerator == "gpu" and cfg.trainer.max_steps == 300  # the rest inherited from default.yaml
+    return instantiate(cfg.trainer.strategy)
+
+
+def test_fsdp_wraps_each_block_in_bf16_with_fp32_reduction():
+    from lightning.pytorch.strategies import FSDPStrategy
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    s = strategy_of("fsdp")
+    assert isinstance(s, FSDPStrategy)
+    mp = s.mixed_precision_config
+    assert (mp.param_dtype, mp.reduce_dtype, mp.buffer_dtype) == (torch.bfloat16, torch.float32, torch.float32)
+    assert s.kwargs["use_orig_params"] is True and s.sharding_strategy.name == "FULL_SHARD"
+    policy = s.kwargs["auto_wrap_policy"]
+    assert isinstance(policy, ModuleWrapPolicy) and policy._module_classes == {Block}
+
+
+def test_ddp_strategy():
+    from lightning.pytorch.strategies import DDPStrategy
+
+    s = strategy_of("ddp")
+    assert isinstance(s, DDPStrategy) and s._ddp_kwargs == {"find_unused_parameters": False, "static_graph": False}
