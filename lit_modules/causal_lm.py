@@ -4,6 +4,7 @@ Once per optimizer step (in `on_before_optimizer_step`, after the last micro-bat
 module logs, to TensorBoard and the progress bar:
 
     train/loss        token-weighted mean over the step's micro-batches and devices (torchmetrics, synced)
+    train/ppl         exp(train/loss)
     train/grad_norm   global L2 norm of the gradient before clipping (over all shards under FSDP)
     train/lr          learning rate of the step
     train/tokens_per_s, train/tokens_per_s_per_device, train/mfu, train/peak_mem_gib, train/skipped_steps
@@ -142,7 +143,7 @@ class CausalLMModule(L.LightningModule):
         tokens = self._window_tokens * self.trainer.world_size
         self._window_tokens = 0
         self.tokens_seen += tokens
-        metrics = {"train/loss": loss, "train/grad_norm": grad_norm, "train/lr": optimizer.param_groups[0]["lr"],
+        metrics = {"train/loss": loss, "train/ppl": torch.exp(loss), "train/grad_norm": grad_norm, "train/lr": optimizer.param_groups[0]["lr"],
                    "train/skipped_steps": float(self.skipped_steps)}
         now = time.perf_counter()
         if self._last_time is not None:

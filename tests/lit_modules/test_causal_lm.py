@@ -80,6 +80,8 @@ def test_logged_step_metrics_match_a_manual_step(tmp_path):
     assert len(logged) == 4
     first = logged[min(logged)]
     assert math.isclose(first, ref_loss, rel_tol=1e-5), (first, ref_loss)
+    ppl = dict(read_scalars(tmp_path, "train/ppl"))
+    assert all(math.isclose(ppl[s], math.exp(v), rel_tol=1e-5) for s, v in logged.items())
 
     # Lightning's backward sums loss/accumulate per micro-batch (equal weights here: n[0] == n[1])
     assert n[0] == n[1]
