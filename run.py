@@ -70,7 +70,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         results = trainer.validate(lit_module, datamodule=datamodule, verbose=False)
         metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
         if "val/loss" in metrics:
-            print(f"Final validation: loss {metrics['val/loss']:.4f}, perplexity {metrics['val/ppl']:.2f}")
+            acc = f", accuracy {metrics['val/acc']:.4f}" if "val/acc" in metrics else ""  # MQAR: recall on the queries
+            print(f"Final validation: loss {metrics['val/loss']:.4f}, perplexity {metrics['val/ppl']:.2f}{acc}")
     metrics["train/loss"] = final_train_loss
     if trainer.is_global_zero:
         summary = write_metrics(f"{cfg.paths.output_dir}/metrics.json", metrics, plan, lit_module, trainer)["summary"]
