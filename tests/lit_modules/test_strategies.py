@@ -14,7 +14,7 @@ def strategy_of(trainer: str):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=[f"trainer={trainer}"])
-    assert cfg.trainer.accelerator == "gpu" and cfg.trainer.max_steps == 300  # the rest inherited from default.yaml
+    assert cfg.trainer.accelerator == "gpu" and cfg.trainer.max_steps == 120  # the rest inherited from default.yaml
     return instantiate(cfg.trainer.strategy)
 
 
