@@ -111,8 +111,10 @@ def driver(args) -> None:
             ok = proc.returncode == 0 and path.exists()
             if not ok:
                 print(proc.stderr[-3000:], flush=True)
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired as e:
             ok = False
+            tail = "".join(x.decode(errors="replace") if isinstance(x, bytes) else (x or "") for x in (e.stdout, e.stderr))
+            (out / f"scaling_{strategy}{devices}.log").write_text(tail[-40000:] + f"\ntimed out after {args.timeout}s\n")
             print(f"timed out after {args.timeout}s", flush=True)
         results.append(json.loads(path.read_text()) if ok else {"strategy": strategy, "devices": devices,
                                                                  "failed": True})
@@ -162,7 +164,7 @@ def main() -> None:
     p.add_argument("--run-dir", default="/tmp/bench_scaling")
     p.add_argument("--override", action="append", default=[], help="extra Hydra override (repeatable)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    p.add_argument("--timeout", type=int, default=90, help="seconds per run")
+    p.add_argument("--timeout", type=int, default=180, help="seconds per run (the first compiles the Triton kernels)")
     p.add_argument("--runs", default="ddp2,ddp1,fsdp2", help="which runs, in order (ddp2, ddp1, fsdp2)")
     args = p.parse_args()
     worker(args) if args.worker else driver(args)

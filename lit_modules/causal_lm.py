@@ -88,6 +88,7 @@ class CausalLMModule(L.LightningModule):
         self._last_time: float | None = None
         self._pending_rng: dict | None = None
         self._seq_len = 0  # context of the current batch, for the FLOPs estimate
+        self._cuda: torch.device | None = None  # the training GPU, set when training starts
         self.throughput: list[float] = []  # global tokens/s of each timed step, for the run summary
 
     # ---------------------------------------------------------------- forward / loss
@@ -189,9 +190,9 @@ class CausalLMModule(L.LightningModule):
     def _peak_flops(self) -> float | None:
         if self.peak_flops_per_device:
             return float(self.peak_flops_per_device)
-        if self.device.type != "cuda":
+        if self._cuda is None:
             return None
-        return peak_flops(torch.cuda.get_device_name(self.device))
+        return peak_flops(torch.cuda.get_device_name(self._cuda))
 
     def on_train_batch_start(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._seq_len = batch["input_ids"].shape[1]
@@ -219,8 +220,8 @@ class CausalLMModule(L.LightningModule):
             peak = self._peak_flops()
             if peak:
                 out["mfu"] = out["tokens_per_s_per_device"] * self._flops_per_token() / peak
-        if self.device.type == "cuda":
-            out["peak_mem_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        if self._cuda is not None:
+            out["peak_mem_gib"] = torch.cuda.max_memory_allocated(self._cuda) / 2**30
         return out
 
     # ---------------------------------------------------------------- exact resume
@@ -246,6 +247,7 @@ class CausalLMModule(L.LightningModule):
         self._pending_rng = state.get("rng")  # set when training starts, after Lightning's own setup
 
     def on_train_start(self) -> None:
+        self._cuda = self.device if self.device.type == "cuda" else None  # summary() runs after teardown moved us to CPU
         rng, self._pending_rng = self._pending_rng, None
         if rng is None:
             return
@@ -255,6 +257,17 @@ class CausalLMModule(L.LightningModule):
         torch.set_rng_state(rng["torch"])
         if "cuda" in rng and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(rng["cuda"])
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        if gradient_clip_val and gradient_clip_algorithm in (None, "norm") \
+                and isinstance(self.trainer.strategy, FSDPStrategy):
+            # Lightning's FSDPPrecision refuses norm clipping (found on the H200 run); FSDP's own clip_grad_norm_
+            # reduces the norm over the shards (collective: every rank calls it, also on skipped steps).
+            self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # ---------------------------------------------------------------- optimizer
     def configure_optimizers(self):

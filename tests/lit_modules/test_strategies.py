@@ -36,3 +36,24 @@ def test_ddp_strategy():
 
     s = strategy_of("ddp")
     assert isinstance(s, DDPStrategy) and s._ddp_kwargs == {"find_unused_parameters": False, "static_graph": False}
+
+
+def test_fsdp_clips_through_fsdp_and_ddp_through_lightning():
+    """Lightning's FSDPPrecision refuses norm clipping: under FSDP the module calls the root FSDP's clip_grad_norm_."""
+    from functools import partial
+    from types import SimpleNamespace
+
+    from deltanet import DeltaNetConfig
+    from lit_modules import CausalLMModule
+
+    calls = []
+    module = CausalLMModule(DeltaNetConfig(vocab_size=64, hidden_size=32, num_layers=1, num_heads=2),
+                            optimizer=partial(torch.optim.AdamW, lr=1e-3))
+    fsdp = strategy_of("fsdp")
+    fsdp._model = SimpleNamespace(clip_grad_norm_=lambda v: calls.append(("fsdp", v)))
+    module._trainer = SimpleNamespace(strategy=fsdp)
+    module.clip_gradients = lambda opt, v, alg: calls.append(("lightning", v, alg))
+    module.configure_gradient_clipping(None, 1.0, "norm")
+    module._trainer = SimpleNamespace(strategy=strategy_of("ddp"))
+    module.configure_gradient_clipping(None, 1.0, "norm")
+    assert calls == [("fsdp", 1.0), ("lightning", 1.0, "norm")]
