@@ -47,7 +47,7 @@ def test_paper_preset(family, size):
 def test_preset_on_fewer_gpus_keeps_the_global_batch():
     cfg = compose_cfg("experiment=deltanet_340m_15b", "trainer.devices=2")
     plan = apply_recipe(cfg)
-    assert (plan.accumulate, plan.tokens_per_step) == (8, 524_288)
+    assert (plan.accumulate, plan.tokens_per_step) == (16, 524_288)
 
 
 def test_ablation_preset_is_small_and_sweepable():
