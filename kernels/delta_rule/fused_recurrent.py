@@ -32,6 +32,19 @@ __all__ = ["fused_recurrent_delta_rule"]
 
 
 @triton.jit
+def _seq_bounds(i_n, T, cu_seqlens, IS_VARLEN: tl.constexpr):
+    """For sequence i_n: (first token as int64, length)."""
+    if IS_VARLEN:
+        bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+        eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+        T_n = (eos - bos).to(tl.int32)
+    else:
+        bos = i_n.to(tl.int64) * T
+        T_n = T
+    return bos, T_n
+
+
+@triton.jit
 def fused_recurrent_delta_rule_fwd_kernel(
     q, k, v, beta, o, e, h0, ht, cu_seqlens,
     scale,
@@ -49,13 +62,7 @@ def fused_recurrent_delta_rule_fwd_kernel(
     # grid: (N * H, cdiv(V, BV)); N*H on axis 0, which allows 2^31 - 1 programs.
     i_nh, i_v = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
-    if IS_VARLEN:
-        bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-        eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-        T_n = (eos - bos).to(tl.int32)
-    else:
-        bos = i_n.to(tl.int64) * T
-        T_n = T
+    bos, T_n = _seq_bounds(i_n, T, cu_seqlens, IS_VARLEN)
 
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
@@ -118,13 +125,7 @@ def fused_recurrent_delta_rule_bwd_reverse_kernel(
     # (both per-V-block partials), and d initial_state.
     i_nh, i_v = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
-    if IS_VARLEN:
-        bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-        eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-        T_n = (eos - bos).to(tl.int32)
-    else:
-        bos = i_n.to(tl.int64) * T
-        T_n = T
+    bos, T_n = _seq_bounds(i_n, T, cu_seqlens, IS_VARLEN)
 
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
@@ -194,13 +195,7 @@ def fused_recurrent_delta_rule_bwd_forward_kernel(
     # Forward pass recomputing S from the stored errors: dq_t = scale S_t do_t and the -S_{t-1} dv_t part of dk_t.
     i_nh, i_v = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
-    if IS_VARLEN:
-        bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-        eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-        T_n = (eos - bos).to(tl.int32)
-    else:
-        bos = i_n.to(tl.int64) * T
-        T_n = T
+    bos, T_n = _seq_bounds(i_n, T, cu_seqlens, IS_VARLEN)
 
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
