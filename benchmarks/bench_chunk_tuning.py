@@ -88,7 +88,7 @@ def totals(q, k, v, beta, do, fn):
     return bench(fwd), bench(fwdbwd)
 
 
-def diag_stages(K, V, dtype=torch.bfloat16, B=1, T=256, H=2, BT=64, device="cuda"):
+def diag_stages(K, V, dtype=torch.bfloat16, B=1, T=256, H=2, BT=64, device="cuda", tweak=None):
     """Relative error of every forward intermediate (A, w, u, h, v_new, o, final state) of our kernels against the
     same stage computed in float64 from the same (rounded) inputs: localises a wrong kernel."""
     torch.manual_seed(K * 1000 + V)
@@ -99,6 +99,8 @@ def diag_stages(K, V, dtype=torch.bfloat16, B=1, T=256, H=2, BT=64, device="cuda
     h0 = torch.randn(B, H, K, V, device=device, dtype=torch.float64).to(dtype)
     scale = K ** -0.5
     m = ck._Meta(q, v, None, BT)
+    if tweak is not None:
+        tweak(m)
     A, w, u = ck._wy_fwd(m, k, v, beta)
     h, v_new, ht = ck._fwd_h(m, k, w, u, h0, True)
     o = ck._fwd_o(m, q, k, v_new, h, scale)
@@ -148,6 +150,27 @@ def main():
             e = diag_stages(K, V, torch.bfloat16)
             print("diag stages=1 bfloat16", K, V, {n: f"{x:.1e}" for n, x in e.items()}, flush=True)
         ck.LAUNCH.update(saved)
+        # one setting changed at a time at K = V = 256 (bf16), to localise the fault
+        variants = {
+            "all stages=1": (lambda: ck.LAUNCH.update({n: (w, 1) for n, (w, _) in saved.items()}), None),
+            "all warps=8": (lambda: ck.LAUNCH.update({n: (8, s) for n, (_, s) in saved.items()}), None),
+            "row-by-row inverse": (lambda: setattr(ck, "BLOCKED_INV", False), None),
+            "prec=ieee": (None, lambda m: setattr(m, "prec", "ieee")),
+            "BK=32": (None, lambda m: setattr(m, "BK", 32)),
+            "BV=32": (None, lambda m: setattr(m, "BV", 32)),
+            "BK=BV=128": (None, lambda m: (setattr(m, "BK", 128), setattr(m, "BV", 128))),
+        }
+        for name, (setup, tweak) in variants.items():
+            if setup is not None:
+                setup()
+            try:
+                for K, V in ((256, 256), (128, 128)):
+                    e = diag_stages(K, V, torch.bfloat16, tweak=tweak)
+                    print(f"diag [{name}] bfloat16", K, V, {n: f"{x:.1e}" for n, x in e.items()}, flush=True)
+            except Exception as ex:  # noqa: BLE001 - a variant that does not compile is reported, the rest run
+                print(f"diag [{name}] failed: {type(ex).__name__}: {str(ex)[:200]}", flush=True)
+            ck.LAUNCH.update(saved)
+            ck.BLOCKED_INV = True
         return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

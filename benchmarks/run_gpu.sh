@@ -24,7 +24,7 @@ if ! python3 -c "import hydra, omegaconf, fla" 2>/dev/null; then
 fi
 export PYTHONPATH=$PWD:$PWD/.site:${PYTHONPATH:-}
 
-declare -A BUDGET=([diag]=45 [kernels]=200 [models]=120 [bench_kernels]=150 [bench_model]=60)
+declare -A BUDGET=([diag]=${DIAG_S:-45} [kernels]=${KERNELS_S:-200} [models]=${MODELS_S:-120} [bench_kernels]=${BENCH_KERNELS_S:-150} [bench_model]=${BENCH_MODEL_S:-60})
 parts=("$@")
 [ ${#parts[@]} -eq 0 ] && parts=(diag kernels models bench_kernels bench_model)
 
@@ -40,12 +40,12 @@ python3 -c "import torch, triton; print(torch.__version__, triton.__version__, t
 for part in "${parts[@]}"; do
   case $part in
     diag)          run_part diag python3 benchmarks/bench_chunk_tuning.py --diag ;;
-    kernels)       run_part kernels python3 -m pytest -q -m gpu tests/kernels -p no:cacheprovider ;;
-    models)        run_part models python3 -m pytest -q -m gpu tests/deltanet -p no:cacheprovider ;;
+    kernels)       run_part kernels python3 -m pytest -v -m gpu tests/kernels -p no:cacheprovider ;;
+    models)        run_part models python3 -m pytest -v -m gpu tests/deltanet -p no:cacheprovider ;;
     bench_kernels) run_part bench_kernels python3 benchmarks/bench_delta_rule.py --out "$OUT" ;;
     bench_model)   run_part bench_model python3 benchmarks/bench_model.py --families deltanet transformer --out "$OUT/bench_model.json" ;;
     *) echo "unknown part: $part (diag kernels models bench_kernels bench_model)"; exit 2 ;;
   esac
 done
-for f in "$OUT"/*.log; do echo "== $f"; tail -n 6 "$f"; done
+for f in "$OUT"/*.log; do echo "== $f"; tail -n ${TAIL_N:-6} "$f"; done
 cat "$OUT/summary.txt"
