@@ -20,6 +20,11 @@ over chunks), then ``dQ = scale (dO S^T + tril(dO V'^T) K)``, ``dK += V' dS_next
 ``dA = dW (bK)^T + dU (bV)^T``, ``dL = -A^T dA A^T`` (strictly lower part), giving dk, dv, dbeta.
 The backward recomputes W, U, h and V' from the stored A instead of keeping them from the forward.
 
+Loops over K and V blocks (at most four: K, V <= 256) are unrolled with ``tl.static_range``.  As ``range`` loops,
+triton 3.6 compiled the bf16 K K^T accumulation of ``_wy_fwd_kernel`` wrongly on the H200 once the loop had three or
+more iterations (K = 192, 256: A off by 5e-2 relative while fp32 and K <= 128 were exact to rounding;
+``python benchmarks/bench_chunk_tuning.py --diag`` shows it stage by stage).
+
 Layout conventions: tensors are [B, T, H, D] contiguous; a chunk is addressed through a base pointer moved (in 64-bit
 arithmetic) to its first token, so in-block offsets stay small; (sequence*head) lives on grid axis 0 or is folded
 into axis 0 together with the chunk index, so no grid axis limited to 65535 grows with N*H.
@@ -187,7 +192,7 @@ def _wy_fwd_kernel(
         b_A = _ld(A + (t0 * H + i_h) * BT, T_rem, BT, H * BT, 0, 0, BT, BT).to(tl.float32)
     else:
         b_KK = tl.zeros([BT, BT], dtype=tl.float32)
-        for i_k in range(tl.cdiv(K, BK)):
+        for i_k in tl.static_range((K + BK - 1) // BK):
             b_k = _ld(k + (t0 * H + i_h) * K, T_rem, K, H * K, 0, i_k * BK, BT, BK)
             b_KK += tl.dot(b_k, tl.trans(b_k), input_precision=PREC)
         b_L = tl.where(o_t[:, None] > o_t[None, :], b_KK * b_beta[:, None], 0.)  # L = strict_tril(diag(b) K K^T)
@@ -198,12 +203,12 @@ def _wy_fwd_kernel(
         _st(A + (t0 * H + i_h) * BT, b_A, T_rem, BT, H * BT, 0, 0, BT, BT)
 
     b_Ad = b_A.to(k.dtype.element_ty)
-    for i_k in range(tl.cdiv(K, BK)):
+    for i_k in tl.static_range((K + BK - 1) // BK):
         b_k = _ld(k + (t0 * H + i_h) * K, T_rem, K, H * K, 0, i_k * BK, BT, BK)
         b_kb = (b_k * b_beta[:, None]).to(b_k.dtype)
         b_w = tl.dot(b_Ad, b_kb, input_precision=PREC)
         _st(w + (t0 * H + i_h) * K, b_w, T_rem, K, H * K, 0, i_k * BK, BT, BK)
-    for i_v in range(tl.cdiv(V, BV)):
+    for i_v in tl.static_range((V + BV - 1) // BV):
         b_v = _ld(v + (t0 * H + i_h) * V, T_rem, V, H * V, 0, i_v * BV, BT, BV)
         b_vb = (b_v * b_beta[:, None]).to(b_v.dtype)
         b_u = tl.dot(b_Ad, b_vb, input_precision=PREC)
@@ -303,7 +308,7 @@ def _fwd_o_kernel(
 
     b_o = tl.zeros([BT, BV], dtype=tl.float32)
     b_s = tl.zeros([BT, BT], dtype=tl.float32)
-    for i_k in range(tl.cdiv(K, BK)):
+    for i_k in tl.static_range((K + BK - 1) // BK):
         b_q = _ld(q + (t0 * H + i_h) * K, T_rem, K, H * K, 0, i_k * BK, BT, BK)
         b_k = _ld(k + (t0 * H + i_h) * K, T_rem, K, H * K, 0, i_k * BK, BT, BK)
         b_h = _ld(h + (i_tg.to(tl.int64) * H + i_h) * K * V, K, V, V, i_k * BK, i_v * BV, BK, BV)
@@ -339,7 +344,7 @@ def _bwd_dv_local_kernel(
     T_rem = T_seq - i_c * BT
     o_t = tl.arange(0, BT)
     b_A = tl.zeros([BT, BT], dtype=tl.float32)
-    for i_k in range(tl.cdiv(K, BK)):
+    for i_k in tl.static_range((K + BK - 1) // BK):
         b_q = _ld(q + (t0 * H + i_h) * K, T_rem, K, H * K, 0, i_k * BK, BT, BK)
         b_k = _ld(k + (t0 * H + i_h) * K, T_rem, K, H * K, 0, i_k * BK, BT, BK)
         b_A += tl.dot(b_k, tl.trans(b_q), input_precision=PREC)
@@ -470,7 +475,7 @@ def _bwd_dqkw_kernel(
     b_dk = tl.zeros([BT, BK], dtype=tl.float32)
     b_dw = tl.zeros([BT, BK], dtype=tl.float32)
     b_ds = tl.zeros([BT, BT], dtype=tl.float32)
-    for i_v in range(tl.cdiv(V, BV)):
+    for i_v in tl.static_range((V + BV - 1) // BV):
         b_vn = _ld(v_new + (t0 * H + i_h) * V, T_rem, V, H * V, 0, i_v * BV, BT, BV)
         b_do = _ld(do + (t0 * H + i_h) * V, T_rem, V, H * V, 0, i_v * BV, BT, BV)
         b_dv = _ld(dv_new + (t0 * H + i_h) * V, T_rem, V, H * V, 0, i_v * BV, BT, BV)
@@ -519,7 +524,7 @@ def _wy_bwd_kernel(
     b_dA = tl.zeros([BT, BT], dtype=tl.float32)
     b_KK = tl.zeros([BT, BT], dtype=tl.float32)
     b_db = tl.zeros([BT], dtype=tl.float32)
-    for i_k in range(tl.cdiv(K, BK)):
+    for i_k in tl.static_range((K + BK - 1) // BK):
         b_k = _ld(k + (t0 * H + i_h) * K, T_rem, K, H * K, 0, i_k * BK, BT, BK)
         b_dw = _ld(dw + (t0 * H + i_h) * K, T_rem, K, H * K, 0, i_k * BK, BT, BK)
         b_kb = (b_k * b_beta[:, None]).to(b_k.dtype)
@@ -527,7 +532,7 @@ def _wy_bwd_kernel(
         b_KK += tl.dot(b_k, tl.trans(b_k), input_precision=PREC)
         b_dX = tl.dot(tl.trans(b_Ad), b_dw, input_precision=PREC)
         b_db += tl.sum(b_dX * b_k.to(tl.float32), 1)
-    for i_v in range(tl.cdiv(V, BV)):
+    for i_v in tl.static_range((V + BV - 1) // BV):
         b_v = _ld(v + (t0 * H + i_h) * V, T_rem, V, H * V, 0, i_v * BV, BT, BV)
         b_du = _ld(du + (t0 * H + i_h) * V, T_rem, V, H * V, 0, i_v * BV, BT, BV)
         b_vb = (b_v * b_beta[:, None]).to(b_v.dtype)
@@ -541,7 +546,7 @@ def _wy_bwd_kernel(
     b_dL = tl.where(o_t[:, None] > o_t[None, :], -b_dA, 0.)
     b_db += tl.sum(b_dL * b_KK, 1)
     b_G = (b_dL * b_beta[:, None]).to(b_Ad.dtype)
-    for i_k in range(tl.cdiv(K, BK)):
+    for i_k in tl.static_range((K + BK - 1) // BK):
         b_k = _ld(k + (t0 * H + i_h) * K, T_rem, K, H * K, 0, i_k * BK, BT, BK)
         b_dw = _ld(dw + (t0 * H + i_h) * K, T_rem, K, H * K, 0, i_k * BK, BT, BK)
         b_dX = tl.dot(tl.trans(b_Ad), b_dw, input_precision=PREC)
