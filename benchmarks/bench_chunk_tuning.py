@@ -30,6 +30,8 @@ from triton.testing import do_bench  # noqa: E402
 
 import kernels.delta_rule.chunk as ck  # noqa: E402
 
+ck.AUTOTUNE = False  # this script sets (num_warps, num_stages) itself through ck.LAUNCH
+
 SHAPES = [(8, 2048, 16, 128), (2, 8192, 16, 128), (1, 32768, 16, 128), (8, 2048, 32, 64), (4, 4096, 8, 256)]
 KERNELS = ["wy_fwd", "fwd_h", "fwd_o", "bwd_dhu", "bwd_dqkw", "wy_bwd"]
 SEQ = {"fwd_h", "bwd_dhu"}

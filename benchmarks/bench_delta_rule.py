@@ -236,8 +236,17 @@ def write_outputs(out: Path, meta, results, providers):
     png = plot(out / "bench_delta_rule.png", results, providers)
     if png:
         md += ["![fwd+bwd time vs T](bench_delta_rule.png)", ""]
+    try:  # the launch settings our chunk kernels' autotuner picked at each shape
+        from kernels.delta_rule.chunk import tuned_configs
+        tuned = tuned_configs()
+    except Exception:  # noqa: BLE001
+        tuned = {}
+    if tuned:
+        md += ["## Launch settings picked by our chunk kernels' autotuner", ""]
+        md += [f"- `{name}`: " + "; ".join(f"{k} -> {c}" for k, c in picks.items()) for name, picks in tuned.items()]
+        md.append("")
     (out / "bench_delta_rule.md").write_text("\n".join(md))
-    (out / "bench_delta_rule.json").write_text(json.dumps({**meta, "results": results}, indent=1))
+    (out / "bench_delta_rule.json").write_text(json.dumps({**meta, "results": results, "tuned": tuned}, indent=1))
     return ratios
 
 

@@ -7,7 +7,9 @@
 #   GPU0_PARTS="diag kernels" GPU1_PARTS="models" MQAR="" bash benchmarks/gpu_batch.sh
 #
 # MQAR holds one or more `scripts/mqar_sweep.py sweep` argument lists separated by ';' (each runs as its own sweep,
-# concurrently, on GPU 1, with --out under the result folder). Unpack the result with `tar xzf res.tgz`.
+# concurrently, on GPU 1, with --out under the result folder). SCALING, when set, holds `benchmarks/bench_scaling.py`
+# arguments: that benchmark runs after the lanes, on both GPUs, capped at SCALING_S seconds.
+# Unpack the result with `tar xzf res.tgz`.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results/gpu_batch}
@@ -43,6 +45,11 @@ if [ -n "$GPU0_PARTS" ]; then
   CUDA_VISIBLE_DEVICES=0 OUT="$RES/gpu0" bash benchmarks/run_gpu.sh $GPU0_PARTS > "$RES/gpu0.txt" 2>&1
 fi
 for p in "${pids[@]}"; do wait "$p"; done
+if [ -n "${SCALING:-}" ]; then
+  # shellcheck disable=SC2086
+  timeout "${SCALING_S:-240}" python3 benchmarks/bench_scaling.py --out "$RES/scaling" $SCALING > "$RES/scaling.log" 2>&1
+  echo "scaling rc=$?"; tail -n 20 "$RES/scaling.log"
+fi
 rm -rf "$RES"/mqar*/ckpt  # checkpoints exceed what a call returns
 tar czf "$OUT/res.tgz" -C "$RES" .
 cat "$RES"/gpu*.txt

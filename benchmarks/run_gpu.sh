@@ -7,6 +7,8 @@
 #
 #   bash benchmarks/run_gpu.sh [part ...]        # parts: diag kernels models bench_kernels bench_model (default: all, in this order)
 #
+# Env overrides: <PART>_S (seconds per part, e.g. KERNELS_S=300), KERNELS_ARGS (pytest selection), BENCH_ARGS
+# (extra bench_delta_rule.py arguments), TAIL_N (log lines shown at the end).
 # Everything is written under $OUT (or benchmarks/results/gpu_run when OUT is unset): one log per part plus the
 # benchmark tables; a part that fails or times out is logged and the next one still runs. Budget per part (seconds) in
 # the table below; the whole default run fits a 10-minute command with the Triton compile caches cold.
@@ -40,9 +42,9 @@ python3 -c "import torch, triton; print(torch.__version__, triton.__version__, t
 for part in "${parts[@]}"; do
   case $part in
     diag)          run_part diag python3 benchmarks/bench_chunk_tuning.py --diag ;;
-    kernels)       run_part kernels python3 -m pytest -v -m gpu tests/kernels -p no:cacheprovider ;;
+    kernels)       run_part kernels python3 -m pytest -v -m gpu ${KERNELS_ARGS:-tests/kernels} -p no:cacheprovider ;;
     models)        run_part models python3 -m pytest -v -m gpu tests/deltanet -p no:cacheprovider ;;
-    bench_kernels) run_part bench_kernels python3 benchmarks/bench_delta_rule.py --out "$OUT" ;;
+    bench_kernels) run_part bench_kernels python3 benchmarks/bench_delta_rule.py --out "$OUT" ${BENCH_ARGS:-} ;;
     bench_model)   run_part bench_model python3 benchmarks/bench_model.py --families deltanet transformer --out "$OUT/bench_model.json" ;;
     *) echo "unknown part: $part (diag kernels models bench_kernels bench_model)"; exit 2 ;;
   esac

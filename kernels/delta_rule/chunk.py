@@ -32,6 +32,7 @@ into axis 0 together with the chunk index, so no grid axis limited to 65535 grow
 
 from __future__ import annotations
 
+import os
 from typing import Optional, Tuple
 
 import torch
@@ -564,7 +565,10 @@ def _wy_bwd_kernel(
 
 # Launch settings per kernel (num_warps, num_stages), and the algorithm switches; a module-level table so that
 # benchmarks/bench_chunk_tuning.py can sweep them. Values chosen from that sweep on an H200 (see
-# benchmarks/NOTES_delta_rule.md).
+# benchmarks/NOTES_delta_rule.md).  With AUTOTUNE (compiled CUDA only), each kernel instead picks its settings among
+# TUNE_CONFIGS the first time it meets a new (dtype, H, K, V, chunk size, ...) and keeps them: the fixed values were
+# tuned at K = 128 and were not the best at K = 256.  Settings differ only in speed, but the pick depends on timing,
+# so two GPU runs may round differently: DELTANET_AUTOTUNE=0 (or AUTOTUNE = False) gives the fixed LAUNCH values.
 LAUNCH = {
     "wy_fwd": (4, 2),
     "fwd_h": (4, 2),
@@ -574,8 +578,35 @@ LAUNCH = {
     "bwd_dqkw": (4, 2),
     "wy_bwd": (4, 2),
 }
+AUTOTUNE = os.environ.get("DELTANET_AUTOTUNE", "1") != "0"
+TUNE_CONFIGS = {
+    "parallel": [(4, 2), (8, 2), (2, 2), (8, 1)],  # chunk-parallel kernels (their K/V loops are unrolled)
+    "sequential": [(4, 2), (8, 2), (2, 2)],  # the two walks over chunks (fwd_h, bwd_dhu)
+}
+_SEQUENTIAL = ("fwd_h", "bwd_dhu")
+_TUNED: dict = {}
 BLOCKED_INV = True  # (I + L)^-1 by 16x16 diagonal blocks + merge (False: row-by-row substitution on BT x BT)
 SEQ_BV = None  # V block of the sequential kernels (None: 32 for K <= 128, 64 above; see _Meta)
+
+
+def tuned_configs() -> dict:
+    """What AUTOTUNE picked so far: {kernel: {key: 'num_warps=.., num_stages=..'}} (for benchmark reports)."""
+    return {name: {str(k): f"num_warps={c.num_warps}, num_stages={c.num_stages}" for k, c in t.cache.items()}
+            for name, t in _TUNED.items()}
+
+
+def _launch(name: str, kernel, grid, *args, **consts) -> None:
+    """Launch `kernel` with its LAUNCH settings, or through a triton.autotune wrapper (built once per kernel, keyed
+    on every constexpr argument plus the tensors' dtypes) when AUTOTUNE is on and the kernels are compiled."""
+    if AUTOTUNE and not triton_interpret_enabled():
+        tuned = _TUNED.get(name)
+        if tuned is None:
+            kind = "sequential" if name in _SEQUENTIAL else "parallel"
+            configs = [triton.Config({}, num_warps=w, num_stages=st) for w, st in TUNE_CONFIGS[kind]]
+            tuned = _TUNED[name] = triton.autotune(configs=configs, key=sorted(consts))(kernel)
+        tuned[grid](*args, **consts)
+    else:
+        kernel[grid](*args, **consts, num_warps=LAUNCH[name][0], num_stages=LAUNCH[name][1])
 
 
 def _pow2(n: int) -> int:
@@ -615,11 +646,11 @@ def _wy_fwd(m: _Meta, k, v, beta, A=None):
     if A is None:
         A = k.new_empty(m.B, m.T, m.H, m.BT)
     w, u = torch.empty_like(k), torch.empty_like(v)
-    _wy_fwd_kernel[(m.NT * m.H,)](
+    _launch(
+        "wy_fwd", _wy_fwd_kernel, (m.NT * m.H,),
         k, v, beta, A, w, u, m.cu_seqlens, m.chunk_indices, m.T,
         H=m.H, K=m.K, V=m.V, BT=m.BT, BK=m.BK, BV=m.BV,
         LOAD_A=load_A, BLOCKED_INV=BLOCKED_INV and m.BT > 16, IS_VARLEN=m.is_varlen, PREC=m.prec,
-        num_warps=LAUNCH["wy_fwd"][0], num_stages=LAUNCH["wy_fwd"][1],
     )
     return A, w, u
 
@@ -629,11 +660,11 @@ def _fwd_h(m: _Meta, k, w, u, initial_state, output_final_state):
     v_new = torch.empty_like(u)
     ht = k.new_empty(m.N, m.H, m.K, m.V, dtype=torch.float32) if output_final_state else None
     grid = (m.N * m.H, triton.cdiv(m.V, m.BVs))
-    _fwd_h_kernel[grid](
+    _launch(
+        "fwd_h", _fwd_h_kernel, grid,
         k, w, u, v_new, h, initial_state, ht, m.cu_seqlens, m.chunk_offsets, m.T,
         H=m.H, K=m.K, V=m.V, BT=m.BT, BK=m.BKs, BV=m.BVs,
         USE_H0=initial_state is not None, STORE_FINAL=output_final_state, IS_VARLEN=m.is_varlen, PREC=m.prec,
-        num_warps=LAUNCH["fwd_h"][0], num_stages=LAUNCH["fwd_h"][1],
     )
     return h, v_new, ht
 
@@ -641,10 +672,10 @@ def _fwd_h(m: _Meta, k, w, u, initial_state, output_final_state):
 def _fwd_o(m: _Meta, q, k, v_new, h, scale):
     o = torch.empty_like(v_new)
     grid = (m.NT * m.H, triton.cdiv(m.V, m.BV))
-    _fwd_o_kernel[grid](
+    _launch(
+        "fwd_o", _fwd_o_kernel, grid,
         q, k, v_new, h, o, m.cu_seqlens, m.chunk_indices, scale, m.T,
         H=m.H, K=m.K, V=m.V, BT=m.BT, BK=m.BK, BV=m.BV, IS_VARLEN=m.is_varlen, PREC=m.prec,
-        num_warps=LAUNCH["fwd_o"][0], num_stages=LAUNCH["fwd_o"][1],
     )
     return o
 
@@ -654,20 +685,20 @@ def _bwd_dhu(m: _Meta, q, k, w, do, dht, scale, need_dh0):
     dv_local = None
     if not inline_dv:
         dv_local = torch.empty_like(do)
-        _bwd_dv_local_kernel[(m.NT * m.H, triton.cdiv(m.V, m.BV))](
+        _launch(
+            "bwd_dv_local", _bwd_dv_local_kernel, (m.NT * m.H, triton.cdiv(m.V, m.BV)),
             q, k, do, dv_local, m.cu_seqlens, m.chunk_indices, scale, m.T,
             H=m.H, K=m.K, V=m.V, BT=m.BT, BK=m.BK, BV=m.BV, IS_VARLEN=m.is_varlen, PREC=m.prec,
-            num_warps=LAUNCH["bwd_dv_local"][0], num_stages=LAUNCH["bwd_dv_local"][1],
         )
     dh = q.new_empty(m.NT, m.H, m.K, m.V)
     dv_new = torch.empty_like(do)
     dh0 = q.new_empty(m.N, m.H, m.K, m.V, dtype=torch.float32) if need_dh0 else None
     grid = (m.N * m.H, triton.cdiv(m.V, m.BVs))
-    _bwd_dhu_kernel[grid](
+    _launch(
+        "bwd_dhu", _bwd_dhu_kernel, grid,
         q, k, w, do, dv_local, dv_new, dh, dht, dh0, m.cu_seqlens, m.chunk_offsets, scale, m.T,
         H=m.H, K=m.K, V=m.V, BT=m.BT, BK=m.BKs, BV=m.BVs,
         USE_DHT=dht is not None, STORE_DH0=need_dh0, INLINE_DV=inline_dv, IS_VARLEN=m.is_varlen, PREC=m.prec,
-        num_warps=LAUNCH["bwd_dhu"][0], num_stages=LAUNCH["bwd_dhu"][1],
     )
     return dv_new, dh, dh0
 
@@ -675,20 +706,20 @@ def _bwd_dhu(m: _Meta, q, k, w, do, dht, scale, need_dh0):
 def _bwd_dqkw(m: _Meta, q, k, v_new, do, h, dh, dv_new, scale):
     dq, dk_part, dw = torch.empty_like(q), torch.empty_like(k), torch.empty_like(k)
     grid = (m.NT * m.H, triton.cdiv(m.K, m.BK))
-    _bwd_dqkw_kernel[grid](
+    _launch(
+        "bwd_dqkw", _bwd_dqkw_kernel, grid,
         q, k, v_new, do, h, dh, dv_new, dq, dk_part, dw, m.cu_seqlens, m.chunk_indices, scale, m.T,
         H=m.H, K=m.K, V=m.V, BT=m.BT, BK=m.BK, BV=m.BV, IS_VARLEN=m.is_varlen, PREC=m.prec,
-        num_warps=LAUNCH["bwd_dqkw"][0], num_stages=LAUNCH["bwd_dqkw"][1],
     )
     return dq, dk_part, dw
 
 
 def _wy_bwd(m: _Meta, k, v, beta, A, dw, du, dk_part):
     dk, dv, dbeta = torch.empty_like(k), torch.empty_like(v), torch.empty_like(beta)
-    _wy_bwd_kernel[(m.NT * m.H,)](
+    _launch(
+        "wy_bwd", _wy_bwd_kernel, (m.NT * m.H,),
         k, v, beta, A, dw, du, dk_part, dk, dv, dbeta, m.cu_seqlens, m.chunk_indices, m.T,
         H=m.H, K=m.K, V=m.V, BT=m.BT, BK=m.BK, BV=m.BV, IS_VARLEN=m.is_varlen, PREC=m.prec,
-        num_warps=LAUNCH["wy_bwd"][0], num_stages=LAUNCH["wy_bwd"][1],
     )
     return dk, dv, dbeta
 
