@@ -33,6 +33,7 @@ into axis 0 together with the chunk index, so no grid axis limited to 65535 grow
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Optional, Tuple
 
 import torch
@@ -604,9 +605,15 @@ def _launch(name: str, kernel, grid, *args, **consts) -> None:
             kind = "sequential" if name in _SEQUENTIAL else "parallel"
             configs = [triton.Config({}, num_warps=w, num_stages=st) for w, st in TUNE_CONFIGS[kind]]
             tuned = _TUNED[name] = triton.autotune(configs=configs, key=sorted(consts))(kernel)
-        tuned[grid](*args, **consts)
-    else:
-        kernel[grid](*args, **consts, num_warps=LAUNCH[name][0], num_stages=LAUNCH[name][1])
+        try:
+            tuned[grid](*args, **consts)
+            return
+        except Exception as e:  # noqa: BLE001 - an autotuner fault must not stop training: warn, use fixed settings
+            global AUTOTUNE
+            AUTOTUNE = False
+            warnings.warn(f"chunk_delta_rule: autotuning {name} failed ({type(e).__name__}: {e}); using the fixed "
+                          "LAUNCH settings from now on", RuntimeWarning)
+    kernel[grid](*args, **consts, num_warps=LAUNCH[name][0], num_stages=LAUNCH[name][1])
 
 
 def _pow2(n: int) -> int:
