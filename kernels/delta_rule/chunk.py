@@ -599,6 +599,7 @@ def tuned_configs() -> dict:
 def _launch(name: str, kernel, grid, *args, **consts) -> None:
     """Launch `kernel` with its LAUNCH settings, or through a triton.autotune wrapper (built once per kernel, keyed
     on every constexpr argument plus the tensors' dtypes) when AUTOTUNE is on and the kernels are compiled."""
+    global AUTOTUNE
     if AUTOTUNE and not triton_interpret_enabled():
         tuned = _TUNED.get(name)
         if tuned is None:
@@ -609,7 +610,6 @@ def _launch(name: str, kernel, grid, *args, **consts) -> None:
             tuned[grid](*args, **consts)
             return
         except Exception as e:  # noqa: BLE001 - an autotuner fault must not stop training: warn, use fixed settings
-            global AUTOTUNE
             AUTOTUNE = False
             warnings.warn(f"chunk_delta_rule: autotuning {name} failed ({type(e).__name__}: {e}); using the fixed "
                           "LAUNCH settings from now on", RuntimeWarning)
