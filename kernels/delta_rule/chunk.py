@@ -566,10 +566,11 @@ def _wy_bwd_kernel(
 
 # Launch settings per kernel (num_warps, num_stages), and the algorithm switches; a module-level table so that
 # benchmarks/bench_chunk_tuning.py can sweep them. Values chosen from that sweep on an H200 (see
-# benchmarks/NOTES_delta_rule.md).  With AUTOTUNE (compiled CUDA only), each kernel instead picks its settings among
-# TUNE_CONFIGS the first time it meets a new (dtype, H, K, V, chunk size, ...) and keeps them: the fixed values were
-# tuned at K = 128 and were not the best at K = 256.  Settings differ only in speed, but the pick depends on timing,
-# so two GPU runs may round differently: DELTANET_AUTOTUNE=0 (or AUTOTUNE = False) gives the fixed LAUNCH values.
+# benchmarks/NOTES_delta_rule.md).  With AUTOTUNE (opt-in: DELTANET_AUTOTUNE=1; compiled CUDA only) each kernel
+# instead picks its settings among TUNE_CONFIGS the first time it meets a new (dtype, H, K, V, chunk size, ...) and
+# keeps them.  Off by default: its key has no T, so it keeps what it picked at the first sequence length, and on the
+# H200 that made T = 32768 11% slower (4.87 vs 4.36 ms fwd+bwd) after tuning at T = 2048.  The pick also depends on
+# timing, so two autotuned runs may round differently.
 LAUNCH = {
     "wy_fwd": (4, 2),
     "fwd_h": (4, 2),
@@ -579,7 +580,7 @@ LAUNCH = {
     "bwd_dqkw": (4, 2),
     "wy_bwd": (4, 2),
 }
-AUTOTUNE = os.environ.get("DELTANET_AUTOTUNE", "1") != "0"
+AUTOTUNE = os.environ.get("DELTANET_AUTOTUNE", "0") == "1"
 TUNE_CONFIGS = {
     "parallel": [(4, 2), (8, 2), (2, 2), (8, 1)],  # chunk-parallel kernels (their K/V loops are unrolled)
     "sequential": [(4, 2), (8, 2), (2, 2)],  # the two walks over chunks (fwd_h, bwd_dhu)
