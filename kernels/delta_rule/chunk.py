@@ -18,7 +18,7 @@ one program per (sequence*head, V block) walks the chunks, writes the chunk-boun
 over chunks), then ``dQ = scale (dO S^T + tril(dO V'^T) K)``, ``dK += V' dS_next^T + scale tril(dO V'^T)^T Q``,
 ``dW = -dV' S^T`` (``_bwd_dqkw_kernel``), and finally back through the WY representation (``_wy_bwd_kernel``):
 ``dA = dW (bK)^T + dU (bV)^T``, ``dL = -A^T dA A^T`` (strictly lower part), giving dk, dv, dbeta.
-The backward recomputes W, U, h and V' from the stored A instead of keeping them from the forward.
+The backward recomputes W and U from the stored A, and h and V' too unless KEEP_STATES keeps them (K > 128).
 
 Loops over K and V blocks (at most four: K, V <= 256) are unrolled with ``tl.static_range``.  As ``range`` loops,
 triton 3.6 compiled the bf16 K K^T accumulation of ``_wy_fwd_kernel`` wrongly on the H200 once the loop had three or
@@ -589,6 +589,15 @@ _SEQUENTIAL = ("fwd_h", "bwd_dhu")
 _TUNED: dict = {}
 BLOCKED_INV = True  # (I + L)^-1 by 16x16 diagonal blocks + merge (False: row-by-row substitution on BT x BT)
 SEQ_BV = None  # V block of the sequential kernels (None: 32 for K <= 128, 64 above; see _Meta)
+# Whether the backward reuses the forward's chunk states h and V' (kept in memory) instead of re-running the state walk:
+# True, False, or "auto" = only for K > 128, where the walk is the largest part of the backward (0.38 of ~2.6 ms at
+# (4, 4096, 8, 256)) and h is 4x the size of q (2 * K * V bytes per chunk and head in bf16).  At K <= 128 the
+# recomputation is cheaper than the memory (24 layers of a 340M model would keep ~1.6 GB more at B = 8, T = 2048).
+KEEP_STATES = "auto"
+
+
+def _keep_states(K: int) -> bool:
+    return KEEP_STATES is True or (KEEP_STATES == "auto" and K > 128)
 
 
 def tuned_configs() -> dict:
@@ -733,20 +742,21 @@ def _wy_bwd(m: _Meta, k, v, beta, A, dw, du, dk_part):
 
 
 def chunk_delta_rule_fwd(q, k, v, beta, scale, initial_state, output_final_state, cu_seqlens, chunk_size):
-    """Forward pass on contiguous, validated inputs. Returns (o, final_state or None, A)."""
+    """Forward pass on contiguous, validated inputs. Returns (o, final_state or None, A, h, v_new)."""
     m = _Meta(q, v, cu_seqlens, chunk_size)
     A, w, u = _wy_fwd(m, k, v, beta)
     h, v_new, ht = _fwd_h(m, k, w, u, initial_state, output_final_state)
     o = _fwd_o(m, q, k, v_new, h, scale)
-    return o, ht, A
+    return o, ht, A, h, v_new
 
 
-def chunk_delta_rule_bwd(q, k, v, beta, A, scale, initial_state, do, dht, cu_seqlens, chunk_size):
-    """Backward pass: recomputes W, U (from the stored A), chunk states h and V', then runs the gradient kernels.
-    Returns (dq, dk, dv, dbeta, dh0 or None)."""
+def chunk_delta_rule_bwd(q, k, v, beta, A, scale, initial_state, do, dht, cu_seqlens, chunk_size, h=None, v_new=None):
+    """Backward pass: recomputes W, U (from the stored A) and, unless the forward's h and V' are given, the chunk
+    states h and V'; then runs the gradient kernels.  Returns (dq, dk, dv, dbeta, dh0 or None)."""
     m = _Meta(q, v, cu_seqlens, chunk_size)
     _, w, u = _wy_fwd(m, k, v, beta, A=A)
-    h, v_new, _ = _fwd_h(m, k, w, u, initial_state, False)
+    if h is None:
+        h, v_new, _ = _fwd_h(m, k, w, u, initial_state, False)
     dv_new, dh, dh0 = _bwd_dhu(m, q, k, w, do, dht, scale, initial_state is not None)
     dq, dk_part, dw = _bwd_dqkw(m, q, k, v_new, do, h, dh, dv_new, scale)
     dk, dv, dbeta = _wy_bwd(m, k, v, beta, A, dw, dv_new, dk_part)
@@ -756,19 +766,21 @@ def chunk_delta_rule_bwd(q, k, v, beta, A, scale, initial_state, do, dht, cu_seq
 class ChunkDeltaRuleFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, beta, scale, initial_state, output_final_state, cu_seqlens, chunk_size):
-        o, ht, A = chunk_delta_rule_fwd(q, k, v, beta, scale, initial_state, output_final_state, cu_seqlens,
-                                        chunk_size)
-        ctx.save_for_backward(q, k, v, beta, A, initial_state, cu_seqlens)
+        o, ht, A, h, v_new = chunk_delta_rule_fwd(q, k, v, beta, scale, initial_state, output_final_state,
+                                                  cu_seqlens, chunk_size)
+        if not _keep_states(q.shape[-1]):
+            h = v_new = None  # the backward recomputes them
+        ctx.save_for_backward(q, k, v, beta, A, initial_state, cu_seqlens, h, v_new)
         ctx.scale, ctx.chunk_size = scale, chunk_size
         return o, ht
 
     @staticmethod
     def backward(ctx, do, dht):
-        q, k, v, beta, A, initial_state, cu_seqlens = ctx.saved_tensors
+        q, k, v, beta, A, initial_state, cu_seqlens, h, v_new = ctx.saved_tensors
         do = do.contiguous()
         dht = dht.contiguous() if dht is not None else None
         dq, dk, dv, dbeta, dh0 = chunk_delta_rule_bwd(q, k, v, beta, A, ctx.scale, initial_state, do, dht,
-                                                      cu_seqlens, ctx.chunk_size)
+                                                      cu_seqlens, ctx.chunk_size, h, v_new)
         if dh0 is not None:
             dh0 = dh0.to(initial_state.dtype)
         return dq, dk, dv, dbeta, None, dh0, None, None, None

@@ -130,8 +130,26 @@ def test_non_power_of_two_head_dims(K, V):
 
 
 def test_largest_key_dim():
-    """K = 256: the sequential kernels hold the state as four 64-row blocks and dv_local runs as its own kernel."""
+    """K = 256: the sequential kernels hold the state as four 64-row blocks, dv_local runs as its own kernel, and
+    the backward reuses the forward's chunk states (KEEP_STATES="auto")."""
     check(seed=256, B=1, T=20, H=1, K=256, V=16, chunk_size=16)
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_kept_states_equal_recomputed(keep, monkeypatch):
+    """The backward gives the same gradients whether it reuses the forward's h, V' or recomputes them."""
+    import kernels.delta_rule.chunk as chunk
+
+    ins = make_inputs(7, 1, 37, 2, 32, 16, 1, torch.float32)
+    grads = []
+    for mode in (keep, "auto"):
+        monkeypatch.setattr(chunk, "KEEP_STATES", mode)
+        xs = [x.clone().requires_grad_() for x in ins]
+        o, s = chunk_delta_rule(*xs[:4], initial_state=xs[4], output_final_state=True, chunk_size=16)
+        (o.square().sum() + s.sum()).backward()
+        grads.append([x.grad for x in xs])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 
 def test_float16_inputs():
