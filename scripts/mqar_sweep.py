@@ -7,7 +7,7 @@ Three sub-commands:
         --job deltanet/64/1e-3/mix/150 --job deltanet/64/3e-3/pure/150 ...
     # one job (what `sweep` launches; resumable from its checkpoint with --resume)
     python scripts/mqar_sweep.py job --spec deltanet/64/1e-3/mix/150 --out OUT
-    # table (markdown + JSON) and PNG from the jobs' results, best lr per (family, width)
+    # tables (markdown + JSON) and PNG from the jobs' results, best run per (family, width)
     python scripts/mqar_sweep.py report --results OUT/runs --out benchmarks/results
 
 Each job composes the same Hydra config as ``python run.py experiment=mqar model=<family>`` (plus overrides), builds
@@ -336,14 +336,23 @@ def sweep(args) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- report
+def data_label(r: dict) -> str:
+    return "fresh" if r.get("fresh_data") else f"fixed {r.get('num_train', 100_000) // 1000}K"
+
+
+def variant(r: dict) -> str:
+    """What else distinguishes a run besides family/width/lr: recipe, batch size, fresh or fixed training data."""
+    return f"{r['recipe']}, batch {r['batch_size']}, {data_label(r)}"
+
+
 def report(args) -> None:
-    """Best lr per (family, width, recipe): markdown table, JSON, PNG (accuracy vs width; accuracy vs sequences)."""
+    """Best run per (family, width) over lrs and variants: markdown tables, JSON, PNG (accuracy vs width; vs sequences)."""
     runs = [json.loads(p.read_text()) for p in sorted(Path(args.results).glob("*.json"))]
     if not runs:
         raise SystemExit(f"no results under {args.results}")
     best: dict[tuple, dict] = {}
     for r in runs:
-        key = (r["family"], r["width"], r["recipe"])
+        key = (r["family"], r["width"])
         # Zoology's rule, best lr per point; ties (both reach the target) go to fewer training sequences
         score = (r["final_acc"] >= r["target"], r["final_acc"] if r["final_acc"] < r["target"] else -r["sequences"])
         if key not in best or score > best[key][0]:
@@ -352,23 +361,32 @@ def report(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     lines = [f"# MQAR (Zoology): sequence {runs[0]['seq_len']}, {runs[0]['kv_pairs']} key-value pairs, "
              f"vocabulary 8192, 2 layers; test accuracy on 3,000 held-out sequences", "",
-             f"Device: {runs[0]['device']}, torch {runs[0]['torch']}. Command: `{args.command}`", "",
-             "| family | width | recipe | test acc | best lr | lrs tried | steps | sequences | train s | steps/s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "![MQAR accuracy vs width and vs training sequences](mqar.png)", "",
+             f"Device: {runs[0]['device']}, torch {runs[0]['torch']}. Tables and plot: `python scripts/mqar_sweep.py "
+             f"report --results {args.results} --out {args.out}` (with the --summary/--note/--command text of this "
+             "page); the commands that made the runs are listed at the end.", ""]
+    lines += [f"- {n}" for n in (args.summary or [])]
+    lines += ["", "Best run per family x width (over the lrs and variants tried; test accuracy at the end of the run):", "",
+              "| family | width | test acc | lr | batch | data | recipe | sequences | train s | lrs tried |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     table = []
-    for key in sorted(best, key=lambda k: (k[0], k[1], k[2])):
+    for key in sorted(best):
         r = best[key][1]
-        tried = sorted({x["lr"] for x in runs if (x["family"], x["width"], x["recipe"]) == key})
-        lines.append(f"| {r['family']} | {r['width']} | {r['recipe']} | {100 * r['final_acc']:.2f}% | {r['lr']:.0e} | "
-                     f"{', '.join(f'{x:.0e}' for x in tried)} | {r['steps']} | {r['sequences']:,} | "
-                     f"{r['train_seconds']:.0f} | {r['steps_per_s_probe']:.0f} |")
+        tried = sorted({x["lr"] for x in runs if (x["family"], x["width"]) == key})
+        lines.append(f"| {r['family']} | {r['width']} | {100 * r['final_acc']:.2f}% | {r['lr']:.0e} | {r['batch_size']} | "
+                     f"{data_label(r)} | {r['recipe']} | {r['sequences']:,} | {r['train_seconds']:.0f} | "
+                     f"{', '.join(f'{x:.0e}' for x in tried)} |")
         table.append({k: v for k, v in r.items() if k != "curve"})
-    lines += ["", "All runs (accuracy at the end of each run; runs stop at the target accuracy or their time budget):", "",
-              "| run | test acc | steps | sequences | train s |", "|---|---|---|---|---|"]
-    for r in sorted(runs, key=lambda r: r["name"]):
-        lines.append(f"| {r['name']} | {100 * r['final_acc']:.2f}% | {r['steps']} | {r['sequences']:,} | "
-                     f"{r['train_seconds']:.0f} |")
+    lines += ["", "All runs (runs stop at the target accuracy, 99%, or at their time budget; fixed = Zoology's fixed "
+              "100K training set, fresh = a new 100K set every epoch):", "",
+              "| run | family | width | lr | variant | test acc | best acc | steps | sequences | train s | steps/s |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(runs, key=lambda r: (r["family"], r["width"], r["name"])):
+        lines.append(f"| {r['name']} | {r['family']} | {r['width']} | {r['lr']:.0e} | {variant(r)} | "
+                     f"{100 * r['final_acc']:.2f}% | {100 * r['best_acc']:.2f}% | {r['steps']} | {r['sequences']:,} | "
+                     f"{r['train_seconds']:.0f} | {r['steps_per_s_probe']:.0f} |")
     lines += [""] + [f"- {n}" for n in (args.note or [])]
+    lines += ["", "Commands:", ""] + [f"- `{c}`" for c in (args.command or ["python scripts/mqar_sweep.py sweep ..."])]
     (out / "mqar.md").write_text("\n".join(lines) + "\n")
     (out / "mqar.json").write_text(json.dumps({"best": table, "runs": runs}, indent=1))
 
@@ -376,28 +394,35 @@ def report(args) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
-    for fam_rec in sorted({(k[0], k[2]) for k in best}):
-        pts = sorted((k[1], best[k][1]) for k in best if (k[0], k[2]) == fam_rec)
-        a1.plot([w for w, _ in pts], [100 * r["final_acc"] for _, r in pts], "o-", label=f"{fam_rec[0]} ({fam_rec[1]})")
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 5))
+    for fi, fam in enumerate(sorted({k[0] for k in best})):
+        pts = sorted((k[1], best[k][1]) for k in best if k[0] == fam)
+        learned = [(w, r) for w, r in pts if r["best_acc"] >= 0.01]  # runs still at chance: hollow, not joined
+        line, = a1.plot([w for w, _ in learned], [100 * r["final_acc"] for _, r in learned], "o-", label=fam)
+        chance = [(w, r) for w, r in pts if r["best_acc"] < 0.01]
+        a1.plot([w for w, _ in chance], [100 * r["final_acc"] for _, r in chance], "o", mfc="none",
+                color=line.get_color())
         for w, r in pts:  # the training length differs between points: say it on the plot
-            a1.annotate(f"{r['sequences'] / 1e6:.2f}M seq", (w, 100 * r["final_acc"]), textcoords="offset points",
-                        xytext=(4, -10), fontsize=7)
+            a1.annotate(f"{r['sequences'] / 1e6:.2f}M seq" + ("" if r["best_acc"] >= 0.01 else "\nat chance"),
+                        (w, 100 * r["final_acc"]), textcoords="offset points", xytext=(4, -10 - 9 * fi), fontsize=7)
     a1.set_xscale("log", base=2)
+    a1.margins(x=0.2)  # room for the annotations
     a1.set_xlabel("model width")
     a1.set_ylabel("test accuracy (%)")
-    a1.set_title("MQAR, best lr per point (at the end of each run)")
-    a1.set_ylim(-2, 102)
+    a1.set_title("MQAR, best run per point (hollow: never left chance)")
+    a1.set_ylim(-8, 102)
     a1.legend(fontsize=8)
-    for _, r in sorted(best.values(), key=lambda sr: sr[1]["name"]):
-        c = r["curve"]
-        a2.plot([p["seqs"] / 1e6 for p in c], [100 * p["acc"] for p in c], label=r["name"])
-    a2.axhline(100 * runs[0]["target"], color="gray", lw=0.8, ls="--")
+    colors = plt.get_cmap("tab20").colors
+    for i, r in enumerate(sorted(runs, key=lambda r: (r["family"], r["width"], r["name"]))):
+        c = r["curve"]  # solid: fresh data; dashed: Zoology's fixed set
+        a2.plot([p["seqs"] / 1e6 for p in c], [100 * p["acc"] for p in c], color=colors[i % len(colors)],
+                ls="-" if r.get("fresh_data") else "--", label=r["name"])
+    a2.axhline(100 * runs[0]["target"], color="gray", lw=0.8, ls=":")
     a2.set_xlabel("training sequences (M)")
     a2.set_ylabel("test accuracy (%)")
-    a2.set_title("test accuracy vs training sequences")
+    a2.set_title("test accuracy vs training sequences (dashed: fixed 100K set)")
     a2.set_ylim(-2, 102)
-    a2.legend(fontsize=7)
+    a2.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(out / "mqar.png", dpi=120)
     print("\n".join(lines))
@@ -440,8 +465,9 @@ def main() -> None:
     s = sub.add_parser("report")
     s.add_argument("--results", required=True)
     s.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    s.add_argument("--command", default="python scripts/mqar_sweep.py sweep ...")
-    s.add_argument("--note", action="append", help="a line of notes under the table")
+    s.add_argument("--command", action="append", help="a command that made the runs (repeatable)")
+    s.add_argument("--summary", action="append", help="a line of findings above the tables (repeatable)")
+    s.add_argument("--note", action="append", help="a line of notes under the tables (repeatable)")
     args = p.parse_args()
     if args.cmd == "sweep":
         sweep(args)
