@@ -4,7 +4,8 @@
 prompt once (prefill) and then one token per step, carrying per layer: the delta-rule state (H, K, V) and the
 short-convolution states for DeltaNet layers, a KV cache for global attention, a ring buffer of ``attn_window``
 slots for sliding-window attention.  Memory per sequence is therefore constant in the context length except for
-global-attention layers.
+global-attention layers, whose cache is a buffer written in place and doubled when full (a cache passed back to the
+model is updated, not copied: keep a ``copy.deepcopy`` to branch from it).
 
 ``load_for_generation(ckpt_path)`` accepts a Lightning ``.ckpt`` (state_dict keys prefixed ``model.``, config dict in
 ``hyper_parameters["model_config"]``) or a :meth:`DeltaNetForCausalLM.save_pretrained` directory.

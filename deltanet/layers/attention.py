@@ -136,7 +136,14 @@ class Attention(nn.Module):
             else:
                 mask = _allowed(pos, pos, W, seq_id, seq_id)
                 o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        else:  # read the cache: keys = cached + new, masked by position
+        elif W is None:  # global cache: append the new keys in place, attend over the filled part
+            state = self._append(state, k, v, pos)
+            n = state["len"]
+            k_all, v_all = state["k"][:, :, :n].to(k.dtype), state["v"][:, :, :n].to(v.dtype)
+            o = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=_allowed(pos, state["pos"][:n], None))
+            y = self.o_proj(o.transpose(1, 2).reshape(B, T, H * D))
+            return y, (state if use_cache else None)
+        else:  # sliding window: keys = the ring buffer (W slots) + the new ones, masked by position
             k_all = torch.cat([state["k"].to(k.dtype), k], dim=2)
             v_all = torch.cat([state["v"].to(v.dtype), v], dim=2)
             k_pos = torch.cat([state["pos"], pos])
@@ -144,14 +151,34 @@ class Attention(nn.Module):
         y = self.o_proj(o.transpose(1, 2).reshape(B, T, H * D))
         return y, (self._update_cache(state, k, v, pos) if use_cache else None)
 
+    @staticmethod
+    def _append(state: Optional[dict], k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor) -> dict:
+        """Global KV cache: buffers (B, H, capacity, D) filled up to state["len"], written in place; the capacity at
+        least doubles when it runs out, so decoding n tokens copies O(n) elements in all (not O(n^2) as appending by
+        concatenation would). Slots past "len" hold pos -1 (masked)."""
+        B, H, T, D = k.shape
+        n = 0 if state is None else state["len"]
+        cap = 0 if state is None else state["k"].shape[2]
+        if n + T > cap:
+            new_cap = max(n + T, 2 * cap, 64)
+            grown = {"k": k.new_zeros(B, H, new_cap, D), "v": v.new_zeros(B, H, new_cap, D),
+                     "pos": torch.full((new_cap,), -1, dtype=torch.long, device=k.device), "len": n}
+            if state is not None:
+                for name in ("k", "v"):
+                    grown[name][:, :, :n] = state[name][:, :, :n]
+                grown["pos"][:n] = state["pos"][:n]
+            state = grown
+        state["k"][:, :, n:n + T] = k.to(state["k"].dtype)
+        state["v"][:, :, n:n + T] = v.to(state["v"].dtype)
+        state["pos"][n:n + T] = pos
+        state["len"] = n + T
+        return state
+
     def _update_cache(self, state: Optional[dict], k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor) -> dict:
         """k, v: (B, H, T, D) after RoPE; pos: (T,)."""
         W = self.window
         if W is None:  # global: keep everything
-            if state is None:
-                return {"k": k, "v": v, "pos": pos}
-            return {"k": torch.cat([state["k"], k], 2), "v": torch.cat([state["v"], v], 2),
-                    "pos": torch.cat([state["pos"], pos])}
+            return self._append(state, k, v, pos)
         if state is None:  # ring buffer of W slots; pos -1 = empty
             B, H, _, D = k.shape
             state = {"k": k.new_zeros(B, H, W, D), "v": v.new_zeros(B, H, W, D),

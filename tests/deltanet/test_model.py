@@ -54,6 +54,9 @@ def test_cached_decoding_equals_full_forward(family):
     assert rel_err(torch.cat(logits, 1), full) < 1e-5
     if family == "deltanet_hybrid_swa":  # constant memory: the ring buffer holds exactly `window` slots
         assert out.cache.layers[1]["k"].shape[2] == 6
+    if family in ("deltanet_hybrid_global", "transformer"):  # global KV cache: 80 tokens in a buffer grown 64 -> 128
+        kv = out.cache.layers[1]
+        assert kv["len"] == 80 and kv["k"].shape[2] == 128 and bool((kv["pos"][80:] == -1).all())
 
 
 def test_generate_greedy_matches_argmax_and_stops_at_eos():
