@@ -48,16 +48,19 @@ class GenerationMixin:
     @torch.no_grad()
     def generate(
         self,
-        input_ids: torch.Tensor,  # (B, T) long, every row the same length (no padding)
+        input_ids: torch.Tensor,  # (B, T) long; rows of different lengths padded on the left (attention_mask)
         max_new_tokens: int,
         temperature: float = 1.0,
         top_k: int = 0,
         top_p: float = 1.0,
         eos_token_id: Optional[int] = None,
         generator: Optional[torch.Generator] = None,
+        attention_mask: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """Returns (B, T + n) with n <= max_new_tokens: the prompt followed by the sampled tokens.
 
+        Prompts of different lengths: pad them on the left to one length T and pass ``attention_mask`` (B, T), 1 at
+        tokens and 0 at padding; each row then continues exactly as it would alone (the padding stays in the output).
         Stops early once every row has produced ``eos_token_id``; rows that finished earlier are filled with it.
         """
         if input_ids.dim() != 2 or input_ids.shape[1] == 0:
@@ -65,7 +68,7 @@ class GenerationMixin:
         was_training = self.training
         self.eval()
         try:
-            out = self(input_ids, use_cache=True, return_logits=True)
+            out = self(input_ids, use_cache=True, return_logits=True, attention_mask=attention_mask)
             cache, logits = out.cache, out.logits[:, -1]
             tokens = [input_ids]
             done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)

@@ -31,7 +31,8 @@ from .config import DeltaNetConfig
 from .generation import GenerationMixin
 from .layers import Attention, DeltaNet, RMSNorm, SwiGLU
 
-__all__ = ["DeltaNetForCausalLM", "DeltaNetModel", "Block", "Cache", "CausalLMOutput", "chunked_cross_entropy"]
+__all__ = ["DeltaNetForCausalLM", "DeltaNetModel", "Block", "Cache", "CausalLMOutput", "chunked_cross_entropy",
+           "left_padding"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -63,9 +64,9 @@ class Block(nn.Module):
         self.mlp = SwiGLU(config.hidden_size, config.intermediate_size)
 
     def forward(self, x: torch.Tensor, state: Optional[dict] = None, use_cache: bool = False,
-                cu_seqlens: Optional[torch.Tensor] = None, offset: int = 0):
+                cu_seqlens: Optional[torch.Tensor] = None, offset: int = 0, pad: Optional[torch.Tensor] = None):
         h, new_state = self.mixer(self.attn_norm(x), state=state, use_cache=use_cache, cu_seqlens=cu_seqlens,
-                                  offset=offset)
+                                  offset=offset, pad=pad)
         x = x + h
         x = x + self.mlp(self.mlp_norm(x))
         return x, new_state
@@ -80,16 +81,39 @@ class DeltaNetModel(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.norm_eps)
 
     def forward(self, input_ids: torch.Tensor, cache: Optional[Cache] = None, use_cache: bool = False,
-                cu_seqlens: Optional[torch.Tensor] = None):
+                cu_seqlens: Optional[torch.Tensor] = None, pad: Optional[torch.Tensor] = None):
+        """pad: optional (B, T) bool, True at left-padding positions (see DeltaNetForCausalLM.forward)."""
         x = self.embeddings(input_ids)  # (B, T, C)
         offset = cache.seen_tokens if cache is not None else 0
         new_cache = Cache(seen_tokens=offset + input_ids.shape[1]) if use_cache else None
         for i, layer in enumerate(self.layers):
             state = cache.layers[i] if cache is not None else None
-            x, s = layer(x, state=state, use_cache=use_cache, cu_seqlens=cu_seqlens, offset=offset)
+            x, s = layer(x, state=state, use_cache=use_cache, cu_seqlens=cu_seqlens, offset=offset, pad=pad)
             if use_cache:
                 new_cache.layers.append(s)
         return self.norm(x), new_cache
+
+
+def left_padding(attention_mask: Optional[torch.Tensor], input_ids: torch.Tensor, cache: Optional[Cache] = None,
+                 cu_seqlens: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+    """attention_mask (B, T) of 1/0 (or bool) -> (B, T) bool, True at padding; None when there is no padding.
+    Only left padding (each row: zeros, then ones, at least one 1), and only without a cache or cu_seqlens."""
+    if attention_mask is None:
+        return None
+    if attention_mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask must match input_ids {tuple(input_ids.shape)}, "
+                         f"got {tuple(attention_mask.shape)}")
+    keep = attention_mask.to(device=input_ids.device) != 0
+    if bool(keep.all()):
+        return None
+    if cu_seqlens is not None:
+        raise ValueError("attention_mask with padding cannot be combined with cu_seqlens (packing needs no padding)")
+    if cache is not None:
+        raise ValueError("attention_mask with padding is only allowed without a cache (in the prefill); later tokens "
+                         "of every row are real")
+    if bool((keep[:, 1:].int() < keep[:, :-1].int()).any()) or not bool(keep[:, -1].all()):
+        raise ValueError("attention_mask must be left padding: in every row zeros first, then ones, ending in a 1")
+    return ~keep
 
 
 def _ce_sum(h: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -127,6 +151,10 @@ class DeltaNetForCausalLM(GenerationMixin, nn.Module):
     ``.loss`` = mean next-token cross-entropy (labels aligned with input_ids, shifted inside, -100 ignored) and
     ``.logits`` (B, T, V) when no labels are given (pass ``return_logits=True`` to get them with labels too).
     ``cu_seqlens`` ((N+1,) offsets, B = 1) packs N sequences: no state or attention crosses their borders.
+    ``attention_mask`` ((B, T), 1 = token, 0 = padding) allows rows of different lengths padded on the left, in a call
+    without a cache (training or the prefill of generation): padding positions do not change any delta-rule, conv or
+    attention state, so every row's outputs at its tokens are those of the row alone. Their own outputs are
+    meaningless; give them label -100.
     """
 
     def __init__(self, config: DeltaNetConfig):
@@ -164,12 +192,14 @@ class DeltaNetForCausalLM(GenerationMixin, nn.Module):
         cache: Optional[Cache] = None,
         use_cache: bool = False,
         return_logits: Optional[bool] = None,
+        attention_mask: Optional[torch.Tensor] = None,  # (B, T): 1 = token, 0 = left padding
     ) -> CausalLMOutput:
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (B, T), got {tuple(input_ids.shape)}")
         if cu_seqlens is not None and input_ids.shape[0] != 1:
             raise ValueError(f"with cu_seqlens the batch size must be 1, got input_ids {tuple(input_ids.shape)}")
-        h, new_cache = self.model(input_ids, cache=cache, use_cache=use_cache, cu_seqlens=cu_seqlens)  # (B, T, C)
+        pad = left_padding(attention_mask, input_ids, cache, cu_seqlens)
+        h, new_cache = self.model(input_ids, cache=cache, use_cache=use_cache, cu_seqlens=cu_seqlens, pad=pad)
         if return_logits is None:
             return_logits = labels is None
         loss = None

@@ -107,6 +107,7 @@ class Attention(nn.Module):
         use_cache: bool = False,
         cu_seqlens: Optional[torch.Tensor] = None,
         offset: int = 0,  # position of x[:, 0] (tokens already in the cache)
+        pad: Optional[torch.Tensor] = None,  # (B, T) bool, True at left padding (only without a cache)
         **_: Any,
     ) -> Tuple[torch.Tensor, Optional[dict]]:
         B, T, _ = x.shape
@@ -128,7 +129,11 @@ class Attention(nn.Module):
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
 
         if state is None:  # attend within x only
-            if W is None and seq_id is None:
+            if pad is not None:  # per-row key mask; a padding query sees itself (no empty softmax row, no NaN)
+                mask = (_allowed(pos, pos, W)[None] & ~pad[:, None, :]) | torch.eye(T, dtype=torch.bool,
+                                                                                     device=x.device)
+                o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None])
+            elif W is None and seq_id is None:
                 o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
             elif x.is_cuda:
                 bm = _window_block_mask(T, W, str(x.device)) if seq_id is None else _varlen_block_mask(seq_id, W)
@@ -137,54 +142,70 @@ class Attention(nn.Module):
                 mask = _allowed(pos, pos, W, seq_id, seq_id)
                 o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         elif W is None:  # global cache: append the new keys in place, attend over the filled part
-            state = self._append(state, k, v, pos)
+            state = self._append(state, k, v, pos, pad)
             n = state["len"]
             k_all, v_all = state["k"][:, :, :n].to(k.dtype), state["v"][:, :, :n].to(v.dtype)
-            o = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=_allowed(pos, state["pos"][:n], None))
+            mask = _allowed(pos, state["pos"][:n], None)[None] & ~state["pad"][:, None, :n]  # (B, T, n)
+            o = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask[:, None])
             y = self.o_proj(o.transpose(1, 2).reshape(B, T, H * D))
             return y, (state if use_cache else None)
         else:  # sliding window: keys = the ring buffer (W slots) + the new ones, masked by position
             k_all = torch.cat([state["k"].to(k.dtype), k], dim=2)
             v_all = torch.cat([state["v"].to(v.dtype), v], dim=2)
             k_pos = torch.cat([state["pos"], pos])
-            o = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=_allowed(pos, k_pos, W))
+            k_pad = torch.cat([state["pad"], _no_pad(pad, B, T, x.device)], 1)  # (B, W + T)
+            mask = _allowed(pos, k_pos, W)[None] & ~k_pad[:, None, :]
+            o = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask[:, None])
         y = self.o_proj(o.transpose(1, 2).reshape(B, T, H * D))
-        return y, (self._update_cache(state, k, v, pos) if use_cache else None)
+        return y, (self._update_cache(state, k, v, pos, pad) if use_cache else None)
 
     @staticmethod
-    def _append(state: Optional[dict], k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor) -> dict:
+    def _append(state: Optional[dict], k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
+                pad: Optional[torch.Tensor] = None) -> dict:
         """Global KV cache: buffers (B, H, capacity, D) filled up to state["len"], written in place; the capacity at
         least doubles when it runs out, so decoding n tokens copies O(n) elements in all (not O(n^2) as appending by
-        concatenation would). Slots past "len" hold pos -1 (masked)."""
+        concatenation would). Slots past "len" hold pos -1 (masked); "pad" (B, capacity) marks left padding (masked)."""
         B, H, T, D = k.shape
         n = 0 if state is None else state["len"]
         cap = 0 if state is None else state["k"].shape[2]
         if n + T > cap:
             new_cap = max(n + T, 2 * cap, 64)
             grown = {"k": k.new_zeros(B, H, new_cap, D), "v": v.new_zeros(B, H, new_cap, D),
-                     "pos": torch.full((new_cap,), -1, dtype=torch.long, device=k.device), "len": n}
+                     "pos": torch.full((new_cap,), -1, dtype=torch.long, device=k.device),
+                     "pad": torch.zeros(B, new_cap, dtype=torch.bool, device=k.device), "len": n}
             if state is not None:
                 for name in ("k", "v"):
                     grown[name][:, :, :n] = state[name][:, :, :n]
                 grown["pos"][:n] = state["pos"][:n]
+                grown["pad"][:, :n] = state["pad"][:, :n]
             state = grown
         state["k"][:, :, n:n + T] = k.to(state["k"].dtype)
         state["v"][:, :, n:n + T] = v.to(state["v"].dtype)
         state["pos"][n:n + T] = pos
+        state["pad"][:, n:n + T] = _no_pad(pad, B, T, k.device)
         state["len"] = n + T
         return state
 
-    def _update_cache(self, state: Optional[dict], k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor) -> dict:
-        """k, v: (B, H, T, D) after RoPE; pos: (T,)."""
+    def _update_cache(self, state: Optional[dict], k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
+                      pad: Optional[torch.Tensor] = None) -> dict:
+        """k, v: (B, H, T, D) after RoPE; pos: (T,); pad: (B, T) bool or None."""
         W = self.window
         if W is None:  # global: keep everything
-            return self._append(state, k, v, pos)
+            return self._append(state, k, v, pos, pad)
+        B, H, T, D = k.shape
         if state is None:  # ring buffer of W slots; pos -1 = empty
-            B, H, _, D = k.shape
             state = {"k": k.new_zeros(B, H, W, D), "v": v.new_zeros(B, H, W, D),
-                     "pos": torch.full((W,), -1, dtype=torch.long, device=k.device)}
-        k, v, pos = k[:, :, -W:], v[:, :, -W:], pos[-W:]  # only the last W tokens can still be seen
+                     "pos": torch.full((W,), -1, dtype=torch.long, device=k.device),
+                     "pad": torch.zeros(B, W, dtype=torch.bool, device=k.device)}
+        pad = _no_pad(pad, B, T, k.device)
+        k, v, pos, pad = k[:, :, -W:], v[:, :, -W:], pos[-W:], pad[:, -W:]  # only the last W tokens can still be seen
         slots = pos % W
         return {"k": state["k"].index_copy(2, slots, k.to(state["k"].dtype)),
                 "v": state["v"].index_copy(2, slots, v.to(state["v"].dtype)),
-                "pos": state["pos"].index_copy(0, slots, pos)}
+                "pos": state["pos"].index_copy(0, slots, pos),
+                "pad": state["pad"].index_copy(1, slots, pad)}
+
+
+def _no_pad(pad: Optional[torch.Tensor], B: int, T: int, device) -> torch.Tensor:
+    """pad as a (B, T) bool tensor (all False when None)."""
+    return torch.zeros(B, T, dtype=torch.bool, device=device) if pad is None else pad

@@ -100,6 +100,7 @@ class DeltaNet(nn.Module):
         use_cache: bool = False,
         cu_seqlens: Optional[torch.Tensor] = None,
         mode: Optional[str] = None,  # 'chunk' | 'recurrent'; None: recurrent for short inputs outside training
+        pad: Optional[torch.Tensor] = None,  # (B, T) bool, True at left padding
         **_: Any,
     ) -> Tuple[torch.Tensor, Optional[dict]]:
         B, T, _ = x.shape
@@ -108,6 +109,8 @@ class DeltaNet(nn.Module):
         if cu_seqlens is not None and (state is not None or use_cache):
             raise NotImplementedError("DeltaNet: cu_seqlens with a generation cache is not supported")
         state = state or {}
+        if pad is not None:  # padding enters the convolutions as zeros (as before a sequence's start) ...
+            x = x.masked_fill(pad[..., None], 0.0)
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # (B, T, H*D)
         new_state: dict = {}
         if cfg.use_short_conv:
@@ -121,6 +124,8 @@ class DeltaNet(nn.Module):
             beta = torch.sigmoid(self.b_proj(x))  # (B, T, H)
         else:
             beta = v.new_ones(B, T, H)
+        if pad is not None:  # ... and writes nothing into the state (beta = 0: S_t = S_{t-1})
+            beta = beta.masked_fill(pad[..., None], 0.0)
         # The kernels take one dtype for all four; under autocast F.normalize returns float32 while v is bf16.
         dt = v.dtype
         q, k, beta = q.to(dt), k.to(dt), beta.to(dt)

@@ -77,6 +77,56 @@ def test_generate_greedy_matches_argmax_and_stops_at_eos():
     assert (out2[0, 5 + first[0]:] == eos).all()
 
 
+@pytest.mark.parametrize("family", [*FAMILIES, "deltanet_elu_l1"])
+def test_left_padded_batch_equals_rows_alone(family):
+    """Prompts of lengths 9 and 4, left-padded to 9: the prefill logits at real tokens and the greedy continuation
+    of each row equal that row run alone (padding changes no delta-rule, conv, KV-cache or ring-buffer state).
+    elu + 1 with l1 normalisation: a zero input still gives a nonzero key there (the zero values keep S = 0)."""
+    torch.manual_seed(14)
+    cfg = dict(family="deltanet", qk_activation="elu", qk_norm="l1") if family == "deltanet_elu_l1" \
+        else FAMILY_CONFIGS[family]  # SWA window 6: the ring buffer still holds padding while decoding
+    model = DeltaNetForCausalLM(tiny(**cfg)).eval()
+    rows = [torch.randint(3, 97, (9,)), torch.randint(3, 97, (4,))]
+    ids = torch.zeros(2, 9, dtype=torch.long)
+    mask = torch.zeros(2, 9, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, 9 - len(r):], mask[i, 9 - len(r):] = r, 1
+    with torch.no_grad():
+        batch = model(ids, attention_mask=mask).logits
+        for i, r in enumerate(rows):
+            alone = model(r[None]).logits[0]
+            assert rel_err(batch[i, 9 - len(r):], alone) < 1e-5, i
+        # decoding from the padded prefill: every step's logits equal the row's own cached decoding
+        cont = torch.randint(3, 97, (2, 6))
+        out = model(ids, attention_mask=mask, use_cache=True)
+        cache, steps = out.cache, []
+        for t in range(6):
+            out = model(cont[:, t:t + 1], cache=cache, use_cache=True)
+            cache = out.cache
+            steps.append(out.logits)
+        steps = torch.cat(steps, 1)
+        for i, r in enumerate(rows):
+            alone = model(torch.cat([r, cont[i]])[None]).logits[0, len(r):]
+            assert rel_err(steps[i], alone) < 1e-5, i
+    out = model.generate(ids, max_new_tokens=8, temperature=0.0, attention_mask=mask)
+    for i, r in enumerate(rows):
+        alone = model.generate(r[None], max_new_tokens=8, temperature=0.0)[0]
+        assert torch.equal(out[i, 9 - len(r):], alone), (i, out[i], alone)
+
+
+def test_attention_mask_errors():
+    model = DeltaNetForCausalLM(tiny()).eval()
+    ids = torch.randint(0, 97, (2, 6))
+    with pytest.raises(ValueError, match="left padding"):
+        model(ids, attention_mask=torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]]))  # right padding
+    with pytest.raises(ValueError, match="must match"):
+        model(ids, attention_mask=torch.ones(2, 5))
+    cache = model(ids, use_cache=True).cache
+    with pytest.raises(ValueError, match="without a cache"):
+        model(ids[:, :2], cache=cache, attention_mask=torch.tensor([[0, 1], [1, 1]]))
+    assert model(ids, attention_mask=torch.ones(2, 6)).logits.shape == (2, 6, 97)  # all ones: no padding
+
+
 def test_sampling_respects_top_k_and_top_p():
     from deltanet.generation import sample_next
     g = torch.Generator().manual_seed(12)
