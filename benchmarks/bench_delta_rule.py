@@ -2,6 +2,8 @@
 
 Providers (bf16, inputs [B, T, H, D], K = V = D):
   ours_chunk      kernels.chunk_delta_rule             (chunkwise WY/UT, Triton)
+  ours_chunk_plain  the same with KEEP_STATES=False, FOLD_BLOCKS=False (the backward recomputes the chunk states,
+                  2-D grids: the settings of the session-2 table), to measure those two switches side by side
   ours_recurrent  kernels.fused_recurrent_delta_rule   (token by token, Triton)
   fla_chunk       fla.ops.delta_rule.chunk_delta_rule           (if fla is installed)
   fla_recurrent   fla.ops.delta_rule.fused_recurrent_delta_rule (if fla is installed)
@@ -21,6 +23,7 @@ bench_delta_rule.png (ms vs T, when matplotlib is available) to --out; prints th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import math
@@ -40,6 +43,8 @@ if str(ROOT) not in sys.path:
 
 DEFAULT_SHAPES = [(8, 2048, 16, 128), (2, 8192, 16, 128), (1, 32768, 16, 128), (8, 2048, 32, 64), (4, 4096, 8, 256)]
 PROVIDERS = ["ours_chunk", "ours_recurrent", "fla_chunk", "fla_recurrent", "sdpa_flash"]
+# chunk.py module switches set while a provider is timed (forward and backward), restored afterwards
+PROVIDER_FLAGS = {"ours_chunk_plain": {"KEEP_STATES": False, "FOLD_BLOCKS": False}}
 RECURRENT = {"ours_recurrent", "fla_recurrent"}
 MODES = ["fwd", "fwdbwd"]
 
@@ -50,6 +55,7 @@ def load_providers():
     try:
         from kernels import chunk_delta_rule
         out["ours_chunk"] = (lambda q, k, v, b: chunk_delta_rule(q, k, v, b)[0]) if chunk_delta_rule else "not importable"
+        out["ours_chunk_plain"] = out["ours_chunk"]  # with PROVIDER_FLAGS set around its timing
     except Exception as e:  # noqa: BLE001 - the chunk kernel may be missing or broken; the others still run
         out["ours_chunk"] = f"import failed: {type(e).__name__}: {e}"
     try:
@@ -108,6 +114,23 @@ def time_cell(fn, inputs, do, mode, warmup, rep, max_run_s, recurrent):
     if recurrent and one > max_run_s:
         raise _Skip(f"skipped (one run {one:.1f} s > {max_run_s:g} s)")
     return triton.testing.do_bench(run, warmup=warmup, rep=rep, grad_to_none=inputs, return_mode="median")
+
+
+@contextlib.contextmanager
+def chunk_flags(flags: dict):
+    """Set module-level switches of kernels.delta_rule.chunk for the duration (forward and backward)."""
+    if not flags:
+        yield
+        return
+    import kernels.delta_rule.chunk as ck
+    saved = {n: getattr(ck, n) for n in flags}
+    try:
+        for n, v in flags.items():
+            setattr(ck, n, v)
+        yield
+    finally:
+        for n, v in saved.items():
+            setattr(ck, n, v)
 
 
 class _Skip(Exception):
@@ -171,7 +194,9 @@ def main(argv=None):
                     row[m][p] = fn
                     continue
                 try:
-                    row[m][p] = time_cell(fn, inputs, do, m, args.warmup, args.rep, args.max_run_s, p in RECURRENT)
+                    with chunk_flags(PROVIDER_FLAGS.get(p, {})):
+                        row[m][p] = time_cell(fn, inputs, do, m, args.warmup, args.rep, args.max_run_s,
+                                              p in RECURRENT)
                 except _Skip as e:
                     row[m][p] = str(e)
                 except torch.cuda.OutOfMemoryError:

@@ -130,6 +130,18 @@ def _inv_unit_lower_blocked(b_L, BT: tl.constexpr, PREC: tl.constexpr):
 
 
 @triton.jit
+def _block_ids(NB, FOLD: tl.constexpr):
+    """(chunk*head program, block index) of a chunk-parallel kernel whose grid has NB K or V blocks per chunk and
+    head.  FOLD: a 1-D grid with the blocks of one chunk adjacent (they read the same q, k, dO, V' tiles, which then
+    come from L2); otherwise the 2-D grid (chunk * head, block)."""
+    if FOLD:
+        pid = tl.program_id(0)
+        return pid // NB, pid % NB
+    else:
+        return tl.program_id(0), tl.program_id(1)
+
+
+@triton.jit
 def _chunk_coords(i_tg, T, cu_seqlens, chunk_indices, BT: tl.constexpr, IS_VARLEN: tl.constexpr):
     """For global chunk i_tg: (bos, T_seq, i_c) = first token of its sequence (int64), sequence length, chunk index
     within the sequence.  Without cu_seqlens every batch row is one sequence of T tokens."""
@@ -297,10 +309,10 @@ def _fwd_o_kernel(
     scale, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    IS_VARLEN: tl.constexpr, PREC: tl.constexpr,
+    IS_VARLEN: tl.constexpr, PREC: tl.constexpr, FOLD: tl.constexpr,
 ):
     """O = scale * (Q S + tril(Q K^T) V') per chunk.  Grid: (total chunks * H, cdiv(V, BV))."""
-    i_p, i_v = tl.program_id(0), tl.program_id(1)
+    i_p, i_v = _block_ids(tl.cdiv(V, BV), FOLD)
     i_h = i_p % H
     i_tg = i_p // H
     bos, T_seq, i_c = _chunk_coords(i_tg, T, cu_seqlens, chunk_indices, BT, IS_VARLEN)
@@ -334,11 +346,11 @@ def _bwd_dv_local_kernel(
     scale, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    IS_VARLEN: tl.constexpr, PREC: tl.constexpr,
+    IS_VARLEN: tl.constexpr, PREC: tl.constexpr, FOLD: tl.constexpr,
 ):
     """The within-chunk part of dV': scale * triu(K Q^T) dO (kept off the sequential walk).
     Grid: (total chunks * H, cdiv(V, BV))."""
-    i_p, i_v = tl.program_id(0), tl.program_id(1)
+    i_p, i_v = _block_ids(tl.cdiv(V, BV), FOLD)
     i_h = i_p % H
     i_tg = i_p // H
     bos, T_seq, i_c = _chunk_coords(i_tg, T, cu_seqlens, chunk_indices, BT, IS_VARLEN)
@@ -459,12 +471,12 @@ def _bwd_dqkw_kernel(
     scale, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    IS_VARLEN: tl.constexpr, PREC: tl.constexpr,
+    IS_VARLEN: tl.constexpr, PREC: tl.constexpr, FOLD: tl.constexpr,
 ):
     """Per chunk, with S = h (state before), dS = dh (gradient of the state after), D = tril(dO V'^T):
     dQ = scale (dO S^T + D K), dK_partial = V' dS^T + scale D^T Q, dW = -dV' S^T.
     Grid: (total chunks * H, cdiv(K, BK))."""
-    i_p, i_k = tl.program_id(0), tl.program_id(1)
+    i_p, i_k = _block_ids(tl.cdiv(K, BK), FOLD)
     i_h = i_p % H
     i_tg = i_p // H
     bos, T_seq, i_c = _chunk_coords(i_tg, T, cu_seqlens, chunk_indices, BT, IS_VARLEN)
@@ -600,6 +612,19 @@ def _keep_states(K: int) -> bool:
     return KEEP_STATES is True or (KEEP_STATES == "auto" and K > 128)
 
 
+# Grid of the chunk-parallel kernels with several K or V blocks per chunk (fwd_o, dv_local: V blocks; bwd_dqkw: K
+# blocks): True folds the blocks into grid axis 0 next to each other (they share their q, k, dO, V' tiles through L2),
+# False keeps them on axis 1 (then the blocks of one chunk run ~N*H*chunks programs apart), "auto" folds at more than
+# two blocks (K or V > 128; not yet measured: at K, V <= 128 the 2-D grid is the measured setting).
+FOLD_BLOCKS = "auto"
+
+
+def _block_grid(m: "_Meta", nb: int):
+    """(grid, fold) for a chunk-parallel kernel with nb blocks per chunk and head."""
+    fold = FOLD_BLOCKS is True or (FOLD_BLOCKS == "auto" and nb > 2)
+    return ((m.NT * m.H * nb,) if fold else (m.NT * m.H, nb)), fold
+
+
 def tuned_configs() -> dict:
     """What AUTOTUNE picked so far: {kernel: {key: 'num_warps=.., num_stages=..'}} (for benchmark reports)."""
     return {name: {str(k): f"num_warps={c.num_warps}, num_stages={c.num_stages}" for k, c in t.cache.items()}
@@ -688,11 +713,11 @@ def _fwd_h(m: _Meta, k, w, u, initial_state, output_final_state):
 
 def _fwd_o(m: _Meta, q, k, v_new, h, scale):
     o = torch.empty_like(v_new)
-    grid = (m.NT * m.H, triton.cdiv(m.V, m.BV))
+    grid, fold = _block_grid(m, triton.cdiv(m.V, m.BV))
     _launch(
         "fwd_o", _fwd_o_kernel, grid,
         q, k, v_new, h, o, m.cu_seqlens, m.chunk_indices, scale, m.T,
-        H=m.H, K=m.K, V=m.V, BT=m.BT, BK=m.BK, BV=m.BV, IS_VARLEN=m.is_varlen, PREC=m.prec,
+        H=m.H, K=m.K, V=m.V, BT=m.BT, BK=m.BK, BV=m.BV, IS_VARLEN=m.is_varlen, PREC=m.prec, FOLD=fold,
     )
     return o
 
@@ -702,10 +727,11 @@ def _bwd_dhu(m: _Meta, q, k, w, do, dht, scale, need_dh0):
     dv_local = None
     if not inline_dv:
         dv_local = torch.empty_like(do)
+        grid, fold = _block_grid(m, triton.cdiv(m.V, m.BV))
         _launch(
-            "bwd_dv_local", _bwd_dv_local_kernel, (m.NT * m.H, triton.cdiv(m.V, m.BV)),
+            "bwd_dv_local", _bwd_dv_local_kernel, grid,
             q, k, do, dv_local, m.cu_seqlens, m.chunk_indices, scale, m.T,
-            H=m.H, K=m.K, V=m.V, BT=m.BT, BK=m.BK, BV=m.BV, IS_VARLEN=m.is_varlen, PREC=m.prec,
+            H=m.H, K=m.K, V=m.V, BT=m.BT, BK=m.BK, BV=m.BV, IS_VARLEN=m.is_varlen, PREC=m.prec, FOLD=fold,
         )
     dh = q.new_empty(m.NT, m.H, m.K, m.V)
     dv_new = torch.empty_like(do)
@@ -722,11 +748,11 @@ def _bwd_dhu(m: _Meta, q, k, w, do, dht, scale, need_dh0):
 
 def _bwd_dqkw(m: _Meta, q, k, v_new, do, h, dh, dv_new, scale):
     dq, dk_part, dw = torch.empty_like(q), torch.empty_like(k), torch.empty_like(k)
-    grid = (m.NT * m.H, triton.cdiv(m.K, m.BK))
+    grid, fold = _block_grid(m, triton.cdiv(m.K, m.BK))
     _launch(
         "bwd_dqkw", _bwd_dqkw_kernel, grid,
         q, k, v_new, do, h, dh, dv_new, dq, dk_part, dw, m.cu_seqlens, m.chunk_indices, scale, m.T,
-        H=m.H, K=m.K, V=m.V, BT=m.BT, BK=m.BK, BV=m.BV, IS_VARLEN=m.is_varlen, PREC=m.prec,
+        H=m.H, K=m.K, V=m.V, BT=m.BT, BK=m.BK, BV=m.BV, IS_VARLEN=m.is_varlen, PREC=m.prec, FOLD=fold,
     )
     return dq, dk_part, dw
 

@@ -152,6 +152,27 @@ def test_kept_states_equal_recomputed(keep, monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 
+def test_folded_block_grid_equals_2d_grid(monkeypatch):
+    """fwd_o and bwd_dqkw give the same results on the folded 1-D grid as on the 2-D grid (K = V = 128: two blocks
+    each), and folded runs (dv_local too, at K = 256) match float64."""
+    import kernels.delta_rule.chunk as chunk
+
+    ins = make_inputs(8, 1, 21, 1, 128, 128, 1, torch.float32)
+    res = []
+    for fold in (True, False):
+        monkeypatch.setattr(chunk, "FOLD_BLOCKS", fold)
+        monkeypatch.setattr(chunk, "KEEP_STATES", False)  # K = 128: dv_local inline; run the usual path
+        xs = [x.clone().requires_grad_() for x in ins]
+        o, s = chunk_delta_rule(*xs[:4], initial_state=xs[4], output_final_state=True, chunk_size=16)
+        (o.square().sum() + s.sum()).backward()
+        res.append([o, s] + [x.grad for x in xs])
+    for a, b in zip(*res):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    monkeypatch.setattr(chunk, "FOLD_BLOCKS", True)
+    check(seed=9, B=1, T=21, H=1, K=128, V=128, chunk_size=16)
+    check(seed=10, B=1, T=20, H=1, K=256, V=16, chunk_size=16)  # dv_local (K > 128) on the folded grid too
+
+
 def test_float16_inputs():
     check(seed=16, B=1, T=40, H=1, K=32, V=32, chunk_size=32, dtype=torch.float16, tol_o=4e-3, tol_g=8e-3)
 
