@@ -28,6 +28,9 @@ more iterations (K = 192, 256: A off by 5e-2 relative while fp32 and K <= 128 we
 Layout conventions: tensors are [B, T, H, D] contiguous; a chunk is addressed through a base pointer moved (in 64-bit
 arithmetic) to its first token, so in-block offsets stay small; (sequence*head) lives on grid axis 0 or is folded
 into axis 0 together with the chunk index, so no grid axis limited to 65535 grows with N*H.
+
+Module switches (see the launcher section): LAUNCH (num_warps, num_stages per kernel), AUTOTUNE (opt-in),
+KEEP_STATES and FOLD_BLOCKS (both "auto": on only for K or V > 128), BLOCKED_INV, SEQ_BV.
 """
 
 from __future__ import annotations
