@@ -192,9 +192,10 @@ def _wy_fwd_kernel(
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     LOAD_A: tl.constexpr, BLOCKED_INV: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr,
+    STORE_U: tl.constexpr,
 ):
-    """A = (I + strict_tril(diag(beta) K K^T))^-1 (or loaded when LOAD_A), W = A diag(beta) K, U = A diag(beta) V.
-    Grid: (total chunks * H,), chunk-major."""
+    """A = (I + strict_tril(diag(beta) K K^T))^-1 (or loaded when LOAD_A), W = A diag(beta) K, U = A diag(beta) V
+    (U only when STORE_U).  Grid: (total chunks * H,), chunk-major."""
     i_p = tl.program_id(0)
     i_h = i_p % H
     i_tg = i_p // H
@@ -225,11 +226,12 @@ def _wy_fwd_kernel(
         b_kb = (b_k * b_beta[:, None]).to(b_k.dtype)
         b_w = tl.dot(b_Ad, b_kb, input_precision=PREC)
         _st(w + (t0 * H + i_h) * K, b_w, T_rem, K, H * K, 0, i_k * BK, BT, BK)
-    for i_v in tl.static_range((V + BV - 1) // BV):
-        b_v = _ld(v + (t0 * H + i_h) * V, T_rem, V, H * V, 0, i_v * BV, BT, BV)
-        b_vb = (b_v * b_beta[:, None]).to(b_v.dtype)
-        b_u = tl.dot(b_Ad, b_vb, input_precision=PREC)
-        _st(u + (t0 * H + i_h) * V, b_u, T_rem, V, H * V, 0, i_v * BV, BT, BV)
+    if STORE_U:
+        for i_v in tl.static_range((V + BV - 1) // BV):
+            b_v = _ld(v + (t0 * H + i_h) * V, T_rem, V, H * V, 0, i_v * BV, BT, BV)
+            b_vb = (b_v * b_beta[:, None]).to(b_v.dtype)
+            b_u = tl.dot(b_Ad, b_vb, input_precision=PREC)
+            _st(u + (t0 * H + i_h) * V, b_u, T_rem, V, H * V, 0, i_v * BV, BT, BV)
 
 
 @triton.jit
@@ -685,17 +687,19 @@ class _Meta:
         self.BVs = min(SEQ_BV if SEQ_BV is not None else (64 if self.K > 128 else 32), _pow2(self.V))
 
 
-def _wy_fwd(m: _Meta, k, v, beta, A=None):
-    """Returns (A, w, u); A is computed unless given (the backward recomputes W, U from the stored A)."""
+def _wy_fwd(m: _Meta, k, v, beta, A=None, need_u=True):
+    """Returns (A, w, u); A is computed unless given (the backward recomputes W, U from the stored A); u is None
+    unless need_u."""
     load_A = A is not None
     if A is None:
         A = k.new_empty(m.B, m.T, m.H, m.BT)
-    w, u = torch.empty_like(k), torch.empty_like(v)
+    w = torch.empty_like(k)
+    u = torch.empty_like(v) if need_u else None
     _launch(
         "wy_fwd", _wy_fwd_kernel, (m.NT * m.H,),
         k, v, beta, A, w, u, m.cu_seqlens, m.chunk_indices, m.T,
         H=m.H, K=m.K, V=m.V, BT=m.BT, BK=m.BK, BV=m.BV,
-        LOAD_A=load_A, BLOCKED_INV=BLOCKED_INV and m.BT > 16, IS_VARLEN=m.is_varlen, PREC=m.prec,
+        LOAD_A=load_A, BLOCKED_INV=BLOCKED_INV and m.BT > 16, IS_VARLEN=m.is_varlen, PREC=m.prec, STORE_U=need_u,
     )
     return A, w, u
 
@@ -783,7 +787,7 @@ def chunk_delta_rule_bwd(q, k, v, beta, A, scale, initial_state, do, dht, cu_seq
     """Backward pass: recomputes W, U (from the stored A) and, unless the forward's h and V' are given, the chunk
     states h and V'; then runs the gradient kernels.  Returns (dq, dk, dv, dbeta, dh0 or None)."""
     m = _Meta(q, v, cu_seqlens, chunk_size)
-    _, w, u = _wy_fwd(m, k, v, beta, A=A)
+    _, w, u = _wy_fwd(m, k, v, beta, A=A, need_u=h is None)  # U only feeds the state walk
     if h is None:
         h, v_new, _ = _fwd_h(m, k, w, u, initial_state, False)
     dv_new, dh, dh0 = _bwd_dhu(m, q, k, w, do, dht, scale, initial_state is not None)
