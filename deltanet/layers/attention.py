@@ -128,6 +128,7 @@ class Attention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
 
+        new_state = None
         if state is None:  # attend within x only
             if pad is not None:  # per-row key mask; a padding query sees itself (no empty softmax row, no NaN)
                 mask = (_allowed(pos, pos, W)[None] & ~pad[:, None, :]) | torch.eye(T, dtype=torch.bool,
@@ -141,23 +142,23 @@ class Attention(nn.Module):
             else:
                 mask = _allowed(pos, pos, W, seq_id, seq_id)
                 o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        elif W is None:  # global cache: append the new keys in place, attend over the filled part
-            state = self._append(state, k, v, pos, pad)
-            n = state["len"]
-            k_all, v_all = state["k"][:, :, :n].to(k.dtype), state["v"][:, :, :n].to(v.dtype)
-            mask = _allowed(pos, state["pos"][:n], None)[None] & ~state["pad"][:, None, :n]  # (B, T, n)
-            o = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask[:, None])
-            y = self.o_proj(o.transpose(1, 2).reshape(B, T, H * D))
-            return y, (state if use_cache else None)
-        else:  # sliding window: keys = the ring buffer (W slots) + the new ones, masked by position
-            k_all = torch.cat([state["k"].to(k.dtype), k], dim=2)
-            v_all = torch.cat([state["v"].to(v.dtype), v], dim=2)
-            k_pos = torch.cat([state["pos"], pos])
-            k_pad = torch.cat([state["pad"], _no_pad(pad, B, T, x.device)], 1)  # (B, W + T)
-            mask = _allowed(pos, k_pos, W)[None] & ~k_pad[:, None, :]
+        else:  # read the cache
+            if W is None:  # global: append the new keys in place first, then attend over the filled part
+                new_state = state = self._append(state, k, v, pos, pad)
+                n = state["len"]
+                k_all, v_all = state["k"][:, :, :n].to(k.dtype), state["v"][:, :, :n].to(v.dtype)
+                k_pos, k_pad = state["pos"][:n], state["pad"][:, :n]
+            else:  # sliding window: the ring buffer (W slots) + the new keys
+                k_all = torch.cat([state["k"].to(k.dtype), k], dim=2)
+                v_all = torch.cat([state["v"].to(v.dtype), v], dim=2)
+                k_pos = torch.cat([state["pos"], pos])
+                k_pad = F.pad(state["pad"], (0, T)) if pad is None else torch.cat([state["pad"], pad], 1)
+            mask = _allowed(pos, k_pos, W)[None] & ~k_pad[:, None, :]  # (B, T, keys), by position and padding
             o = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask[:, None])
         y = self.o_proj(o.transpose(1, 2).reshape(B, T, H * D))
-        return y, (self._update_cache(state, k, v, pos, pad) if use_cache else None)
+        if use_cache and new_state is None:
+            new_state = self._update_cache(state, k, v, pos, pad)
+        return y, (new_state if use_cache else None)
 
     @staticmethod
     def _append(state: Optional[dict], k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
@@ -182,7 +183,8 @@ class Attention(nn.Module):
         state["k"][:, :, n:n + T] = k.to(state["k"].dtype)
         state["v"][:, :, n:n + T] = v.to(state["v"].dtype)
         state["pos"][n:n + T] = pos
-        state["pad"][:, n:n + T] = _no_pad(pad, B, T, k.device)
+        if pad is not None:  # slots past "len" are still False
+            state["pad"][:, n:n + T] = pad
         state["len"] = n + T
         return state
 
@@ -192,20 +194,15 @@ class Attention(nn.Module):
         W = self.window
         if W is None:  # global: keep everything
             return self._append(state, k, v, pos, pad)
-        B, H, T, D = k.shape
+        B, H, _, D = k.shape
         if state is None:  # ring buffer of W slots; pos -1 = empty
             state = {"k": k.new_zeros(B, H, W, D), "v": v.new_zeros(B, H, W, D),
                      "pos": torch.full((W,), -1, dtype=torch.long, device=k.device),
                      "pad": torch.zeros(B, W, dtype=torch.bool, device=k.device)}
-        pad = _no_pad(pad, B, T, k.device)
-        k, v, pos, pad = k[:, :, -W:], v[:, :, -W:], pos[-W:], pad[:, -W:]  # only the last W tokens can still be seen
+        k, v, pos = k[:, :, -W:], v[:, :, -W:], pos[-W:]  # only the last W tokens can still be seen
         slots = pos % W
         return {"k": state["k"].index_copy(2, slots, k.to(state["k"].dtype)),
                 "v": state["v"].index_copy(2, slots, v.to(state["v"].dtype)),
                 "pos": state["pos"].index_copy(0, slots, pos),
-                "pad": state["pad"].index_copy(1, slots, pad)}
-
-
-def _no_pad(pad: Optional[torch.Tensor], B: int, T: int, device) -> torch.Tensor:
-    """pad as a (B, T) bool tensor (all False when None)."""
-    return torch.zeros(B, T, dtype=torch.bool, device=device) if pad is None else pad
+                "pad": (state["pad"].index_fill(1, slots, False) if pad is None
+                        else state["pad"].index_copy(1, slots, pad[:, -W:]))}
