@@ -33,9 +33,14 @@ import kernels.delta_rule.chunk as ck  # noqa: E402
 ck.AUTOTUNE = False  # this script sets (num_warps, num_stages) itself through ck.LAUNCH
 
 SHAPES = [(8, 2048, 16, 128), (2, 8192, 16, 128), (1, 32768, 16, 128), (8, 2048, 32, 64), (4, 4096, 8, 256)]
-KERNELS = ["wy_fwd", "fwd_h", "fwd_o", "bwd_dhu", "bwd_dqkw", "wy_bwd"]
+KERNELS = ["wy_fwd", "fwd_h", "fwd_o", "bwd_dv_local", "bwd_dhu", "bwd_dqkw", "wy_bwd"]
 SEQ = {"fwd_h", "bwd_dhu"}
 CHUNK_CFGS = [(4, 1), (4, 2), (4, 3), (8, 2)]
+# chunk-parallel kernels at K or V > 128 (--tiles): first every (BK, BV) tile at two settings, then more settings at
+# the best tile
+TILE_CANDS = [(64, 64), (32, 64), (64, 32), (128, 64), (64, 128), (128, 128)]
+TILE_CFGS = [(4, 2), (8, 2)]
+TILE_CFGS2 = [(4, 1), (4, 3), (8, 1), (8, 3), (16, 2)]
 SEQ_CFGS = [(bv, nw, ns) for bv in (16, 32, 64) for nw, ns in ((4, 2), (4, 3), (8, 2))]
 
 
@@ -66,7 +71,7 @@ def stage_fns(q, k, v, beta, do):
     def seq_meta():  # the sequential kernels read SEQ_BV when _Meta is built
         return ck._Meta(q, v, None, 64)
 
-    return {
+    fns = {
         "wy_fwd": lambda: ck._wy_fwd(m, k, v, beta),
         "fwd_h": lambda: ck._fwd_h(seq_meta(), k, w, u, None, False),
         "fwd_o": lambda: ck._fwd_o(m, q, k, v_new, h, scale),
@@ -74,6 +79,9 @@ def stage_fns(q, k, v, beta, do):
         "bwd_dqkw": lambda: ck._bwd_dqkw(m, q, k, v_new, do, h, dh, dv_new, scale),
         "wy_bwd": lambda: ck._wy_bwd(m, k, v, beta, A, dw, dv_new, dk_part),
     }
+    if m.BKs < m.K:  # K > 128: dv_local is its own kernel (and included in bwd_dhu's time)
+        fns["bwd_dv_local"] = lambda: ck._bwd_dv_local(m, q, k, do, scale)
+    return fns
 
 
 def totals(q, k, v, beta, do, fn):
@@ -129,6 +137,78 @@ def diag_stages(K, V, dtype=torch.bfloat16, B=1, T=256, H=2, BT=64, device="cuda
     return err
 
 
+def _cfg(name, tile, nw, ns):
+    """Set one chunk-parallel kernel's tile and launch settings (the wide tables are cleared for it)."""
+    ck.LAUNCH_WIDE.pop(name, None), ck.TILES_WIDE.pop(name, None)
+    ck.LAUNCH[name] = (nw, ns)
+    ck.TILES[name] = tile
+
+
+def sweep_tiles(name, fn):
+    """Time fn over TILE_CANDS x TILE_CFGS, then TILE_CFGS2 at the best tile.  Restores every table afterwards."""
+    saved = (dict(ck.LAUNCH), dict(ck.LAUNCH_WIDE), dict(ck.TILES), dict(ck.TILES_WIDE))
+    times = {}
+
+    def one(tile, nw, ns):
+        key = f"{tile[0]}x{tile[1]},{nw},{ns}"
+        _cfg(name, tile, nw, ns)
+        try:
+            fn()
+            times[key] = bench(fn, rep=30)
+        except Exception as e:  # noqa: BLE001 (out of resources etc.)
+            times[key] = f"{type(e).__name__}"
+
+    try:
+        for tile in TILE_CANDS:
+            for nw, ns in TILE_CFGS:
+                one(tile, nw, ns)
+        ok = {c: t for c, t in times.items() if isinstance(t, float)}
+        best_tile = min(ok, key=ok.get).split(",")[0]
+        tile = tuple(int(x) for x in best_tile.split("x"))
+        for nw, ns in TILE_CFGS2:
+            one(tile, nw, ns)
+    finally:
+        for d, old in zip((ck.LAUNCH, ck.LAUNCH_WIDE, ck.TILES, ck.TILES_WIDE), saved):
+            d.clear(), d.update(old)
+    ok = {c: t for c, t in times.items() if isinstance(t, float)}
+    best = min(ok, key=ok.get)
+    return {"times": times, "best": best, "best_ms": ok[best]}
+
+
+def tuned_totals(sw, q, k, v, beta, do, fn):
+    """Apply the best swept setting of every kernel (one SEQ_BV for both walks: the V block with the least summed
+    time) and time fwd and fwd+bwd; returns the totals and the settings as chunk.py table entries."""
+    saved = (dict(ck.LAUNCH), dict(ck.LAUNCH_WIDE), dict(ck.TILES), dict(ck.TILES_WIDE), ck.SEQ_BV)
+    launch, tiles = {}, {}
+    for name, r in sw.items():
+        if name in SEQ:
+            continue
+        t, nw, ns = r["best"].split(",")
+        launch[name], tiles[name] = (int(nw), int(ns)), tuple(int(x) for x in t.split("x"))
+    seq_bv, seq_best = None, float("inf")
+    for bv in (16, 32, 64):
+        tot = 0.0
+        for name in SEQ & set(sw):
+            ts = [t for c, t in sw[name]["times"].items() if c.startswith(f"{bv},") and isinstance(t, float)]
+            tot += min(ts) if ts else float("inf")
+        if tot < seq_best:
+            seq_bv, seq_best = bv, tot
+    for name in SEQ & set(sw):
+        ts = {c: t for c, t in sw[name]["times"].items() if c.startswith(f"{seq_bv},") and isinstance(t, float)}
+        if ts:
+            launch[name] = tuple(int(x) for x in min(ts, key=ts.get).split(",")[1:])
+    try:
+        ck.LAUNCH.update(launch), ck.TILES.update(tiles)
+        ck.SEQ_BV = seq_bv
+        f, fb = totals(q, k, v, beta, do, fn)
+    finally:
+        for d, old in zip((ck.LAUNCH, ck.LAUNCH_WIDE, ck.TILES, ck.TILES_WIDE), saved[:4]):
+            d.clear(), d.update(old)
+        ck.SEQ_BV = saved[4]
+    return {"fwd": f, "fwdbwd": fb, "LAUNCH_WIDE": {n: list(c) for n, c in launch.items()},
+            "TILES_WIDE": {n: list(t) for n, t in tiles.items()}, "SEQ_BV": seq_bv}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
@@ -138,6 +218,9 @@ def main():
     ap.add_argument("--no-fla", action="store_true", help="skip the fla totals")
     ap.add_argument("--no-sweep", action="store_true", help="skip the (num_warps, num_stages) sweep")
     ap.add_argument("--diag", action="store_true", help="only: per-stage errors vs float64 at several K, V; exit")
+    ap.add_argument("--tiles", action="store_true",
+                    help="sweep also the (BK, BV) tiles of the chunk-parallel kernels, then time the totals with the "
+                         "best settings applied (as LAUNCH_WIDE / TILES_WIDE / SEQ_BV would)")
     args = ap.parse_args()
     if args.diag:
         for dt in (torch.bfloat16, torch.float32):
@@ -179,7 +262,7 @@ def main():
     t_start = time.time()
     res = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
            "command": "python benchmarks/bench_chunk_tuning.py " + " ".join(sys.argv[1:]),
-           "default_launch": dict(ck.LAUNCH), "breakdown": {}, "sweep": {}, "totals": {}}
+           "default_launch": dict(ck.LAUNCH), "breakdown": {}, "sweep": {}, "totals": {}, "tuned": {}}
     try:
         from fla.ops.delta_rule import chunk_delta_rule as fla_chunk
         import fla
@@ -225,6 +308,13 @@ def main():
         for name in KERNELS:
             if time.time() - t_start > args.budget_s:
                 break
+            if name not in fns:
+                continue
+            if args.tiles and name not in SEQ:
+                sw[name] = sweep_tiles(name, fns[name])
+                print("sweep", shape, name, "best", sw[name]["best"], round(sw[name]["best_ms"], 4), flush=True)
+                save()
+                continue
             old = ck.LAUNCH[name]
             cands = SEQ_CFGS if name in SEQ else [(None, nw, ns) for nw, ns in CHUNK_CFGS]
             times = {}
@@ -243,6 +333,10 @@ def main():
             print("sweep", shape, name, "best", best, round(ok[best], 4), flush=True)
         res["sweep"][str(shape)] = sw
         save()
+        if args.tiles and time.time() - t_start < args.budget_s + 60:
+            res["tuned"][str(shape)] = tuned_totals(sw, q, k, v, beta, do, ours)
+            print("tuned", shape, res["tuned"][str(shape)], flush=True)
+            save()
         del q, k, v, beta, do, fns
         torch.cuda.empty_cache()
 

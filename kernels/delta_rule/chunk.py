@@ -604,6 +604,12 @@ TUNE_CONFIGS = {
 }
 _SEQUENTIAL = ("fwd_h", "bwd_dhu")
 _TUNED: dict = {}
+# Settings for "wide" calls (K or V > 128) where they differ from the above: LAUNCH_WIDE (num_warps, num_stages) per
+# kernel, and per chunk-parallel kernel the (BK, BV) tile, TILES (every call) and TILES_WIDE (wide calls), which
+# override _Meta's default 64 x 64 blocks.  Filled from benchmarks/bench_chunk_tuning.py's sweep at (4, 4096, 8, 256).
+LAUNCH_WIDE: dict = {}
+TILES: dict = {}
+TILES_WIDE: dict = {}
 BLOCKED_INV = True  # (I + L)^-1 by 16x16 diagonal blocks + merge (False: row-by-row substitution on BT x BT)
 SEQ_BV = None  # V block of the sequential kernels (None: 32 for K <= 128, 64 above; see _Meta)
 # Whether the backward reuses the forward's chunk states h and V' (kept in memory) instead of re-running the state walk:
@@ -653,11 +659,22 @@ def _launch(name: str, kernel, grid, *args, **consts) -> None:
             AUTOTUNE = False
             warnings.warn(f"chunk_delta_rule: autotuning {name} failed ({type(e).__name__}: {e}); using the fixed "
                           "LAUNCH settings from now on", RuntimeWarning)
-    kernel[grid](*args, **consts, num_warps=LAUNCH[name][0], num_stages=LAUNCH[name][1])
+    wide = consts["K"] > 128 or consts["V"] > 128
+    num_warps, num_stages = (LAUNCH_WIDE.get(name) if wide else None) or LAUNCH[name]
+    kernel[grid](*args, **consts, num_warps=num_warps, num_stages=num_stages)
 
 
 def _pow2(n: int) -> int:
     return max(16, triton.next_power_of_2(n))
+
+
+def _tiles(m: "_Meta", name: str):
+    """(BK, BV) of a chunk-parallel kernel: TILES, else TILES_WIDE for K or V > 128, else _Meta's 64 x 64 blocks
+    (each capped at the padded K, V)."""
+    t = TILES.get(name) or ((TILES_WIDE.get(name) if max(m.K, m.V) > 128 else None))
+    if t is None:
+        return m.BK, m.BV
+    return min(t[0], _pow2(m.K)), min(t[1], _pow2(m.V))
 
 
 
@@ -695,10 +712,11 @@ def _wy_fwd(m: _Meta, k, v, beta, A=None, need_u=True):
         A = k.new_empty(m.B, m.T, m.H, m.BT)
     w = torch.empty_like(k)
     u = torch.empty_like(v) if need_u else None
+    BK, BV = _tiles(m, "wy_fwd")
     _launch(
         "wy_fwd", _wy_fwd_kernel, (m.NT * m.H,),
         k, v, beta, A, w, u, m.cu_seqlens, m.chunk_indices, m.T,
-        H=m.H, K=m.K, V=m.V, BT=m.BT, BK=m.BK, BV=m.BV,
+        H=m.H, K=m.K, V=m.V, BT=m.BT, BK=BK, BV=BV,
         LOAD_A=load_A, BLOCKED_INV=BLOCKED_INV and m.BT > 16, IS_VARLEN=m.is_varlen, PREC=m.prec, STORE_U=need_u,
     )
     return A, w, u
@@ -720,26 +738,31 @@ def _fwd_h(m: _Meta, k, w, u, initial_state, output_final_state):
 
 def _fwd_o(m: _Meta, q, k, v_new, h, scale):
     o = torch.empty_like(v_new)
-    grid, fold = _block_grid(m, triton.cdiv(m.V, m.BV))
+    BK, BV = _tiles(m, "fwd_o")
+    grid, fold = _block_grid(m, triton.cdiv(m.V, BV))
     _launch(
         "fwd_o", _fwd_o_kernel, grid,
         q, k, v_new, h, o, m.cu_seqlens, m.chunk_indices, scale, m.T,
-        H=m.H, K=m.K, V=m.V, BT=m.BT, BK=m.BK, BV=m.BV, IS_VARLEN=m.is_varlen, PREC=m.prec, FOLD=fold,
+        H=m.H, K=m.K, V=m.V, BT=m.BT, BK=BK, BV=BV, IS_VARLEN=m.is_varlen, PREC=m.prec, FOLD=fold,
     )
     return o
 
 
+def _bwd_dv_local(m: _Meta, q, k, do, scale):
+    dv_local = torch.empty_like(do)
+    BK, BV = _tiles(m, "bwd_dv_local")
+    grid, fold = _block_grid(m, triton.cdiv(m.V, BV))
+    _launch(
+        "bwd_dv_local", _bwd_dv_local_kernel, grid,
+        q, k, do, dv_local, m.cu_seqlens, m.chunk_indices, scale, m.T,
+        H=m.H, K=m.K, V=m.V, BT=m.BT, BK=BK, BV=BV, IS_VARLEN=m.is_varlen, PREC=m.prec, FOLD=fold,
+    )
+    return dv_local
+
+
 def _bwd_dhu(m: _Meta, q, k, w, do, dht, scale, need_dh0):
     inline_dv = m.BKs >= m.K
-    dv_local = None
-    if not inline_dv:
-        dv_local = torch.empty_like(do)
-        grid, fold = _block_grid(m, triton.cdiv(m.V, m.BV))
-        _launch(
-            "bwd_dv_local", _bwd_dv_local_kernel, grid,
-            q, k, do, dv_local, m.cu_seqlens, m.chunk_indices, scale, m.T,
-            H=m.H, K=m.K, V=m.V, BT=m.BT, BK=m.BK, BV=m.BV, IS_VARLEN=m.is_varlen, PREC=m.prec, FOLD=fold,
-        )
+    dv_local = None if inline_dv else _bwd_dv_local(m, q, k, do, scale)
     dh = q.new_empty(m.NT, m.H, m.K, m.V)
     dv_new = torch.empty_like(do)
     dh0 = q.new_empty(m.N, m.H, m.K, m.V, dtype=torch.float32) if need_dh0 else None
@@ -755,21 +778,23 @@ def _bwd_dhu(m: _Meta, q, k, w, do, dht, scale, need_dh0):
 
 def _bwd_dqkw(m: _Meta, q, k, v_new, do, h, dh, dv_new, scale):
     dq, dk_part, dw = torch.empty_like(q), torch.empty_like(k), torch.empty_like(k)
-    grid, fold = _block_grid(m, triton.cdiv(m.K, m.BK))
+    BK, BV = _tiles(m, "bwd_dqkw")
+    grid, fold = _block_grid(m, triton.cdiv(m.K, BK))
     _launch(
         "bwd_dqkw", _bwd_dqkw_kernel, grid,
         q, k, v_new, do, h, dh, dv_new, dq, dk_part, dw, m.cu_seqlens, m.chunk_indices, scale, m.T,
-        H=m.H, K=m.K, V=m.V, BT=m.BT, BK=m.BK, BV=m.BV, IS_VARLEN=m.is_varlen, PREC=m.prec, FOLD=fold,
+        H=m.H, K=m.K, V=m.V, BT=m.BT, BK=BK, BV=BV, IS_VARLEN=m.is_varlen, PREC=m.prec, FOLD=fold,
     )
     return dq, dk_part, dw
 
 
 def _wy_bwd(m: _Meta, k, v, beta, A, dw, du, dk_part):
     dk, dv, dbeta = torch.empty_like(k), torch.empty_like(v), torch.empty_like(beta)
+    BK, BV = _tiles(m, "wy_bwd")
     _launch(
         "wy_bwd", _wy_bwd_kernel, (m.NT * m.H,),
         k, v, beta, A, dw, du, dk_part, dk, dv, dbeta, m.cu_seqlens, m.chunk_indices, m.T,
-        H=m.H, K=m.K, V=m.V, BT=m.BT, BK=m.BK, BV=m.BV, IS_VARLEN=m.is_varlen, PREC=m.prec,
+        H=m.H, K=m.K, V=m.V, BT=m.BT, BK=BK, BV=BV, IS_VARLEN=m.is_varlen, PREC=m.prec,
     )
     return dk, dv, dbeta
 

@@ -173,6 +173,17 @@ def test_folded_block_grid_equals_2d_grid(monkeypatch):
     check(seed=10, B=1, T=20, H=1, K=256, V=16, chunk_size=16)  # dv_local (K > 128) on the folded grid too
 
 
+@pytest.mark.parametrize("tiles", [(32, 128), (128, 32)], ids=["bk32-bv128", "bk128-bv32"])
+def test_tile_overrides_match_float64(tiles, monkeypatch):
+    """Other (BK, BV) tiles of the chunk-parallel kernels (TILES, as the K = 256 tuning sweep sets them), with more or
+    fewer blocks per chunk than the default 64 x 64 and a partial last block (V = 100), still match float64."""
+    import kernels.delta_rule.chunk as chunk
+
+    names = ("wy_fwd", "fwd_o", "bwd_dv_local", "bwd_dqkw", "wy_bwd")
+    monkeypatch.setattr(chunk, "TILES", {n: tiles for n in names})
+    check(seed=11, B=1, T=21, H=1, K=160, V=100, chunk_size=16)
+
+
 def test_float16_inputs():
     check(seed=16, B=1, T=40, H=1, K=32, V=32, chunk_size=32, dtype=torch.float16, tol_o=4e-3, tol_g=8e-3)
 
