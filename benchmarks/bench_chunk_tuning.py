@@ -33,7 +33,7 @@ import kernels.delta_rule.chunk as ck  # noqa: E402
 ck.AUTOTUNE = False  # this script sets (num_warps, num_stages) itself through ck.LAUNCH
 
 SHAPES = [(8, 2048, 16, 128), (2, 8192, 16, 128), (1, 32768, 16, 128), (8, 2048, 32, 64), (4, 4096, 8, 256)]
-KERNELS = ["wy_fwd", "fwd_h", "fwd_o", "bwd_dv_local", "bwd_dhu", "bwd_dqkw", "wy_bwd"]
+KERNELS = ["bwd_dhu", "fwd_h", "bwd_dqkw", "wy_bwd", "fwd_o", "bwd_dv_local", "wy_fwd"]  # sweep order: largest first
 SEQ = {"fwd_h", "bwd_dhu"}
 CHUNK_CFGS = [(4, 1), (4, 2), (4, 3), (8, 2)]
 # chunk-parallel kernels at K or V > 128 (--tiles): first every (BK, BV) tile at two settings, then more settings at
@@ -137,6 +137,22 @@ def diag_stages(K, V, dtype=torch.bfloat16, B=1, T=256, H=2, BT=64, device="cuda
     return err
 
 
+def failed(e: Exception) -> str:
+    """The cell text for a failed setting; raises _ContextLost when the failure left the CUDA context unusable (an
+    illegal access poisons every later launch, so the sweep must stop rather than record more failures)."""
+    msg = f"{type(e).__name__}: {str(e)[:160]}"
+    try:
+        torch.cuda.synchronize()
+        torch.ones(1, device="cuda").add_(1).item()
+    except Exception as e2:  # noqa: BLE001
+        raise _ContextLost(f"{msg} (then: {type(e2).__name__})") from e
+    return msg
+
+
+class _ContextLost(RuntimeError):
+    pass
+
+
 def _cfg(name, tile, nw, ns):
     """Set one chunk-parallel kernel's tile and launch settings (the wide tables are cleared for it)."""
     ck.LAUNCH_WIDE.pop(name, None), ck.TILES_WIDE.pop(name, None)
@@ -156,13 +172,15 @@ def sweep_tiles(name, fn):
             fn()
             times[key] = bench(fn, rep=30)
         except Exception as e:  # noqa: BLE001 (out of resources etc.)
-            times[key] = f"{type(e).__name__}"
+            times[key] = failed(e)
 
     try:
         for tile in TILE_CANDS:
             for nw, ns in TILE_CFGS:
                 one(tile, nw, ns)
         ok = {c: t for c, t in times.items() if isinstance(t, float)}
+        if not ok:
+            return {"times": times, "best": None, "best_ms": None}
         best_tile = min(ok, key=ok.get).split(",")[0]
         tile = tuple(int(x) for x in best_tile.split("x"))
         for nw, ns in TILE_CFGS2:
@@ -171,8 +189,29 @@ def sweep_tiles(name, fn):
         for d, old in zip((ck.LAUNCH, ck.LAUNCH_WIDE, ck.TILES, ck.TILES_WIDE), saved):
             d.clear(), d.update(old)
     ok = {c: t for c, t in times.items() if isinstance(t, float)}
-    best = min(ok, key=ok.get)
-    return {"times": times, "best": best, "best_ms": ok[best]}
+    best = min(ok, key=ok.get) if ok else None
+    return {"times": times, "best": best, "best_ms": ok.get(best)}
+
+
+def sweep_launch(name, fn):
+    """Time fn over the (num_warps, num_stages) settings (and, for the two walks, the V block SEQ_BV)."""
+    old = ck.LAUNCH[name]
+    cands = SEQ_CFGS if name in SEQ else [(None, nw, ns) for nw, ns in CHUNK_CFGS]
+    times = {}
+    try:
+        for bv, nw, ns in cands:
+            ck.LAUNCH[name] = (nw, ns)
+            ck.SEQ_BV = bv
+            try:
+                fn()
+                times[f"{bv},{nw},{ns}"] = bench(fn, rep=30)
+            except Exception as e:  # noqa: BLE001 (out of resources etc.)
+                times[f"{bv},{nw},{ns}"] = failed(e)
+    finally:
+        ck.LAUNCH[name], ck.SEQ_BV = old, None
+    ok = {c: t for c, t in times.items() if isinstance(t, float)}
+    best = min(ok, key=ok.get) if ok else None
+    return {"times": times, "best": best, "best_ms": ok.get(best)}
 
 
 def tuned_totals(sw, q, k, v, beta, do, fn):
@@ -181,7 +220,7 @@ def tuned_totals(sw, q, k, v, beta, do, fn):
     saved = (dict(ck.LAUNCH), dict(ck.LAUNCH_WIDE), dict(ck.TILES), dict(ck.TILES_WIDE), ck.SEQ_BV)
     launch, tiles = {}, {}
     for name, r in sw.items():
-        if name in SEQ:
+        if name in SEQ or r["best"] is None:
             continue
         t, nw, ns = r["best"].split(",")
         launch[name], tiles[name] = (int(nw), int(ns)), tuple(int(x) for x in t.split("x"))
@@ -304,35 +343,28 @@ def main():
         shape = tuple(int(x) for x in spec.split(","))
         q, k, v, beta, do = make(*shape)
         fns = stage_fns(q, k, v, beta, do)
-        sw = {}
+        sw = res["sweep"][str(shape)] = {}
+        lost = False
         for name in KERNELS:
             if time.time() - t_start > args.budget_s:
                 break
             if name not in fns:
                 continue
-            if args.tiles and name not in SEQ:
-                sw[name] = sweep_tiles(name, fns[name])
-                print("sweep", shape, name, "best", sw[name]["best"], round(sw[name]["best_ms"], 4), flush=True)
+            try:
+                if args.tiles and name not in SEQ:
+                    sw[name] = sweep_tiles(name, fns[name])
+                else:
+                    sw[name] = sweep_launch(name, fns[name])
+            except _ContextLost as e:
+                res["error"] = f"sweep stopped at {name}: CUDA context lost after {e}"
+                print(res["error"], flush=True)
+                lost = True
+                break
+            finally:
                 save()
-                continue
-            old = ck.LAUNCH[name]
-            cands = SEQ_CFGS if name in SEQ else [(None, nw, ns) for nw, ns in CHUNK_CFGS]
-            times = {}
-            for bv, nw, ns in cands:
-                ck.LAUNCH[name] = (nw, ns)
-                ck.SEQ_BV = bv
-                try:
-                    fns[name]()
-                    times[f"{bv},{nw},{ns}"] = bench(fns[name], rep=30)
-                except Exception as e:  # noqa: BLE001 (out of resources etc.)
-                    times[f"{bv},{nw},{ns}"] = f"{type(e).__name__}"
-            ck.LAUNCH[name], ck.SEQ_BV = old, None
-            ok = {c: t for c, t in times.items() if isinstance(t, float)}
-            best = min(ok, key=ok.get)
-            sw[name] = {"times": times, "best": best, "best_ms": ok[best]}
-            print("sweep", shape, name, "best", best, round(ok[best], 4), flush=True)
-        res["sweep"][str(shape)] = sw
-        save()
+            print("sweep", shape, name, "best", sw[name]["best"], sw[name]["best_ms"], flush=True)
+        if lost:
+            break
         if args.tiles and time.time() - t_start < args.budget_s + 60:
             res["tuned"][str(shape)] = tuned_totals(sw, q, k, v, beta, do, ours)
             print("tuned", shape, res["tuned"][str(shape)], flush=True)
@@ -345,6 +377,10 @@ def main():
     for shape, t in res["totals"].items():
         o, f = t["ours_default"], t.get("fla", [float("nan")] * 2)
         lines.append(f"| {shape} | {o[0]:.3f} | {f[0]:.3f} | {o[1]:.3f} | {f[1]:.3f} | {o[1] / f[1]:.2f} |")
+    for shape, t in res["tuned"].items():
+        f = res["totals"].get(shape, {}).get("fla", [float("nan")] * 2)
+        lines.append(f"| {shape} tuned | {t['fwd']:.3f} | {f[0]:.3f} | {t['fwdbwd']:.3f} | {f[1]:.3f} | "
+                     f"{t['fwdbwd'] / f[1]:.2f} |")
     (out / "bench_chunk_tuning.md").write_text(res["command"] + "\n\n" + "\n".join(lines) + "\n")
     save()
     print("\n".join(lines))
