@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -160,42 +161,69 @@ def _cfg(name, tile, nw, ns):
     ck.TILES[name] = tile
 
 
+def _max_rel(out, ref) -> float:
+    """Largest relative error over the tensors of two stage outputs (tuples with Nones, or tensors)."""
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    refs = ref if isinstance(ref, (tuple, list)) else (ref,)
+    errs = [((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+            for a, b in zip(outs, refs) if isinstance(a, torch.Tensor)]
+    return max(errs) if errs else 0.0
+
+
+WRONG = 3e-2  # a setting whose stage output differs more than this from the default setting's is not a candidate
+
+
 def sweep_tiles(name, fn):
-    """Time fn over TILE_CANDS x TILE_CFGS, then TILE_CFGS2 at the best tile.  Restores every table afterwards."""
+    """Time fn over TILE_CANDS x TILE_CFGS, then TILE_CFGS2 at the best tile, checking each setting's output against
+    the default setting's (errs; above WRONG it is not a candidate).  Restores every table afterwards.  A setting
+    that loses the CUDA context ends the sweep: the result then names it under "lost"."""
     saved = (dict(ck.LAUNCH), dict(ck.LAUNCH_WIDE), dict(ck.TILES), dict(ck.TILES_WIDE))
-    times = {}
+    ref = tuple(x.clone() if isinstance(x, torch.Tensor) else x for x in fn())
+    torch.cuda.synchronize()
+    times, errs, res = {}, {}, {}
 
     def one(tile, nw, ns):
         key = f"{tile[0]}x{tile[1]},{nw},{ns}"
+        print(f"  try {name} {key}", flush=True)
         _cfg(name, tile, nw, ns)
         try:
-            fn()
+            out = fn()
+            torch.cuda.synchronize()  # a fault shows up here, attributed to this setting
+            errs[key] = _max_rel(out, ref)
+            del out
             times[key] = bench(fn, rep=30)
+        except _ContextLost:
+            raise
         except Exception as e:  # noqa: BLE001 (out of resources etc.)
             times[key] = failed(e)
+
+    def best_of():
+        ok = {c: t for c, t in times.items() if isinstance(t, float) and errs.get(c, 1.0) <= WRONG}
+        return (min(ok, key=ok.get), ok) if ok else (None, ok)
 
     try:
         for tile in TILE_CANDS:
             for nw, ns in TILE_CFGS:
                 one(tile, nw, ns)
-        ok = {c: t for c, t in times.items() if isinstance(t, float)}
-        if not ok:
-            return {"times": times, "best": None, "best_ms": None}
-        best_tile = min(ok, key=ok.get).split(",")[0]
-        tile = tuple(int(x) for x in best_tile.split("x"))
-        for nw, ns in TILE_CFGS2:
-            one(tile, nw, ns)
+        best, _ = best_of()
+        if best is not None:
+            tile = tuple(int(x) for x in best.split(",")[0].split("x"))
+            for nw, ns in TILE_CFGS2:
+                one(tile, nw, ns)
+    except _ContextLost as e:
+        res["lost"] = str(e)
+        times[f"{ck.TILES[name][0]}x{ck.TILES[name][1]},{ck.LAUNCH[name][0]},{ck.LAUNCH[name][1]}"] = "context lost"
     finally:
         for d, old in zip((ck.LAUNCH, ck.LAUNCH_WIDE, ck.TILES, ck.TILES_WIDE), saved):
             d.clear(), d.update(old)
-    ok = {c: t for c, t in times.items() if isinstance(t, float)}
-    best = min(ok, key=ok.get) if ok else None
-    return {"times": times, "best": best, "best_ms": ok.get(best)}
+    best, ok = best_of()
+    res.update({"times": times, "errs": errs, "best": best, "best_ms": ok.get(best)})
+    return res
 
 
 def sweep_launch(name, fn):
     """Time fn over the (num_warps, num_stages) settings (and, for the two walks, the V block SEQ_BV)."""
-    old = ck.LAUNCH[name]
+    old, old_wide = ck.LAUNCH[name], ck.LAUNCH_WIDE.pop(name, None)  # the swept setting applies at every shape
     cands = SEQ_CFGS if name in SEQ else [(None, nw, ns) for nw, ns in CHUNK_CFGS]
     times = {}
     try:
@@ -209,9 +237,31 @@ def sweep_launch(name, fn):
                 times[f"{bv},{nw},{ns}"] = failed(e)
     finally:
         ck.LAUNCH[name], ck.SEQ_BV = old, None
+        if old_wide is not None:
+            ck.LAUNCH_WIDE[name] = old_wide
     ok = {c: t for c, t in times.items() if isinstance(t, float)}
     best = min(ok, key=ok.get) if ok else None
     return {"times": times, "best": best, "best_ms": ok.get(best)}
+
+
+def sweep_in_child(name, spec, args, out):
+    """Sweep one kernel at one shape in a fresh process (--only-kernel); returns its sweep entry."""
+    child_out = out / "isolated" / name
+    cmd = [sys.executable, __file__, "--only-kernel", name, "--sweep-shapes", spec, "--out", str(child_out),
+           "--no-fla", "--budget-s", "1e9"] + (["--tiles"] if args.tiles else [])
+    rc = subprocess.run(cmd).returncode
+    shape = str(tuple(int(x) for x in spec.split(",")))
+    try:
+        child = json.loads((child_out / "bench_chunk_tuning.json").read_text())
+    except (OSError, ValueError):
+        child = {}
+    entry = child.get("sweep", {}).get(shape, {}).get(name)
+    if entry is None:
+        entry = {"times": {}, "best": None, "best_ms": None}
+    entry["rc"] = rc
+    if child.get("error"):
+        entry["error"] = child["error"]
+    return entry
 
 
 def tuned_totals(sw, q, k, v, beta, do, fn):
@@ -237,7 +287,7 @@ def tuned_totals(sw, q, k, v, beta, do, fn):
         if ts:
             launch[name] = tuple(int(x) for x in min(ts, key=ts.get).split(",")[1:])
     try:
-        ck.LAUNCH.update(launch), ck.TILES.update(tiles)
+        ck.LAUNCH.update(launch), ck.LAUNCH_WIDE.update(launch), ck.TILES.update(tiles)
         ck.SEQ_BV = seq_bv
         f, fb = totals(q, k, v, beta, do, fn)
     finally:
@@ -260,6 +310,11 @@ def main():
     ap.add_argument("--tiles", action="store_true",
                     help="sweep also the (BK, BV) tiles of the chunk-parallel kernels, then time the totals with the "
                          "best settings applied (as LAUNCH_WIDE / TILES_WIDE / SEQ_BV would)")
+    ap.add_argument("--isolate", action="store_true",
+                    help="sweep each kernel in its own process: a setting that faults (and so loses the CUDA "
+                         "context) ends only that kernel's sweep")
+    ap.add_argument("--kernels", default=",".join(KERNELS), help="comma-separated kernels to sweep (default: all)")
+    ap.add_argument("--only-kernel", default=None, help=argparse.SUPPRESS)  # used by --isolate: sweep only this
     args = ap.parse_args()
     if args.diag:
         for dt in (torch.bfloat16, torch.float32):
@@ -315,7 +370,7 @@ def main():
 
     ours = lambda q, k, v, b: ck.chunk_delta_rule(q, k, v, b)  # noqa: E731
     # 1. breakdown at every shape, both inverse variants for wy_fwd
-    for spec in args.shapes.split(";"):
+    for spec in ([] if args.only_kernel else args.shapes.split(";")):
         shape = tuple(int(x) for x in spec.split(","))
         q, k, v, beta, do = make(*shape)
         fns = stage_fns(q, k, v, beta, do)
@@ -345,33 +400,40 @@ def main():
         fns = stage_fns(q, k, v, beta, do)
         sw = res["sweep"][str(shape)] = {}
         lost = False
-        for name in KERNELS:
+        for name in [args.only_kernel] if args.only_kernel else [n for n in KERNELS if n in args.kernels.split(",")]:
             if time.time() - t_start > args.budget_s:
                 break
             if name not in fns:
                 continue
             try:
-                if args.tiles and name not in SEQ:
+                if args.isolate:
+                    sw[name] = sweep_in_child(name, spec, args, out)
+                elif args.tiles and name not in SEQ:
                     sw[name] = sweep_tiles(name, fns[name])
                 else:
                     sw[name] = sweep_launch(name, fns[name])
+                if "lost" in sw[name]:
+                    raise _ContextLost(sw[name]["lost"])
             except _ContextLost as e:
-                res["error"] = f"sweep stopped at {name}: CUDA context lost after {e}"
+                res["error"] = f"sweep of {name}: CUDA context lost after {e}"
                 print(res["error"], flush=True)
-                lost = True
-                break
+                lost = not args.isolate
+                if lost:
+                    break
             finally:
                 save()
-            print("sweep", shape, name, "best", sw[name]["best"], sw[name]["best_ms"], flush=True)
+            print("sweep", shape, name, "best", sw[name].get("best"), sw[name].get("best_ms"), flush=True)
         if lost:
             break
-        if args.tiles and time.time() - t_start < args.budget_s + 60:
+        if args.tiles and not args.only_kernel and time.time() - t_start < args.budget_s + 60:
             res["tuned"][str(shape)] = tuned_totals(sw, q, k, v, beta, do, ours)
             print("tuned", shape, res["tuned"][str(shape)], flush=True)
             save()
         del q, k, v, beta, do, fns
         torch.cuda.empty_cache()
 
+    if args.only_kernel:
+        return
     # summary
     lines = ["| shape | ours fwd | fla fwd | ours fwd+bwd | fla fwd+bwd | ratio fwd+bwd |", "|---|---|---|---|---|---|"]
     for shape, t in res["totals"].items():

@@ -607,7 +607,10 @@ _TUNED: dict = {}
 # Settings for "wide" calls (K or V > 128) where they differ from the above: LAUNCH_WIDE (num_warps, num_stages) per
 # kernel, and per chunk-parallel kernel the (BK, BV) tile, TILES (every call) and TILES_WIDE (wide calls), which
 # override _Meta's default 64 x 64 blocks.  Filled from benchmarks/bench_chunk_tuning.py's sweep at (4, 4096, 8, 256).
-LAUNCH_WIDE: dict = {}
+# Sweep of 2026-11-28 (benchmarks/results/chunk/s3c2_tune_k256.json): with 8 warps the two walks hold their four
+# [64, 64] float32 state blocks in 64 rather than 128 registers per thread; fwd_h 0.386 -> 0.281 ms, bwd_dhu (with
+# dv_local) 0.601 -> 0.532 ms.  The V block stays 64 (32 is faster for fwd_h alone, slower for the pair).
+LAUNCH_WIDE: dict = {"fwd_h": (8, 2), "bwd_dhu": (8, 2)}
 TILES: dict = {}
 TILES_WIDE: dict = {}
 BLOCKED_INV = True  # (I + L)^-1 by 16x16 diagonal blocks + merge (False: row-by-row substitution on BT x BT)

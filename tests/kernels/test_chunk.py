@@ -234,6 +234,16 @@ def test_gpu_bfloat16_varlen_matches_float64():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype,tol_o,tol_g", [(torch.bfloat16, 1e-2, 2e-2), (torch.float32, 2e-4, 5e-4)])
+def test_gpu_wide_heads_varlen_match_float64(dtype, tol_o, tol_g):
+    """K, V > 128 take their own launch settings (LAUNCH_WIDE), kept chunk states and folded grids: check them with
+    packed sequences, a K that is not a power of two (200: a partial last 64-row state block) and both precisions."""
+    cu = torch.tensor([0, 70, 70, 333, 450], dtype=torch.int32)
+    check(seed=21, B=1, T=450, H=2, K=200, V=256, chunk_size=64, cu_seqlens=cu, dtype=dtype, tol_o=tol_o,
+          tol_g=tol_g)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype,tol_o,tol_g", [(torch.float32, 2e-4, 5e-4), (torch.float16, 4e-3, 8e-3)])
 def test_gpu_float32_float16_match_float64(dtype, tol_o, tol_g):
     check(seed=11, B=2, T=333, H=2, K=128, V=100, chunk_size=64, dtype=dtype, tol_o=tol_o, tol_g=tol_g)
