@@ -178,7 +178,8 @@ def sweep_tiles(name, fn):
     the default setting's (errs; above WRONG it is not a candidate).  Restores every table afterwards.  A setting
     that loses the CUDA context ends the sweep: the result then names it under "lost"."""
     saved = (dict(ck.LAUNCH), dict(ck.LAUNCH_WIDE), dict(ck.TILES), dict(ck.TILES_WIDE))
-    ref = tuple(x.clone() if isinstance(x, torch.Tensor) else x for x in fn())
+    ref = fn()
+    ref = tuple(x.clone() if isinstance(x, torch.Tensor) else x for x in (ref if isinstance(ref, tuple) else (ref,)))
     torch.cuda.synchronize()
     times, errs, res = {}, {}, {}
 
@@ -275,7 +276,7 @@ def tuned_totals(sw, q, k, v, beta, do, fn):
         t, nw, ns = r["best"].split(",")
         launch[name], tiles[name] = (int(nw), int(ns)), tuple(int(x) for x in t.split("x"))
     seq_bv, seq_best = None, float("inf")
-    for bv in (16, 32, 64):
+    for bv in (16, 32, 64) if SEQ & set(sw) else ():  # the walks were not swept: keep the default V block
         tot = 0.0
         for name in SEQ & set(sw):
             ts = [t for c, t in sw[name]["times"].items() if c.startswith(f"{bv},") and isinstance(t, float)]

@@ -42,6 +42,7 @@ from typing import Optional, Tuple
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.errors import OutOfResources
 
 from .utils import (
     check_triton_runnable,
@@ -663,8 +664,35 @@ def _launch(name: str, kernel, grid, *args, **consts) -> None:
             warnings.warn(f"chunk_delta_rule: autotuning {name} failed ({type(e).__name__}: {e}); using the fixed "
                           "LAUNCH settings from now on", RuntimeWarning)
     wide = consts["K"] > 128 or consts["V"] > 128
-    num_warps, num_stages = (LAUNCH_WIDE.get(name) if wide else None) or LAUNCH[name]
-    kernel[grid](*args, **consts, num_warps=num_warps, num_stages=num_stages)
+    cfg = (LAUNCH_WIDE.get(name) if wide else None) or LAUNCH[name]
+    key = (name, tuple(sorted(consts.items())), args[0].dtype)
+    cfg = _FALLBACK.get(key, cfg)
+    while True:
+        try:
+            kernel[grid](*args, **consts, num_warps=cfg[0], num_stages=cfg[1])
+            return
+        except OutOfResources:  # raised before the kernel runs: nothing was written, so a retry is safe
+            smaller = _smaller_launch(cfg)
+            if smaller is None:
+                raise
+            cfg = _FALLBACK[key] = smaller
+
+
+# Launch settings that replaced a LAUNCH / LAUNCH_WIDE entry because it needed more shared memory than the GPU has,
+# per (kernel, constexprs, dtype): float32 tiles are twice the size of bf16 ones (the K = 200..256 float32 backward
+# walk needs 245,760 bytes at num_stages=2 with 8 warps, the H200 has 232,448).
+_FALLBACK: dict = {}
+
+
+def _smaller_launch(cfg):
+    """The next (num_warps, num_stages) to try after an out-of-shared-memory error: fewer pipeline stages first,
+    then 4 warps; None when nothing smaller is left."""
+    num_warps, num_stages = cfg
+    if num_stages > 1:
+        return num_warps, num_stages - 1
+    if num_warps > 4:
+        return 4, 1
+    return None
 
 
 def _pow2(n: int) -> int:
@@ -677,7 +705,13 @@ def _tiles(m: "_Meta", name: str):
     t = TILES.get(name) or ((TILES_WIDE.get(name) if max(m.K, m.V) > 128 else None))
     if t is None:
         return m.BK, m.BV
-    return min(t[0], _pow2(m.K)), min(t[1], _pow2(m.V))
+    BK, BV = min(t[0], _pow2(m.K)), min(t[1], _pow2(m.V))
+    if triton.cdiv(m.K, BK) > 4 or triton.cdiv(m.V, BV) > 4:
+        # on the H200, bwd_dqkw with BK = 32 and wy_bwd with BV = 32 at K = V = 256 (8 blocks per chunk) faulted with
+        # an illegal memory access (benchmarks/results/chunk/s3c3_tune_k256_isolated.json); never run untested there
+        raise ValueError(f"chunk_delta_rule: tile {t} for {name} gives more than 4 blocks per chunk at K={m.K}, "
+                         f"V={m.V}; use BK >= K/4 and BV >= V/4")
+    return BK, BV
 
 
 

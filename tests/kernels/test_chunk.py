@@ -173,15 +173,54 @@ def test_folded_block_grid_equals_2d_grid(monkeypatch):
     check(seed=10, B=1, T=20, H=1, K=256, V=16, chunk_size=16)  # dv_local (K > 128) on the folded grid too
 
 
-@pytest.mark.parametrize("tiles", [(32, 128), (128, 32)], ids=["bk32-bv128", "bk128-bv32"])
-def test_tile_overrides_match_float64(tiles, monkeypatch):
+@pytest.mark.parametrize("K,V,tiles", [(128, 100, (32, 128)), (160, 100, (128, 32))], ids=["bk32-bv128", "bk128-bv32"])
+def test_tile_overrides_match_float64(K, V, tiles, monkeypatch):
     """Other (BK, BV) tiles of the chunk-parallel kernels (TILES, as the K = 256 tuning sweep sets them), with more or
-    fewer blocks per chunk than the default 64 x 64 and a partial last block (V = 100), still match float64."""
+    fewer blocks per chunk than the default 64 x 64 and a partial last block (V = 100), still match float64; a tile
+    giving more than four blocks per chunk is refused."""
     import kernels.delta_rule.chunk as chunk
 
     names = ("wy_fwd", "fwd_o", "bwd_dv_local", "bwd_dqkw", "wy_bwd")
     monkeypatch.setattr(chunk, "TILES", {n: tiles for n in names})
-    check(seed=11, B=1, T=21, H=1, K=160, V=100, chunk_size=16)
+    check(seed=11, B=1, T=21, H=1, K=K, V=V, chunk_size=16)
+    monkeypatch.setattr(chunk, "TILES", {"fwd_o": (32, 64)})
+    q = torch.randn(1, 16, 1, 160, device=DEVICE)
+    with pytest.raises(ValueError, match="more than 4 blocks per chunk at K=160"):
+        chunk_delta_rule(q, q, q[..., :64], torch.rand(1, 16, 1, device=DEVICE))
+
+
+def test_launch_falls_back_when_shared_memory_runs_out(monkeypatch):
+    """A launch setting that needs more shared memory than the GPU has (float32 at K = 256 with 8 warps, 2 stages on
+    the H200) is retried with fewer stages, then 4 warps; the setting that fit is remembered for that kernel and
+    shape, and an error no setting can avoid is raised."""
+    import kernels.delta_rule.chunk as chunk
+    from triton.runtime.errors import OutOfResources
+
+    monkeypatch.setattr(chunk, "_FALLBACK", {})
+    calls = []
+
+    class FakeKernel:
+        def __init__(self, fits):
+            self.fits = fits
+
+        def __getitem__(self, grid):
+            def run(*args, num_warps, num_stages, **consts):
+                calls.append((num_warps, num_stages))
+                if not self.fits(num_warps, num_stages):
+                    raise OutOfResources(245760, 232448, "shared memory")
+            return run
+
+    x = torch.zeros(1, dtype=torch.float32)
+    chunk._launch("bwd_dhu", FakeKernel(lambda w, s: s == 1), (1,), x, K=256, V=256)
+    assert calls == [chunk.LAUNCH_WIDE["bwd_dhu"], (chunk.LAUNCH_WIDE["bwd_dhu"][0], 1)]
+    calls.clear()
+    chunk._launch("bwd_dhu", FakeKernel(lambda w, s: s == 1), (1,), x, K=256, V=256)
+    assert calls == [(chunk.LAUNCH_WIDE["bwd_dhu"][0], 1)]  # remembered
+    calls.clear()
+    chunk._launch("bwd_dhu", FakeKernel(lambda w, s: True), (1,), x.bfloat16(), K=256, V=256)
+    assert calls == [chunk.LAUNCH_WIDE["bwd_dhu"]]  # another dtype is another key
+    with pytest.raises(OutOfResources):
+        chunk._launch("fwd_h", FakeKernel(lambda w, s: False), (1,), x, K=64, V=64)
 
 
 def test_float16_inputs():
