@@ -1,13 +1,20 @@
 """Where does our chunkwise delta-rule kernel spend its time, and which launch settings are best on this GPU?
 
-1. Per-kernel breakdown (do_bench medians, bf16) of the six kernels of kernels/delta_rule/chunk.py at each shape.
+1. Per-kernel breakdown (do_bench medians, bf16) of the kernels of kernels/delta_rule/chunk.py at each shape.
 2. Sweep of (num_warps, num_stages) per kernel, and of the V block of the two sequential kernels, at the shapes given
    by --sweep-shapes; prints the best setting per kernel and shape.
 3. Totals forward and forward+backward: ours (defaults, then with the best swept settings) vs fla's chunk_delta_rule.
 
+With --tiles the chunk-parallel kernels are swept over (BK, BV) tiles as well, each setting's output is checked
+against the default setting's, and the totals are timed again with the best of everything applied (the entries one
+would put into LAUNCH_WIDE / TILES_WIDE).  --isolate runs each kernel's sweep in its own process: a setting that
+faults loses the process's CUDA context, and then only that kernel's remaining settings.
+
 Writes bench_chunk_tuning.json (+ .md) to --out and prints the summary last.
 
     python benchmarks/bench_chunk_tuning.py --out /tmp/res
+    python benchmarks/bench_chunk_tuning.py --shapes 4,4096,8,256 --sweep-shapes 4,4096,8,256 --tiles --isolate
+    python benchmarks/bench_chunk_tuning.py --diag          # per-stage error against float64 at several K, V
 """
 from __future__ import annotations
 

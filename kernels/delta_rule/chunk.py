@@ -29,8 +29,11 @@ Layout conventions: tensors are [B, T, H, D] contiguous; a chunk is addressed th
 arithmetic) to its first token, so in-block offsets stay small; (sequence*head) lives on grid axis 0 or is folded
 into axis 0 together with the chunk index, so no grid axis limited to 65535 grows with N*H.
 
-Module switches (see the launcher section): LAUNCH (num_warps, num_stages per kernel), AUTOTUNE (opt-in),
-KEEP_STATES and FOLD_BLOCKS (both "auto": on only for K or V > 128), BLOCKED_INV, SEQ_BV.
+Module switches (see the launcher section): LAUNCH (num_warps, num_stages per kernel) and LAUNCH_WIDE (its entries
+for K or V > 128), AUTOTUNE (opt-in), KEEP_STATES and FOLD_BLOCKS (both "auto": on only for K or V > 128),
+TILES / TILES_WIDE ((BK, BV) per chunk-parallel kernel, at most four blocks per chunk), BLOCKED_INV, SEQ_BV.  A
+setting that needs more shared memory than the GPU has (float32 tiles are twice the size) is replaced at launch by
+the next smaller one that fits (fewer stages, then 4 warps), remembered per kernel, shape constants and dtype.
 """
 
 from __future__ import annotations
