@@ -19,6 +19,7 @@ Writes bench_chunk_tuning.json (+ .md) to --out and prints the summary last.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -161,6 +162,19 @@ class _ContextLost(RuntimeError):
     pass
 
 
+@contextlib.contextmanager
+def _tables_restored():
+    """Restore chunk.py's launch tables (LAUNCH, LAUNCH_WIDE, TILES, TILES_WIDE, SEQ_BV) on exit."""
+    tables = (ck.LAUNCH, ck.LAUNCH_WIDE, ck.TILES, ck.TILES_WIDE)
+    saved, seq_bv = [dict(d) for d in tables], ck.SEQ_BV
+    try:
+        yield
+    finally:
+        for d, old in zip(tables, saved):
+            d.clear(), d.update(old)
+        ck.SEQ_BV = seq_bv
+
+
 def _cfg(name, tile, nw, ns):
     """Set one chunk-parallel kernel's tile and launch settings (the wide tables are cleared for it)."""
     ck.LAUNCH_WIDE.pop(name, None), ck.TILES_WIDE.pop(name, None)
@@ -184,7 +198,6 @@ def sweep_tiles(name, fn):
     """Time fn over TILE_CANDS x TILE_CFGS, then TILE_CFGS2 at the best tile, checking each setting's output against
     the default setting's (errs; above WRONG it is not a candidate).  Restores every table afterwards.  A setting
     that loses the CUDA context ends the sweep: the result then names it under "lost"."""
-    saved = (dict(ck.LAUNCH), dict(ck.LAUNCH_WIDE), dict(ck.TILES), dict(ck.TILES_WIDE))
     ref = fn()
     ref = tuple(x.clone() if isinstance(x, torch.Tensor) else x for x in (ref if isinstance(ref, tuple) else (ref,)))
     torch.cuda.synchronize()
@@ -209,21 +222,19 @@ def sweep_tiles(name, fn):
         ok = {c: t for c, t in times.items() if isinstance(t, float) and errs.get(c, 1.0) <= WRONG}
         return (min(ok, key=ok.get), ok) if ok else (None, ok)
 
-    try:
-        for tile in TILE_CANDS:
-            for nw, ns in TILE_CFGS:
-                one(tile, nw, ns)
-        best, _ = best_of()
-        if best is not None:
-            tile = tuple(int(x) for x in best.split(",")[0].split("x"))
-            for nw, ns in TILE_CFGS2:
-                one(tile, nw, ns)
-    except _ContextLost as e:
-        res["lost"] = str(e)
-        times[f"{ck.TILES[name][0]}x{ck.TILES[name][1]},{ck.LAUNCH[name][0]},{ck.LAUNCH[name][1]}"] = "context lost"
-    finally:
-        for d, old in zip((ck.LAUNCH, ck.LAUNCH_WIDE, ck.TILES, ck.TILES_WIDE), saved):
-            d.clear(), d.update(old)
+    with _tables_restored():
+        try:
+            for tile in TILE_CANDS:
+                for nw, ns in TILE_CFGS:
+                    one(tile, nw, ns)
+            best, _ = best_of()
+            if best is not None:
+                tile = tuple(int(x) for x in best.split(",")[0].split("x"))
+                for nw, ns in TILE_CFGS2:
+                    one(tile, nw, ns)
+        except _ContextLost as e:
+            res["lost"] = str(e)
+            times[f"{ck.TILES[name][0]}x{ck.TILES[name][1]},{ck.LAUNCH[name][0]},{ck.LAUNCH[name][1]}"] = "context lost"
     best, ok = best_of()
     res.update({"times": times, "errs": errs, "best": best, "best_ms": ok.get(best)})
     return res
@@ -231,10 +242,10 @@ def sweep_tiles(name, fn):
 
 def sweep_launch(name, fn):
     """Time fn over the (num_warps, num_stages) settings (and, for the two walks, the V block SEQ_BV)."""
-    old, old_wide = ck.LAUNCH[name], ck.LAUNCH_WIDE.pop(name, None)  # the swept setting applies at every shape
     cands = SEQ_CFGS if name in SEQ else [(None, nw, ns) for nw, ns in CHUNK_CFGS]
     times = {}
-    try:
+    with _tables_restored():
+        ck.LAUNCH_WIDE.pop(name, None)  # the swept setting applies at every shape
         for bv, nw, ns in cands:
             ck.LAUNCH[name] = (nw, ns)
             ck.SEQ_BV = bv
@@ -243,10 +254,6 @@ def sweep_launch(name, fn):
                 times[f"{bv},{nw},{ns}"] = bench(fn, rep=30)
             except Exception as e:  # noqa: BLE001 (out of resources etc.)
                 times[f"{bv},{nw},{ns}"] = failed(e)
-    finally:
-        ck.LAUNCH[name], ck.SEQ_BV = old, None
-        if old_wide is not None:
-            ck.LAUNCH_WIDE[name] = old_wide
     ok = {c: t for c, t in times.items() if isinstance(t, float)}
     best = min(ok, key=ok.get) if ok else None
     return {"times": times, "best": best, "best_ms": ok.get(best)}
@@ -275,7 +282,6 @@ def sweep_in_child(name, spec, args, out):
 def tuned_totals(sw, q, k, v, beta, do, fn):
     """Apply the best swept setting of every kernel (one SEQ_BV for both walks: the V block with the least summed
     time) and time fwd and fwd+bwd; returns the totals and the settings as chunk.py table entries."""
-    saved = (dict(ck.LAUNCH), dict(ck.LAUNCH_WIDE), dict(ck.TILES), dict(ck.TILES_WIDE), ck.SEQ_BV)
     launch, tiles = {}, {}
     for name, r in sw.items():
         if name in SEQ or r["best"] is None:
@@ -294,14 +300,10 @@ def tuned_totals(sw, q, k, v, beta, do, fn):
         ts = {c: t for c, t in sw[name]["times"].items() if c.startswith(f"{seq_bv},") and isinstance(t, float)}
         if ts:
             launch[name] = tuple(int(x) for x in min(ts, key=ts.get).split(",")[1:])
-    try:
+    with _tables_restored():
         ck.LAUNCH.update(launch), ck.LAUNCH_WIDE.update(launch), ck.TILES.update(tiles)
         ck.SEQ_BV = seq_bv
         f, fb = totals(q, k, v, beta, do, fn)
-    finally:
-        for d, old in zip((ck.LAUNCH, ck.LAUNCH_WIDE, ck.TILES, ck.TILES_WIDE), saved[:4]):
-            d.clear(), d.update(old)
-        ck.SEQ_BV = saved[4]
     return {"fwd": f, "fwdbwd": fb, "LAUNCH_WIDE": {n: list(c) for n, c in launch.items()},
             "TILES_WIDE": {n: list(t) for n, t in tiles.items()}, "SEQ_BV": seq_bv}
 

@@ -626,6 +626,11 @@ SEQ_BV = None  # V block of the sequential kernels (None: 32 for K <= 128, 64 ab
 KEEP_STATES = "auto"
 
 
+def _is_wide(K: int, V: int) -> bool:
+    """Whether a call takes the LAUNCH_WIDE / TILES_WIDE settings."""
+    return K > 128 or V > 128
+
+
 def _keep_states(K: int) -> bool:
     return KEEP_STATES is True or (KEEP_STATES == "auto" and K > 128)
 
@@ -666,10 +671,11 @@ def _launch(name: str, kernel, grid, *args, **consts) -> None:
             AUTOTUNE = False
             warnings.warn(f"chunk_delta_rule: autotuning {name} failed ({type(e).__name__}: {e}); using the fixed "
                           "LAUNCH settings from now on", RuntimeWarning)
-    wide = consts["K"] > 128 or consts["V"] > 128
-    cfg = (LAUNCH_WIDE.get(name) if wide else None) or LAUNCH[name]
-    key = (name, tuple(sorted(consts.items())), args[0].dtype)
-    cfg = _FALLBACK.get(key, cfg)
+    cfg = (LAUNCH_WIDE.get(name) if _is_wide(consts["K"], consts["V"]) else None) or LAUNCH[name]
+    key = None
+    if _FALLBACK:  # built only once some launch has fallen back (kept off the usual launch path)
+        key = (name, cfg, tuple(sorted(consts.items())), args[0].dtype)
+        cfg = _FALLBACK.get(key, cfg)
     while True:
         try:
             kernel[grid](*args, **consts, num_warps=cfg[0], num_stages=cfg[1])
@@ -678,11 +684,13 @@ def _launch(name: str, kernel, grid, *args, **consts) -> None:
             smaller = _smaller_launch(cfg)
             if smaller is None:
                 raise
+            if key is None:
+                key = (name, cfg, tuple(sorted(consts.items())), args[0].dtype)
             cfg = _FALLBACK[key] = smaller
 
 
 # Launch settings that replaced a LAUNCH / LAUNCH_WIDE entry because it needed more shared memory than the GPU has,
-# per (kernel, constexprs, dtype): float32 tiles are twice the size of bf16 ones (the K = 200..256 float32 backward
+# per (kernel, setting asked for, constexprs, dtype): float32 tiles are twice the size of bf16 ones (the K = 200..256 float32 backward
 # walk needs 245,760 bytes at num_stages=2 with 8 warps, the H200 has 232,448).
 _FALLBACK: dict = {}
 
@@ -705,7 +713,7 @@ def _pow2(n: int) -> int:
 def _tiles(m: "_Meta", name: str):
     """(BK, BV) of a chunk-parallel kernel: TILES, else TILES_WIDE for K or V > 128, else _Meta's 64 x 64 blocks
     (each capped at the padded K, V)."""
-    t = TILES.get(name) or ((TILES_WIDE.get(name) if max(m.K, m.V) > 128 else None))
+    t = TILES.get(name) or (TILES_WIDE.get(name) if _is_wide(m.K, m.V) else None)
     if t is None:
         return m.BK, m.BV
     BK, BV = min(t[0], _pow2(m.K)), min(t[1], _pow2(m.V))
