@@ -624,6 +624,14 @@ SEQ_BV = None  # V block of the sequential kernels (None: 32 for K <= 128, 64 ab
 # (4, 4096, 8, 256)) and h is 4x the size of q (2 * K * V bytes per chunk and head in bf16).  At K <= 128 the
 # recomputation is cheaper than the memory (24 layers of a 340M model would keep ~1.6 GB more at B = 8, T = 2048).
 KEEP_STATES = "auto"
+# tl.dot precision of float32 calls (bf16/fp16 operands multiply exactly on tensor cores whatever this says):
+# "tf32x3" splits each operand into a TF32 high and low part and sums three tensor-core products; "ieee" multiplies on
+# CUDA cores.  Measured on the H200 (benchmarks/bench_fp32_precision.py, NOTES_delta_rule.md v8): both are ~2e-7 to
+# 7e-7 from float64 on o, state and every gradient; "ieee" is 5x slower at (2, 333, 2, 128, 100) and 18x at
+# (2, 2048, 4, 128, 128), two of its backward kernels take 29-77 s each to compile (tf32x3: 5-11 s), and the float32
+# GPU test at K = 200, V = 256 had not finished after ~540 s (tf32x3: 0.5 s warm, ~70 s of compiles cold).  "tf32"
+# alone keeps a 10-bit mantissa: not float32 accuracy.
+FP32_PREC = "tf32x3"
 
 
 def _is_wide(K: int, V: int) -> bool:
@@ -744,7 +752,7 @@ class _Meta:
             self.chunk_indices = self.chunk_offsets = None
             self.NT = self.B * triton.cdiv(self.T, chunk_size)
         self.cu_seqlens = cu_seqlens
-        self.prec = "ieee" if q.dtype == torch.float32 else "tf32"
+        self.prec = FP32_PREC if q.dtype == torch.float32 else "tf32"
         self.BK = min(64, _pow2(self.K))  # K block: <= 4 of them cover K <= 256
         self.BV = min(64, _pow2(self.V))
         # sequential kernels: all of K in one [BKs, BV] state tile up to K = 128, else row blocks of 64
