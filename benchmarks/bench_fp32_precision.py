@@ -100,7 +100,7 @@ def run_shape(name, prec, rep):
     torch.autograd.backward([ro, rs], [do, dht])
     err = {"o": rel(o, ro), "final_state": rel(s, rs)}
     err.update({f"d{n}": rel(a.grad, b.grad) for n, a, b in zip(("q", "k", "v", "beta", "h0"), ours, refs)})
-    log(f"  rel. error vs float64: " + ", ".join(f"{n} {e:.2e}" for n, e in err.items()))
+    log("  rel. error vs float64: " + ", ".join(f"{n} {e:.2e}" for n, e in err.items()))
 
     import triton.testing
 
