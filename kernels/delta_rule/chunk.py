@@ -34,6 +34,8 @@ for K or V > 128), AUTOTUNE (opt-in), KEEP_STATES and FOLD_BLOCKS (both "auto": 
 TILES / TILES_WIDE ((BK, BV) per chunk-parallel kernel, at most four blocks per chunk), BLOCKED_INV, SEQ_BV.  A
 setting that needs more shared memory than the GPU has (float32 tiles are twice the size) is replaced at launch by
 the next smaller one that fits (fewer stages, then 4 warps), remembered per kernel, shape constants and dtype.
+FP32_PREC: the tl.dot precision of float32 calls, "tf32x3" (three TF32 tensor-core products, float32-accurate) by
+default; bf16/fp16 dots run on tensor cores at their own precision.
 """
 
 from __future__ import annotations
