@@ -91,13 +91,13 @@ def prepare(cfg: DictConfig) -> None:
 def generate(cfg: DictConfig) -> str:
     """Load a checkpoint (Lightning .ckpt or a save_pretrained directory) and continue `prompt`."""
     from datamodules.tokenizer import load_tokenizer
-    from deltanet.generation import load_for_generation
+    from lit_modules.checkpoint import load_model
 
     if cfg.ckpt_path is None:
         raise ValueError("task=generate needs ckpt_path=<a .ckpt file or a save_pretrained directory>")
     torch.manual_seed(int(cfg.seed))
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_for_generation(cfg.ckpt_path).to(device).eval()
+    model = load_model(cfg.ckpt_path).to(device).eval()
     tokenizer = load_tokenizer(cfg.data.get("tokenizer"))
     ids = torch.tensor([[tokenizer.bos_id] + tokenizer.encode(cfg.prompt)], device=device)
     out = model.generate(ids, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,

@@ -1,7 +1,5 @@
 """DeltaNet models: `DeltaNetConfig` and `DeltaNetForCausalLM` (DeltaNet, hybrids with attention, Transformer++)."""
 from .config import FAMILIES, PRESETS, DeltaNetConfig
-from .generation import load_for_generation
 from .model import Cache, CausalLMOutput, DeltaNetForCausalLM
 
-__all__ = ["Cache", "CausalLMOutput", "DeltaNetConfig", "DeltaNetForCausalLM", "FAMILIES", "PRESETS",
-           "load_for_generation"]
+__all__ = ["Cache", "CausalLMOutput", "DeltaNetConfig", "DeltaNetForCausalLM", "FAMILIES", "PRESETS"]

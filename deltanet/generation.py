@@ -1,4 +1,4 @@
-"""Stateful generation and checkpoint loading.
+"""Stateful generation.
 
 ``model.generate(input_ids, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, eos_token_id=None)`` runs the
 prompt once (prefill) and then one token per step, carrying per layer: the delta-rule state (H, K, V) and the
@@ -6,18 +6,14 @@ short-convolution states for DeltaNet layers, a KV cache for global attention, a
 slots for sliding-window attention.  Memory per sequence is therefore constant in the context length except for
 global-attention layers, whose cache is a buffer written in place and doubled when full (a cache passed back to the
 model is updated, not copied: keep a ``copy.deepcopy`` to branch from it).
-
-``load_for_generation(ckpt_path)`` accepts a Lightning ``.ckpt`` (state_dict keys prefixed ``model.``, config dict in
-``hyper_parameters["model_config"]``) or a :meth:`DeltaNetForCausalLM.save_pretrained` directory.
 """
 from __future__ import annotations
 
-import os
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 
-__all__ = ["GenerationMixin", "sample_next", "load_for_generation"]
+__all__ = ["GenerationMixin", "sample_next"]
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
@@ -85,26 +81,3 @@ class GenerationMixin:
             return torch.cat(tokens, dim=1)
         finally:
             self.train(was_training)
-
-
-def load_for_generation(ckpt_path: str | os.PathLike, map_location: str | torch.device = "cpu",
-                        **config_overrides: Any):
-    """Builds a :class:`DeltaNetForCausalLM` in eval mode from a Lightning ``.ckpt`` or a save_pretrained directory."""
-    from .config import DeltaNetConfig
-    from .model import DeltaNetForCausalLM
-
-    if os.path.isdir(ckpt_path):
-        model = DeltaNetForCausalLM.from_pretrained(ckpt_path, map_location=map_location, **config_overrides)
-        return model.eval()
-    ckpt = torch.load(ckpt_path, map_location=map_location, weights_only=False)  # a local, trusted training file
-    try:
-        cfg = dict(ckpt["hyper_parameters"]["model_config"])
-    except (KeyError, TypeError):
-        raise ValueError(f"{ckpt_path}: no hyper_parameters['model_config'] in this checkpoint") from None
-    model = DeltaNetForCausalLM(DeltaNetConfig.from_dict({**cfg, **config_overrides}))
-    prefix = "model."
-    state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-    if not state:
-        raise ValueError(f"{ckpt_path}: no state_dict keys start with {prefix!r}")
-    model.load_state_dict(state)
-    return model.to(map_location).eval()

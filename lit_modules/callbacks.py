@@ -1,20 +1,8 @@
-"""Callbacks of the recipe: `StepCheckpoint` (conf/callbacks/default.yaml) and `FaultInjector`, fault injection for
-tests of the fault handling and exact resume (never in a real run's config):
-
-    python run.py experiment=smoke +callbacks.fault._target_=lit_modules.callbacks.FaultInjector \\
-        '+callbacks.fault.nan_loss_steps=[3]' +callbacks.fault.sigkill_at_step=7
-
-Steps are 0-based optimizer steps (`trainer.global_step` when the step starts); with gradient accumulation every
-micro-batch of a listed step is affected.
-"""
+"""Callbacks of the recipe: `StepCheckpoint` (conf/callbacks/default.yaml)."""
 from __future__ import annotations
 
 import os
-import signal
-from typing import Any, Sequence
 
-import lightning as L
-import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 
@@ -32,43 +20,3 @@ class StepCheckpoint(ModelCheckpoint):
         path = os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
         trainer.save_checkpoint(path, self.save_weights_only)  # collective under DDP/FSDP: every rank calls it
         self.last_model_path = path
-
-
-class FaultInjector(L.Callback):
-    """NaN loss, Inf gradient or SIGKILL at chosen optimizer steps, without touching model code.
-
-    Args:
-        nan_loss_steps: steps whose loss becomes NaN (a forward hook on `pl_module.model` rewrites the output's loss).
-        inf_grad_steps: steps where one gradient entry becomes +Inf just before the optimizer step.
-        sigkill_at_step: SIGKILL this process when this step starts (the hard crash of the resume test).
-    """
-
-    def __init__(self, nan_loss_steps: Sequence[int] = (), inf_grad_steps: Sequence[int] = (),
-                 sigkill_at_step: int | None = None):
-        self.nan_loss_steps = {int(s) for s in nan_loss_steps}
-        self.inf_grad_steps = {int(s) for s in inf_grad_steps}
-        self.sigkill_at_step = sigkill_at_step
-        self._handle = None
-
-    @staticmethod
-    def _nan_loss(module: torch.nn.Module, args: Any, output: Any) -> Any:
-        if getattr(output, "loss", None) is not None:
-            output.loss = output.loss * float("nan")
-        return output
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        step = trainer.global_step
-        if self.sigkill_at_step is not None and step == int(self.sigkill_at_step):
-            os.kill(os.getpid(), signal.SIGKILL)
-        if step in self.nan_loss_steps and self._handle is None:
-            self._handle = pl_module.model.register_forward_hook(self._nan_loss)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
-
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:  # runs before the module's hook
-        if trainer.global_step in self.inf_grad_steps:
-            p = next(p for p in pl_module.model.parameters() if p.grad is not None)
-            p.grad.view(-1)[0] = float("inf")

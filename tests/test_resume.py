@@ -2,7 +2,7 @@
 
 Deterministic smoke runs (CPU, `trainer.deterministic=true`) with the token recipe (global batch 512 tokens = 4 x 64 x
 2 micro-batches), validation every 6 steps and a checkpoint every 4. The killed run dies (SIGKILL from
-`lit_modules.callbacks.FaultInjector`) as step 9 starts, so the resumed run restarts from step 8's checkpoint in the
+`tests.fault_injector.FaultInjector`) as step 9 starts, so the resumed run restarts from step 8's checkpoint in the
 middle of the data epoch and of the cosine schedule. The `transformer` family keeps this cheap on 2 CPU cores; the
 resume path (model, optimizer, scheduler, step, RNG, data position) is the same for every family.
 """
@@ -33,7 +33,7 @@ def test_sigkill_and_resume_logs_identical_losses(tmp_path, shared_data_dir):
     run_py(*COMMON, data, f"hydra.run.dir={full}")
 
     proc = subprocess.run([sys.executable, str(ROOT / "run.py"), *COMMON, data, f"hydra.run.dir={crashed}",
-                           "+callbacks.fault._target_=lit_modules.callbacks.FaultInjector",
+                           "+callbacks.fault._target_=tests.fault_injector.FaultInjector",
                            "+callbacks.fault.sigkill_at_step=9"],
                           cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True,
                           timeout=600)

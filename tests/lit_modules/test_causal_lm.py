@@ -14,7 +14,8 @@ from torch.utils.data import DataLoader
 
 from deltanet import DeltaNetConfig
 from lit_modules import CausalLMModule
-from lit_modules.callbacks import FaultInjector, StepCheckpoint
+from lit_modules.callbacks import StepCheckpoint
+from tests.fault_injector import FaultInjector
 from lit_modules.causal_lm import NonFiniteTrainingError, _clean
 from lit_modules.flops import flops_per_token, peak_flops
 from lit_modules.schedules import cosine_with_warmup
