@@ -64,6 +64,9 @@ class DeltaNetConfig:
     use_output_gate: bool = False  # o = RMSNorm(o) * silu(W_g x)
     chunk_size: int = 64  # 16 | 32 | 64
     backend: str = "auto"  # "auto" (triton on CUDA, torch on CPU) | "triton" | "torch"
+    # Fused Triton glue (short conv + activation + L2 norm, RMSNorm with residual add / output gate, SwiGLU tail)
+    # wherever the backend resolves to triton; False keeps the plain PyTorch layers there too (same math).
+    fused: bool = True
     # --- misc ---
     norm_eps: float = 1e-6
     initializer_range: float = 0.02
@@ -99,7 +102,7 @@ class DeltaNetConfig:
             raise ValueError(f"qk_activation must be one of silu, relu, elu, identity, got {self.qk_activation!r}")
         if self.backend not in ("auto", "triton", "torch"):
             raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {self.backend!r}")
-        for name in ("use_short_conv", "use_beta", "use_output_gate"):
+        for name in ("use_short_conv", "use_beta", "use_output_gate", "fused"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         for name in ("norm_eps", "initializer_range", "rope_theta"):
@@ -140,6 +143,14 @@ class DeltaNetConfig:
                 raise ValueError(f"attn_window must be a positive int or None, got {self.attn_window!r}")
 
     # --- helpers ---
+    def resolve_backend(self, on_cuda: bool) -> str:
+        """'triton' or 'torch': ``backend`` with 'auto' resolved by the device of the inputs."""
+        return ("triton" if on_cuda else "torch") if self.backend == "auto" else self.backend
+
+    def use_fused(self, on_cuda: bool) -> bool:
+        """True when the fused Triton glue runs: ``fused`` and a backend that resolves to triton."""
+        return self.fused and self.resolve_backend(on_cuda) == "triton"
+
     def is_attention_layer(self, layer_idx: int) -> bool:
         """0-based ``layer_idx``: True when that layer is softmax attention."""
         return (layer_idx + 1) in self.attn_layers

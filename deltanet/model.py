@@ -64,11 +64,13 @@ class Block(nn.Module):
         self.mlp = SwiGLU(config.hidden_size, config.intermediate_size)
 
     def forward(self, x: torch.Tensor, state: Optional[dict] = None, use_cache: bool = False,
-                cu_seqlens: Optional[torch.Tensor] = None, offset: int = 0, pad: Optional[torch.Tensor] = None):
-        h, new_state = self.mixer(self.attn_norm(x), state=state, use_cache=use_cache, cu_seqlens=cu_seqlens,
-                                  offset=offset, pad=pad)
-        x = x + h
-        x = x + self.mlp(self.mlp_norm(x))
+                cu_seqlens: Optional[torch.Tensor] = None, offset: int = 0, pad: Optional[torch.Tensor] = None,
+                fused: bool = False):
+        """fused: Triton RMSNorms (the residual add folded into the second) and SwiGLU tail; same math."""
+        h, new_state = self.mixer(self.attn_norm(x, fused=fused), state=state, use_cache=use_cache,
+                                  cu_seqlens=cu_seqlens, offset=offset, pad=pad)
+        n, x = self.mlp_norm(x, residual=h, fused=fused)  # x + h, and its norm
+        x = x + self.mlp(n, fused=fused)
         return x, new_state
 
 
@@ -86,12 +88,14 @@ class DeltaNetModel(nn.Module):
         x = self.embeddings(input_ids)  # (B, T, C)
         offset = cache.seen_tokens if cache is not None else 0
         new_cache = Cache(seen_tokens=offset + input_ids.shape[1]) if use_cache else None
+        fused = self.config.use_fused(input_ids.is_cuda)
         for i, layer in enumerate(self.layers):
             state = cache.layers[i] if cache is not None else None
-            x, s = layer(x, state=state, use_cache=use_cache, cu_seqlens=cu_seqlens, offset=offset, pad=pad)
+            x, s = layer(x, state=state, use_cache=use_cache, cu_seqlens=cu_seqlens, offset=offset, pad=pad,
+                         fused=fused)
             if use_cache:
                 new_cache.layers.append(s)
-        return self.norm(x), new_cache
+        return self.norm(x, fused=fused), new_cache
 
 
 def left_padding(attention_mask: Optional[torch.Tensor], input_ids: torch.Tensor, cache: Optional[Cache] = None,

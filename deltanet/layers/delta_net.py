@@ -90,8 +90,7 @@ class DeltaNet(nn.Module):
         self.o_proj = nn.Linear(H * D, C, bias=False)
 
     def resolve_backend(self, x: torch.Tensor) -> str:
-        b = self.config.backend
-        return ("triton" if x.is_cuda else "torch") if b == "auto" else b
+        return self.config.resolve_backend(x.is_cuda)
 
     def forward(
         self,
@@ -113,13 +112,20 @@ class DeltaNet(nn.Module):
             x = x.masked_fill(pad[..., None], 0.0)
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # (B, T, H*D)
         new_state: dict = {}
-        if cfg.use_short_conv:
-            q, new_state["conv_q"] = self.q_conv(q, state.get("conv_q"), use_cache, cu_seqlens)
-            k, new_state["conv_k"] = self.k_conv(k, state.get("conv_k"), use_cache, cu_seqlens)
-            v, new_state["conv_v"] = self.v_conv(v, state.get("conv_v"), use_cache, cu_seqlens)
-        q = _normalize(_feature_map(q, cfg.qk_activation).view(B, T, H, D), cfg.qk_norm)  # (B, T, H, D)
-        k = _normalize(_feature_map(k, cfg.qk_activation).view(B, T, H, D), cfg.qk_norm)
-        v = F.silu(v).view(B, T, H, D)
+        fused = cfg.use_fused(x.is_cuda)
+        if fused and cfg.use_short_conv and cfg.qk_norm == "l2" and not use_cache and "conv_q" not in state:
+            # conv + feature map + per-head L2 norm in one kernel each, saving only the projections (kernels/conv)
+            q = self.q_conv.fused(q, cfg.qk_activation, D, cu_seqlens).view(B, T, H, D)
+            k = self.k_conv.fused(k, cfg.qk_activation, D, cu_seqlens).view(B, T, H, D)
+            v = self.v_conv.fused(v, "silu", None, cu_seqlens).view(B, T, H, D)
+        else:
+            if cfg.use_short_conv:
+                q, new_state["conv_q"] = self.q_conv(q, state.get("conv_q"), use_cache, cu_seqlens)
+                k, new_state["conv_k"] = self.k_conv(k, state.get("conv_k"), use_cache, cu_seqlens)
+                v, new_state["conv_v"] = self.v_conv(v, state.get("conv_v"), use_cache, cu_seqlens)
+            q = _normalize(_feature_map(q, cfg.qk_activation).view(B, T, H, D), cfg.qk_norm)  # (B, T, H, D)
+            k = _normalize(_feature_map(k, cfg.qk_activation).view(B, T, H, D), cfg.qk_norm)
+            v = F.silu(v).view(B, T, H, D)
         if self.b_proj is not None:
             beta = torch.sigmoid(self.b_proj(x))  # (B, T, H)
         else:
@@ -138,8 +144,7 @@ class DeltaNet(nn.Module):
             initial_state=state.get("recurrent_state"), output_final_state=use_cache, cu_seqlens=cu_seqlens,
         )  # (B, T, H, D), (B, H, D, D) fp32
         new_state["recurrent_state"] = s
-        o = self.o_norm(o)
-        if self.g_proj is not None:
-            o = o * F.silu(self.g_proj(x).view(B, T, H, D))
+        g = self.g_proj(x).view(B, T, H, D) if self.g_proj is not None else None
+        o = self.o_norm(o, gate=g, fused=fused)  # RMSNorm(o) [* silu(g)], per head
         y = self.o_proj(o.reshape(B, T, H * D))
         return y, (new_state if use_cache else None)

@@ -86,12 +86,12 @@ def _row_block(C: int) -> Tuple[int, int]:
     return max(1, min(64, 4096 // BC)), BC  # about 4096 elements per program
 
 
-def rms_norm_fwd(x, residual, gate, weight, eps):
+def rms_norm_fwd(x, residual, gate, weight, eps, out_dtype=None):
     C = x.shape[-1]
     N = x.numel() // C
     sdt = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
-    y = torch.empty(x.shape, device=x.device, dtype=sdt)
-    s = torch.empty_like(y) if residual is not None else None
+    y = torch.empty(x.shape, device=x.device, dtype=out_dtype or sdt)
+    s = torch.empty(x.shape, device=x.device, dtype=sdt) if residual is not None else None
     rstd = torch.empty(N, device=x.device, dtype=torch.float32)
     BR, BC = _row_block(C)
     _rms_norm_fwd_kernel[(triton.cdiv(N, BR),)](
@@ -119,8 +119,8 @@ def rms_norm_bwd(s, gate, weight, rstd, dy, ds, dx_dtype):
 
 class RMSNormFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, residual, gate, eps):
-        y, s, rstd = rms_norm_fwd(x, residual, gate, weight, eps)
+    def forward(ctx, x, weight, residual, gate, eps, out_dtype):
+        y, s, rstd = rms_norm_fwd(x, residual, gate, weight, eps, out_dtype)
         ctx.save_for_backward(s, gate, weight, rstd)
         ctx.has_res, ctx.x_dtype = residual is not None, x.dtype
         ctx.r_dtype = residual.dtype if residual is not None else None
@@ -132,7 +132,7 @@ class RMSNormFunction(torch.autograd.Function):
         dx, dg, dw = rms_norm_bwd(s, gate, weight, rstd, dy.contiguous(),
                                   ds.contiguous() if ds is not None else None, s.dtype)
         dr = dx.to(ctx.r_dtype) if ctx.has_res else None
-        return dx.to(ctx.x_dtype), dw.to(weight.dtype), dr, dg, None
+        return dx.to(ctx.x_dtype), dw.to(weight.dtype), dr, dg, None, None
 
 
 def rms_norm(
@@ -141,6 +141,7 @@ def rms_norm(
     eps: float = 1e-6,
     residual: Optional[torch.Tensor] = None,
     gate: Optional[torch.Tensor] = None,
+    out_dtype: Optional[torch.dtype] = None,
 ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
     """Fused RMSNorm over the last dimension (Triton, forward + backward), float32 inside.
 
@@ -150,9 +151,10 @@ def rms_norm(
         eps: added to mean(s^2).
         residual: optional (..., C): normalise s = x + residual and return s too (dtype: the promotion of both).
         gate: optional (..., C): multiply the output by silu(gate).
+        out_dtype: dtype of y (default s's): under autocast, the compute dtype that the next matmul casts to anyway.
 
     Returns:
-        y (..., C) in s's dtype; with a residual the pair (y, s).
+        y (..., C) in out_dtype or s's dtype; with a residual the pair (y, s).
 
     Example::
 
@@ -173,6 +175,8 @@ def rms_norm(
             raise ValueError(f"rms_norm: {name} is on {t.device} but x is on {x.device}")
     if residual is not None and gate is not None:
         raise ValueError("rms_norm: residual and gate together are not supported (no layer needs both)")
+    if out_dtype not in (None, torch.bfloat16, torch.float16, torch.float32):
+        raise ValueError(f"rms_norm: out_dtype must be bfloat16, float16 or float32, got {out_dtype}")
     check_runnable("rms_norm", x, weight)
     return RMSNormFunction.apply(x.contiguous(), weight, None if residual is None else residual.contiguous(),
-                                 None if gate is None else gate.contiguous(), float(eps))
+                                 None if gate is None else gate.contiguous(), float(eps), out_dtype)

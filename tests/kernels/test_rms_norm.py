@@ -72,6 +72,17 @@ def test_rms_norm_residual_stream_float32_with_half_branch():
     _check((2, 13, 64), "residual", torch.float32, rdtype=torch.float16, seed=4)
 
 
+def test_rms_norm_out_dtype_is_the_cast_of_the_float32_output():
+    """out_dtype=float16 gives exactly the float32 result cast to float16 (what autocast's next matmul would see)."""
+    torch.manual_seed(6)
+    x, r = torch.randn(6, 64, device=DEVICE), torch.randn(6, 64, device=DEVICE)
+    w = torch.randn(64, device=DEVICE)
+    y32, s32 = rms_norm(x, w, residual=r)
+    y16, s16 = rms_norm(x, w, residual=r, out_dtype=torch.float16)
+    assert y16.dtype == torch.float16 and s16.dtype == torch.float32
+    assert torch.equal(y16, y32.half()) and torch.equal(s16, s32)
+
+
 def test_rms_norm_many_rows_walk():
     """More row blocks than backward programs: each program sums dw over several blocks."""
     _check((700, 32), "plain", torch.float32, seed=5)
