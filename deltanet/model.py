@@ -12,7 +12,10 @@ Loss: with ``labels`` the model never builds the float32 logits of the whole bat
 of the positions that have a label, and computes the cross-entropy over chunks of ``config.loss_chunk_size``
 tokens under activation checkpointing: each chunk's logits (in the compute dtype, upcast to float32 inside
 the chunk) exist only while that chunk is processed, in the forward and again in the backward pass.  Peak
-logits memory is loss_chunk_size * vocab floats instead of B * T * vocab.
+logits memory is loss_chunk_size * vocab floats instead of B * T * vocab.  With the fused glue
+(``config.use_fused``) the loss is ``kernels.cross_entropy.linear_cross_entropy`` instead: the same chunks, but each
+chunk's gradient is formed in the forward over its logits in place, so nothing is recomputed and no float32 logits
+exist.
 """
 from __future__ import annotations
 
@@ -26,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+from kernels.cross_entropy import linear_cross_entropy
 
 from .config import DeltaNetConfig
 from .generation import GenerationMixin
@@ -215,8 +220,13 @@ class DeltaNetForCausalLM(GenerationMixin, nn.Module):
                 shift = shift.clone()
                 ends = cu_seqlens[1:-1].to(shift.device).long() - 1
                 shift[0, ends[(ends >= 0) & (ends < shift.shape[1])]] = -100
-            loss = chunked_cross_entropy(h[:, :-1].reshape(-1, h.shape[-1]), self.lm_head.weight,
-                                         shift.reshape(-1), self.config.loss_chunk_size)
+            if self.config.use_fused(input_ids.is_cuda):  # gradient formed in the forward (kernels/cross_entropy)
+                shift = F.pad(shift, (0, 1), value=-100)  # the last position predicts nothing: h needs no copy
+                loss = linear_cross_entropy(h.reshape(-1, h.shape[-1]), self.lm_head.weight, shift.reshape(-1),
+                                            chunk_size=self.config.loss_chunk_size)
+            else:
+                loss = chunked_cross_entropy(h[:, :-1].reshape(-1, h.shape[-1]), self.lm_head.weight,
+                                             shift.reshape(-1), self.config.loss_chunk_size)
         logits = self.lm_head(h) if return_logits else None
         return CausalLMOutput(loss=loss, logits=logits, cache=new_cache)
 
