@@ -7,6 +7,7 @@ import torch
 
 from deltanet import DeltaNetConfig, DeltaNetForCausalLM
 from kernels.conv import naive_short_conv, short_conv
+from kernels.cross_entropy import linear_cross_entropy, naive_linear_cross_entropy
 from kernels.mlp import naive_swiglu_linear, swiglu_linear
 from kernels.norm import naive_rms_norm, rms_norm
 
@@ -66,6 +67,17 @@ def test_swiglu_linear_bf16():
     u = torch.randn(2, 999, 2816, device=DEV, dtype=torch.bfloat16)
     w = torch.randn(1024, 2816, device=DEV) * 0.02
     _compare(swiglu_linear, naive_swiglu_linear, [g, u, w], 1e-2)
+
+
+def test_linear_cross_entropy_bf16():
+    """The model's sizes: vocabulary 32000, two chunks and a remainder, a quarter of the labels ignored."""
+    torch.manual_seed(4)
+    h = torch.randn(9000, 1024, device=DEV, dtype=torch.bfloat16)
+    w = torch.randn(32000, 1024, device=DEV) * 0.02
+    y = torch.randint(0, 32000, (9000,), device=DEV)
+    y[::4] = -100
+    _compare(lambda h, w: linear_cross_entropy(h, w, y), lambda h, w: naive_linear_cross_entropy(h, w, y), [h, w],
+             1e-2)
 
 
 @pytest.mark.parametrize("gate", [False, True])
