@@ -22,6 +22,8 @@ from torch import nn
 import kernels
 
 from ..config import DeltaNetConfig
+from kernels.conv import short_conv_multi
+
 from .conv import ShortConvolution
 from .norm import RMSNorm
 
@@ -110,15 +112,17 @@ class DeltaNet(nn.Module):
         state = state or {}
         if pad is not None:  # padding enters the convolutions as zeros (as before a sequence's start) ...
             x = x.masked_fill(pad[..., None], 0.0)
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # (B, T, H*D)
         new_state: dict = {}
         fused = cfg.use_fused(x.is_cuda)
         if fused and cfg.use_short_conv and cfg.qk_norm == "l2" and not use_cache and "conv_q" not in state:
-            # conv + feature map + per-head L2 norm in one kernel each, saving only the projections (kernels/conv)
-            q = self.q_conv.fused(q, cfg.qk_activation, D, cu_seqlens).view(B, T, H, D)
-            k = self.k_conv.fused(k, cfg.qk_activation, D, cu_seqlens).view(B, T, H, D)
-            v = self.v_conv.fused(v, "silu", None, cu_seqlens).view(B, T, H, D)
+            # One matmul for q, k, v (the three weights concatenated: same parameters, same init), then conv +
+            # feature map + per-head L2 norm in one kernel per part, saving only the projection (kernels/conv)
+            qkv = F.linear(x, torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight]))  # (B, T, 3HD)
+            q, k, v = short_conv_multi(qkv, [self.q_conv.weight, self.k_conv.weight, self.v_conv.weight],
+                                       [cfg.qk_activation, cfg.qk_activation, "silu"], [D, D, None], cu_seqlens)
+            q, k, v = q.view(B, T, H, D), k.view(B, T, H, D), v.view(B, T, H, D)
         else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # (B, T, H*D)
             if cfg.use_short_conv:
                 q, new_state["conv_q"] = self.q_conv(q, state.get("conv_q"), use_cache, cu_seqlens)
                 k, new_state["conv_k"] = self.k_conv(k, state.get("conv_k"), use_cache, cu_seqlens)

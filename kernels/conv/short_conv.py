@@ -17,7 +17,7 @@ across a sequence start are masked out, in the forward and in the transposed con
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence, Tuple
 
 import torch
 import triton
@@ -26,7 +26,7 @@ import triton.language as tl
 from ..launch import check_runnable
 from .naive import ACTIVATIONS, NORM_EPS
 
-__all__ = ["short_conv"]
+__all__ = ["short_conv", "short_conv_multi"]
 
 _ACT_ID = {name: i for i, name in enumerate(ACTIVATIONS)}  # identity 0, silu 1, relu 2, elu(+1) 3
 
@@ -58,9 +58,10 @@ def _act_grad(y, ACT: tl.constexpr):
 
 
 @triton.jit
-def _conv_block(x_base, w, pos, o_t, o_d, m_t, m_d, T, D, W: tl.constexpr, VARLEN: tl.constexpr,
+def _conv_block(x_base, w, pos, o_t, o_d, m_t, m_d, SX, W: tl.constexpr, VARLEN: tl.constexpr,
                 BT: tl.constexpr, BD: tl.constexpr):
-    """[BT, BD] float32 block of y for tokens o_t, channels o_d of one batch row (x_base points at it)."""
+    """[BT, BD] float32 block of y for tokens o_t, channels o_d of one batch row (x_base points at it; row stride
+    SX)."""
     if VARLEN:
         b_p = tl.load(pos + o_t, mask=m_t, other=0)
     else:
@@ -69,22 +70,22 @@ def _conv_block(x_base, w, pos, o_t, o_d, m_t, m_d, T, D, W: tl.constexpr, VARLE
     for j in tl.static_range(W):
         shift = W - 1 - j
         m = (m_t & (b_p >= shift))[:, None] & m_d[None, :]
-        b_x = tl.load(x_base + (o_t - shift)[:, None] * D + o_d[None, :], mask=m, other=0.)
+        b_x = tl.load(x_base + (o_t - shift)[:, None] * SX + o_d[None, :], mask=m, other=0.)
         b_w = tl.load(w + o_d * W + j, mask=m_d, other=0.)
         acc += b_x.to(tl.float32) * b_w.to(tl.float32)[None, :]
     return acc
 
 
 @triton.jit
-def _short_conv_fwd_kernel(x, w, o, pos, T, D, G, eps, W: tl.constexpr, ACT: tl.constexpr, NORM: tl.constexpr,
-                           VARLEN: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr):
+def _short_conv_fwd_kernel(x, w, o, pos, T, D, SX, G, eps, W: tl.constexpr, ACT: tl.constexpr,
+                           NORM: tl.constexpr, VARLEN: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr):
     i_t, i_d, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     o_t = i_t * BT + tl.arange(0, BT)
     o_g = tl.arange(0, BD)
     o_d = i_d * G + o_g
     m_t, m_d = o_t < T, (o_g < G) & (o_d < D)
     row = i_b.to(tl.int64) * T * D
-    b_y = _conv_block(x + row, w, pos, o_t, o_d, m_t, m_d, T, D, W, VARLEN, BT, BD)
+    b_y = _conv_block(x + i_b.to(tl.int64) * T * SX, w, pos, o_t, o_d, m_t, m_d, SX, W, VARLEN, BT, BD)
     b_a = _act_fwd(b_y, ACT)
     if NORM:
         b_a = tl.where(m_d[None, :], b_a, 0.)
@@ -94,7 +95,7 @@ def _short_conv_fwd_kernel(x, w, o, pos, T, D, G, eps, W: tl.constexpr, ACT: tl.
 
 
 @triton.jit
-def _short_conv_bwd_dy_kernel(x, w, do, dy, dw, pos, T, D, G, NT, eps, W: tl.constexpr, ACT: tl.constexpr,
+def _short_conv_bwd_dy_kernel(x, w, do, dy, dw, pos, T, D, SX, G, NT, eps, W: tl.constexpr, ACT: tl.constexpr,
                               NORM: tl.constexpr, VARLEN: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr):
     i_t, i_d, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     o_t = i_t * BT + tl.arange(0, BT)
@@ -103,7 +104,8 @@ def _short_conv_bwd_dy_kernel(x, w, do, dy, dw, pos, T, D, G, NT, eps, W: tl.con
     m_t, m_d = o_t < T, (o_g < G) & (o_d < D)
     m = m_t[:, None] & m_d[None, :]
     row = i_b.to(tl.int64) * T * D
-    b_y = _conv_block(x + row, w, pos, o_t, o_d, m_t, m_d, T, D, W, VARLEN, BT, BD)
+    row_x = i_b.to(tl.int64) * T * SX
+    b_y = _conv_block(x + row_x, w, pos, o_t, o_d, m_t, m_d, SX, W, VARLEN, BT, BD)
     b_do = tl.load(do + row + o_t[:, None] * D + o_d[None, :], mask=m, other=0.).to(tl.float32)
     if NORM:
         # o = a / max(|a|, eps):  da = (do - o <o, do>) / |a|  where |a| > eps, else do / eps
@@ -126,12 +128,12 @@ def _short_conv_bwd_dy_kernel(x, w, do, dy, dw, pos, T, D, G, NT, eps, W: tl.con
     for j in tl.static_range(W):
         shift = W - 1 - j
         mx = (m_t & (b_p >= shift))[:, None] & m_d[None, :]
-        b_x = tl.load(x + row + (o_t - shift)[:, None] * D + o_d[None, :], mask=mx, other=0.).to(tl.float32)
+        b_x = tl.load(x + row_x + (o_t - shift)[:, None] * SX + o_d[None, :], mask=mx, other=0.).to(tl.float32)
         tl.store(dw + o_dw + o_d * W + j, tl.sum(b_dy * b_x, axis=0), mask=m_d)
 
 
 @triton.jit
-def _short_conv_bwd_dx_kernel(dy, w, dx, pos, T, D, W: tl.constexpr, VARLEN: tl.constexpr, BT: tl.constexpr,
+def _short_conv_bwd_dx_kernel(dy, w, dx, pos, T, D, SX, W: tl.constexpr, VARLEN: tl.constexpr, BT: tl.constexpr,
                               BD: tl.constexpr):
     i_t, i_d, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     o_t = i_t * BT + tl.arange(0, BT)
@@ -148,7 +150,7 @@ def _short_conv_bwd_dx_kernel(dy, w, dx, pos, T, D, W: tl.constexpr, VARLEN: tl.
         b_dy = tl.load(dy + row + o_s[:, None] * D + o_d[None, :], mask=m_s[:, None] & m_d[None, :], other=0.)
         b_w = tl.load(w + o_d * W + j, mask=m_d, other=0.).to(tl.float32)
         acc += b_dy * b_w[None, :]
-    tl.store(dx + row + o_t[:, None] * D + o_d[None, :], acc.to(dx.dtype.element_ty),
+    tl.store(dx + i_b.to(tl.int64) * T * SX + o_t[:, None] * SX + o_d[None, :], acc.to(dx.dtype.element_ty),
              mask=m_t[:, None] & m_d[None, :])
 
 
@@ -173,16 +175,19 @@ BT_FWD, BT_BWD = 64, 32
 
 
 def short_conv_fwd(x, w, act, norm_dim, pos):
+    """x: (B, T, D) view with unit channel stride (its rows may be wider: a slice of a fused projection)."""
     B, T, D = x.shape
     G, BD, NG = _blocks(D, norm_dim)
-    o = torch.empty_like(x)
+    o = torch.empty(B, T, D, device=x.device, dtype=x.dtype)
     grid = (triton.cdiv(T, BT_FWD), NG, B)
-    _short_conv_fwd_kernel[grid](x, w, o, pos if pos is not None else x, T, D, G, NORM_EPS, W=w.shape[1], ACT=act,
-                                 NORM=norm_dim is not None, VARLEN=pos is not None, BT=BT_FWD, BD=BD)
+    _short_conv_fwd_kernel[grid](x, w, o, pos if pos is not None else x, T, D, x.stride(1), G, NORM_EPS,
+                                 W=w.shape[1], ACT=act, NORM=norm_dim is not None, VARLEN=pos is not None,
+                                 BT=BT_FWD, BD=BD)
     return o
 
 
-def short_conv_bwd(x, w, do, act, norm_dim, pos):
+def short_conv_bwd(x, w, do, act, norm_dim, pos, dx):
+    """Writes dx (a view shaped and strided like x) and returns dw (D, W) float32."""
     B, T, D = x.shape
     W = w.shape[1]
     G, BD, NG = _blocks(D, norm_dim)
@@ -190,29 +195,94 @@ def short_conv_bwd(x, w, do, act, norm_dim, pos):
     dy = torch.empty(B, T, D, device=x.device, dtype=torch.float32)
     dw = torch.empty(B * NT, D, W, device=x.device, dtype=torch.float32)
     p = pos if pos is not None else x
-    _short_conv_bwd_dy_kernel[(NT, NG, B)](x, w, do, dy, dw, p, T, D, G, NT, NORM_EPS, W=W, ACT=act,
+    _short_conv_bwd_dy_kernel[(NT, NG, B)](x, w, do, dy, dw, p, T, D, x.stride(1), G, NT, NORM_EPS, W=W, ACT=act,
                                            NORM=norm_dim is not None, VARLEN=pos is not None, BT=BT_BWD, BD=BD)
-    dx = torch.empty_like(x)
     BDX = min(128, triton.next_power_of_2(D))
-    _short_conv_bwd_dx_kernel[(NT, triton.cdiv(D, BDX), B)](dy, w, dx, p, T, D, W=W, VARLEN=pos is not None,
-                                                            BT=BT_BWD, BD=BDX)
-    return dx, dw.sum(0)
+    _short_conv_bwd_dx_kernel[(NT, triton.cdiv(D, BDX), B)](dy, w, dx, p, T, D, dx.stride(1), W=W,
+                                                            VARLEN=pos is not None, BT=BT_BWD, BD=BDX)
+    return dw.sum(0)
 
 
 class ShortConvFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, act, norm_dim, pos):
-        w = weight.reshape(weight.shape[0], -1).contiguous()  # (D, W), as stored: no copy
-        o = short_conv_fwd(x, w, act, norm_dim, pos)
-        ctx.save_for_backward(x, w, pos)
-        ctx.act, ctx.norm_dim, ctx.weight_shape = act, norm_dim, weight.shape
-        return o
+    """Several convolutions over consecutive channel ranges of one input (e.g. q, k, v of a fused projection):
+    one saved input, one input gradient, one output per part."""
 
     @staticmethod
-    def backward(ctx, do):
-        x, w, pos = ctx.saved_tensors
-        dx, dw = short_conv_bwd(x, w, do.contiguous(), ctx.act, ctx.norm_dim, pos)
-        return dx, dw.view(ctx.weight_shape).to(w.dtype), None, None, None
+    def forward(ctx, x, pos, acts, norm_dims, *weights):
+        ws = [wt.reshape(wt.shape[0], -1).contiguous() for wt in weights]  # (D_i, W), as stored: no copy
+        outs, c0 = [], 0
+        for w, act, nd in zip(ws, acts, norm_dims):
+            outs.append(short_conv_fwd(x[..., c0:c0 + w.shape[0]], w, act, nd, pos))
+            c0 += w.shape[0]
+        ctx.save_for_backward(x, pos, *ws)
+        ctx.acts, ctx.norm_dims, ctx.weight_shapes = acts, norm_dims, [wt.shape for wt in weights]
+        return tuple(outs)
+
+    @staticmethod
+    def backward(ctx, *dos):
+        x, pos, *ws = ctx.saved_tensors
+        dx = torch.empty_like(x)
+        dws, c0 = [], 0
+        for w, do, act, nd, shape in zip(ws, dos, ctx.acts, ctx.norm_dims, ctx.weight_shapes):
+            D = w.shape[0]
+            do = torch.zeros(x.shape[:2] + (D,), device=x.device, dtype=x.dtype) if do is None else do.contiguous()
+            dws.append(short_conv_bwd(x[..., c0:c0 + D], w, do, act, nd, pos, dx[..., c0:c0 + D])
+                       .view(shape).to(w.dtype))
+            c0 += D
+        return (dx, None, None, None, *dws)
+
+
+def _validate(x, weights, activations, norm_dims, cu_seqlens):
+    if x.dim() != 3:
+        raise ValueError(f"short_conv: x must be (B, T, D), got shape {tuple(x.shape)}")
+    B, T, D = x.shape
+    if x.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        raise ValueError(f"short_conv: x dtype {x.dtype} not supported (bfloat16, float16, float32)")
+    for wt in weights:
+        if wt.dim() not in (2, 3) or (wt.dim() == 3 and wt.shape[1] != 1):
+            raise ValueError(f"short_conv: weight must be (D, W) or (D, 1, W), got {tuple(wt.shape)}")
+        if wt.device != x.device:
+            raise ValueError(f"short_conv: weight is on {wt.device} but x is on {x.device}")
+    if sum(wt.shape[0] for wt in weights) != D:
+        raise ValueError(f"short_conv: weight must be (D, W) or (D, 1, W) with D = {D}, got "
+                         f"{[tuple(wt.shape) for wt in weights]}")
+    for act, nd, wt in zip(activations, norm_dims, weights):
+        if act not in _ACT_ID:
+            raise ValueError(f"short_conv: activation must be one of {ACTIVATIONS}, got {act!r}")
+        if nd is not None and (nd < 1 or wt.shape[0] % nd):
+            raise ValueError(f"short_conv: norm_dim={nd} must divide D={wt.shape[0]}")
+    if cu_seqlens is None:
+        return None
+    if B != 1:
+        raise ValueError(f"short_conv: with cu_seqlens the batch size must be 1, got x {tuple(x.shape)}")
+    cu = cu_seqlens.detach().to("cpu", torch.long)
+    if cu.dim() != 1 or cu.numel() < 2 or int(cu[0]) != 0 or int(cu[-1]) != T or bool((cu[1:] < cu[:-1]).any()):
+        raise ValueError(f"short_conv: cu_seqlens must be non-decreasing from 0 to T={T}, got {cu.tolist()}")
+    return _positions(cu_seqlens, T, x.device)
+
+
+def short_conv_multi(
+    x: torch.Tensor,
+    weights: Sequence[torch.Tensor],
+    activations: Sequence[str],
+    norm_dims: Sequence[Optional[int]],
+    cu_seqlens: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, ...]:
+    """:func:`short_conv` over consecutive channel ranges of x, one range per weight (e.g. x = the fused q/k/v
+    projection (B, T, D_q + D_k + D_v)).  Saves x once and returns one contiguous (B, T, D_i) output per range; the
+    gradient of x is one tensor, so a fused projection before it needs no slicing in its backward.
+
+    Example::
+
+        >>> q, k, v = short_conv_multi(qkv, [wq, wk, wv], ["silu", "silu", "silu"], [128, 128, None])
+    """
+    if not (len(weights) == len(activations) == len(norm_dims) >= 1):
+        raise ValueError(f"short_conv: weights, activations, norm_dims must have one length >= 1, got "
+                         f"{len(weights)}, {len(activations)}, {len(norm_dims)}")
+    pos = _validate(x, weights, activations, norm_dims, cu_seqlens)
+    check_runnable("short_conv", x, *weights)
+    return ShortConvFunction.apply(x.contiguous(), pos, tuple(_ACT_ID[a] for a in activations), tuple(norm_dims),
+                                   *weights)
 
 
 def short_conv(
@@ -238,26 +308,4 @@ def short_conv(
 
         >>> q = short_conv(q_proj(x), q_conv.weight, "silu", norm_dim=128)   # (B, T, H * 128), unit-norm heads
     """
-    if x.dim() != 3:
-        raise ValueError(f"short_conv: x must be (B, T, D), got shape {tuple(x.shape)}")
-    B, T, D = x.shape
-    if x.dtype not in (torch.bfloat16, torch.float16, torch.float32):
-        raise ValueError(f"short_conv: x dtype {x.dtype} not supported (bfloat16, float16, float32)")
-    if weight.dim() not in (2, 3) or weight.shape[0] != D or (weight.dim() == 3 and weight.shape[1] != 1):
-        raise ValueError(f"short_conv: weight must be (D, W) or (D, 1, W) with D = {D}, got {tuple(weight.shape)}")
-    if weight.device != x.device:
-        raise ValueError(f"short_conv: weight is on {weight.device} but x is on {x.device}")
-    if activation not in _ACT_ID:
-        raise ValueError(f"short_conv: activation must be one of {ACTIVATIONS}, got {activation!r}")
-    if norm_dim is not None and (norm_dim < 1 or D % norm_dim):
-        raise ValueError(f"short_conv: norm_dim={norm_dim} must divide D={D}")
-    pos = None
-    if cu_seqlens is not None:
-        if B != 1:
-            raise ValueError(f"short_conv: with cu_seqlens the batch size must be 1, got x {tuple(x.shape)}")
-        cu = cu_seqlens.detach().to("cpu", torch.long)
-        if cu.dim() != 1 or cu.numel() < 2 or int(cu[0]) != 0 or int(cu[-1]) != T or bool((cu[1:] < cu[:-1]).any()):
-            raise ValueError(f"short_conv: cu_seqlens must be non-decreasing from 0 to T={T}, got {cu.tolist()}")
-        pos = _positions(cu_seqlens, T, x.device)
-    check_runnable("short_conv", x, weight)
-    return ShortConvFunction.apply(x.contiguous(), weight, _ACT_ID[activation], norm_dim, pos)
+    return short_conv_multi(x, [weight], [activation], [norm_dim], cu_seqlens)[0]

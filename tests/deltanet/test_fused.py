@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import deltanet.layers.conv as conv_mod
+import deltanet.layers.delta_net as dn_mod
 from deltanet import DeltaNetConfig, DeltaNetForCausalLM
 from deltanet.layers import RMSNorm, ShortConvolution, SwiGLU
 
@@ -118,13 +118,13 @@ def test_model_fused_equals_plain(case, varlen):
 
 def test_fused_path_is_taken_on_triton_and_not_on_cpu_auto(monkeypatch):
     calls = []
-    real = conv_mod.short_conv
-    monkeypatch.setattr(conv_mod, "short_conv", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = dn_mod.short_conv_multi
+    monkeypatch.setattr(dn_mod, "short_conv_multi", lambda *a, **k: calls.append(1) or real(*a, **k))
     ids = torch.randint(0, 97, (1, 20))
     DeltaNetForCausalLM(tiny(backend="auto"))(ids, labels=ids)  # CPU: plain
     assert calls == []
     DeltaNetForCausalLM(tiny(backend="triton"))(ids, labels=ids)
-    assert len(calls) == 2 * 3  # q, k, v in both layers
+    assert len(calls) == 2  # q, k, v together, in both layers
     assert not tiny(backend="auto").use_fused(on_cuda=False) and tiny(backend="auto").use_fused(on_cuda=True)
     assert not tiny(backend="auto", fused=False).use_fused(on_cuda=True)
 

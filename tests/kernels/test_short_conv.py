@@ -11,7 +11,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported (see conftest.py)
 
-from kernels.conv import naive_short_conv, short_conv  # noqa: E402
+from kernels.conv import naive_short_conv, short_conv, short_conv_multi  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -90,6 +90,32 @@ def test_short_conv_zero_head_gets_eps_gradient():
     ref.backward(do.double())
     assert torch.equal(o, torch.zeros_like(o))
     assert rel_err(_check_x.grad, x2.grad) < 1e-6
+
+
+@pytest.mark.parametrize("cu", [None, [0, 9, 10, 33]])
+def test_short_conv_multi_equals_parts(cu):
+    """Three ranges of one fused projection (q, k: silu + norm; v: silu) = three separate float64 convolutions, for
+    the outputs, the single input gradient and every weight gradient."""
+    g = torch.Generator().manual_seed(10)
+    B, T = (1, 33) if cu else (2, 33)
+    x = torch.randn(B, T, 32 + 32 + 48, generator=g).to(DEVICE)
+    ws = [torch.randn(d, 1, 4, generator=g).to(DEVICE) for d in (32, 32, 48)]
+    dos = [torch.randn(B, T, d, generator=g).to(DEVICE) for d in (32, 32, 48)]
+    cu_t = None if cu is None else torch.tensor(cu, device=DEVICE)
+    acts, nds = ["silu", "silu", "silu"], [16, 16, None]
+    x1, ws1 = x.clone().requires_grad_(), [w.clone().requires_grad_() for w in ws]
+    outs = short_conv_multi(x1, ws1, acts, nds, cu_t)
+    sum((o * d).sum() for o, d in zip(outs, dos)).backward()
+    x2, ws2 = x.double().requires_grad_(), [w.double().requires_grad_() for w in ws]
+    refs = [naive_short_conv(xp, w[:, 0], a, nd, cu_t)[0] for xp, w, a, nd in
+            zip(x2.split([32, 32, 48], -1), ws2, acts, nds)]
+    sum((r * d.double()).sum() for r, d in zip(refs, dos)).backward()
+    assert all(o.is_contiguous() for o in outs)
+    for o, r in zip(outs, refs):
+        assert rel_err(o, r) < 2e-6
+    assert rel_err(x1.grad, x2.grad) < 2e-6
+    for a, b in zip(ws1, ws2):
+        assert rel_err(a.grad, b.grad) < 2e-6
 
 
 @pytest.mark.parametrize("bad, match", [
