@@ -6,8 +6,8 @@ Three ``run.py`` trainings on the embedded corpus (``experiment=smoke`` data and
 ``--model``, same seed and data order): the fused model (``+model.fused=true``), the plain model
 (``+model.fused=false``), both under bf16 autocast, and the plain model in float32 (``trainer.precision=32-true``).
 The yardstick of "bf16 noise" is the float32 run: |fused - plain| per step should be no larger than
-|plain bf16 - plain float32|, the difference that bf16 rounding alone makes.  Writes ``fused_loss.md`` (summary and
-every 20th step), ``fused_loss.json`` (all per-step losses) and ``fused_loss.png`` to ``--out``.
+|plain bf16 - plain float32|, the difference that bf16 rounding alone makes.  Writes ``bench_fused_loss.md`` (summary and
+every 20th step), ``bench_fused_loss.json`` (all per-step losses) and ``bench_fused_loss.png`` to ``--out``.
 
 ``--dry-run``: 4 steps of the smoke model on CPU (there all three runs take the plain path, so it checks the script).
 """
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
                "final": {k: v[n - 1] for k, v in losses.items()}, "seconds": secs}
     res = {"command": " ".join(["python", "benchmarks/bench_fused_loss.py"] + (argv or sys.argv[1:])),
            "overrides": common, "summary": summary, "losses": losses}
-    (out / "fused_loss.json").write_text(json.dumps(res, indent=2))
+    (out / "bench_fused_loss.json").write_text(json.dumps(res, indent=2))
     md = ["# bench_fused_loss.py: fused vs plain glue, loss per step on the embedded corpus", "",
           "    " + res["command"], "", "run.py overrides: `" + " ".join(common) + "`", "",
           "| | max over steps | mean of the last 20 steps |", "|---|---|---|",
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"{summary['mean_last20_bf16_minus_fp32']:.4f} |", "",
           "| step | fused bf16 | plain bf16 | plain fp32 |", "|---|---|---|---|"]
     md += [f"| {i} | {f[i]:.4f} | {b[i]:.4f} | {r[i]:.4f} |" for i in range(0, n, max(1, n // 10))]
-    (out / "fused_loss.md").write_text("\n".join(md) + "\n")
+    (out / "bench_fused_loss.md").write_text("\n".join(md) + "\n")
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -104,11 +104,11 @@ def main(argv: list[str] | None = None) -> dict:
             ax.set_ylabel(y)
             ax.legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(out / "fused_loss.png", dpi=110)
+        fig.savefig(out / "bench_fused_loss.png", dpi=110)
         plt.close(fig)
     except ImportError:
         pass
-    print((out / "fused_loss.md").read_text())
+    print((out / "bench_fused_loss.md").read_text())
     return res
 
 
