@@ -7,7 +7,8 @@ our hybrids, at a fixed number of tokens per step and growing T?  And how much m
     python benchmarks/bench_model.py --dry-run --out /tmp/bench                             # tiny, on CPU
 
 Models (``--models``, all by default): ``deltanet`` (ours, fused glue: the default on CUDA), ``deltanet_plain`` (ours,
-``fused=False``: the plain PyTorch glue around the same Triton delta rule), ``fla_deltanet``
+``fused=False``: the plain PyTorch glue around the same Triton delta rule), ``deltanet_keepconv`` (fused, but the
+short convolutions' outputs kept for the backward instead of recomputed: ``recompute_conv=False``), ``fla_deltanet``
 (``fla.models.DeltaNetForCausalLM`` with the same sizes, when fla is installed; skipped with a note otherwise),
 ``transformer`` (our Transformer++), ``deltanet_hybrid_swa``, ``deltanet_hybrid_global``.  All run in this process,
 one after another, on the same random token ids.
@@ -46,9 +47,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from deltanet import PRESETS, DeltaNetConfig, DeltaNetForCausalLM  # noqa: E402
 
 OURS = {"deltanet": dict(family="deltanet"), "deltanet_plain": dict(family="deltanet", fused=False),
+        "deltanet_keepconv": dict(family="deltanet", recompute_conv=False),
         "transformer": dict(family="transformer"), "deltanet_hybrid_swa": dict(family="deltanet_hybrid_swa"),
         "deltanet_hybrid_global": dict(family="deltanet_hybrid_global")}
-MODELS = ("deltanet", "deltanet_plain", "fla_deltanet", "transformer", "deltanet_hybrid_swa", "deltanet_hybrid_global")
+MODELS = ("deltanet", "deltanet_plain", "deltanet_keepconv", "fla_deltanet", "transformer", "deltanet_hybrid_swa",
+          "deltanet_hybrid_global")
 DEFAULT_LENGTHS = ("2048x8", "8192x2", "16384x1")
 DRY_SIZES = dict(vocab_size=97, hidden_size=64, num_layers=2, num_heads=2, chunk_size=16, attn_window=32)
 

@@ -67,6 +67,9 @@ class DeltaNetConfig:
     # Fused Triton glue (short conv + activation + L2 norm, RMSNorm with residual add / output gate, SwiGLU tail)
     # wherever the backend resolves to triton; False keeps the plain PyTorch layers there too (same math).
     fused: bool = True
+    # With the fused glue: the backward recomputes the short convolutions' outputs (q, k, v) from the projection
+    # instead of keeping them (three activations per layer less); False keeps them.
+    recompute_conv: bool = True
     # --- misc ---
     norm_eps: float = 1e-6
     initializer_range: float = 0.02
@@ -102,7 +105,7 @@ class DeltaNetConfig:
             raise ValueError(f"qk_activation must be one of silu, relu, elu, identity, got {self.qk_activation!r}")
         if self.backend not in ("auto", "triton", "torch"):
             raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {self.backend!r}")
-        for name in ("use_short_conv", "use_beta", "use_output_gate", "fused"):
+        for name in ("use_short_conv", "use_beta", "use_output_gate", "fused", "recompute_conv"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         for name in ("norm_eps", "initializer_range", "rope_theta"):

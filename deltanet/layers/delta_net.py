@@ -22,7 +22,7 @@ from torch import nn
 import kernels
 
 from ..config import DeltaNetConfig
-from kernels.conv import short_conv_multi
+from kernels.conv import conv_chunk_delta_rule, short_conv_multi
 
 from .conv import ShortConvolution
 from .norm import RMSNorm
@@ -114,13 +114,30 @@ class DeltaNet(nn.Module):
             x = x.masked_fill(pad[..., None], 0.0)
         new_state: dict = {}
         fused = cfg.use_fused(x.is_cuda)
+        if mode is None:
+            mode = "recurrent" if (not self.training and T <= RECURRENT_MAX_LEN) else "chunk"
+        if mode not in ("chunk", "recurrent"):
+            raise ValueError(f"mode must be 'chunk' or 'recurrent', got {mode!r}")
+        if self.b_proj is not None:
+            beta = torch.sigmoid(self.b_proj(x))  # (B, T, H)
+        else:
+            beta = x.new_ones(B, T, H)
+        if pad is not None:  # ... and writes nothing into the state (beta = 0: S_t = S_{t-1})
+            beta = beta.masked_fill(pad[..., None], 0.0)
+        s = None
         if fused and cfg.use_short_conv and cfg.qk_norm == "l2" and not use_cache and "conv_q" not in state:
             # One matmul for q, k, v (the three weights concatenated: same parameters, same init), then conv +
             # feature map + per-head L2 norm in one kernel per part, saving only the projection (kernels/conv)
             qkv = F.linear(x, torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight]))  # (B, T, 3HD)
-            q, k, v = short_conv_multi(qkv, [self.q_conv.weight, self.k_conv.weight, self.v_conv.weight],
-                                       [cfg.qk_activation, cfg.qk_activation, "silu"], [D, D, None], cu_seqlens)
-            q, k, v = q.view(B, T, H, D), k.view(B, T, H, D), v.view(B, T, H, D)
+            convs = ([self.q_conv.weight, self.k_conv.weight, self.v_conv.weight],
+                     [cfg.qk_activation, cfg.qk_activation, "silu"], [D, D, None])
+            beta = beta.to(qkv.dtype)
+            if mode == "chunk" and cfg.recompute_conv:  # the backward recomputes q, k, v from qkv
+                o = conv_chunk_delta_rule(qkv, beta, *convs, H, cu_seqlens, chunk_size=cfg.chunk_size)
+            else:
+                q, k, v = (t.view(B, T, H, D) for t in short_conv_multi(qkv, *convs, cu_seqlens))
+                o, s = delta_rule(q, k, v, beta, backend="triton", mode=mode, chunk_size=cfg.chunk_size,
+                                  cu_seqlens=cu_seqlens)
         else:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # (B, T, H*D)
             if cfg.use_short_conv:
@@ -130,23 +147,13 @@ class DeltaNet(nn.Module):
             q = _normalize(_feature_map(q, cfg.qk_activation).view(B, T, H, D), cfg.qk_norm)  # (B, T, H, D)
             k = _normalize(_feature_map(k, cfg.qk_activation).view(B, T, H, D), cfg.qk_norm)
             v = F.silu(v).view(B, T, H, D)
-        if self.b_proj is not None:
-            beta = torch.sigmoid(self.b_proj(x))  # (B, T, H)
-        else:
-            beta = v.new_ones(B, T, H)
-        if pad is not None:  # ... and writes nothing into the state (beta = 0: S_t = S_{t-1})
-            beta = beta.masked_fill(pad[..., None], 0.0)
-        # The kernels take one dtype for all four; under autocast F.normalize returns float32 while v is bf16.
-        dt = v.dtype
-        q, k, beta = q.to(dt), k.to(dt), beta.to(dt)
-        if mode is None:
-            mode = "recurrent" if (not self.training and T <= RECURRENT_MAX_LEN) else "chunk"
-        if mode not in ("chunk", "recurrent"):
-            raise ValueError(f"mode must be 'chunk' or 'recurrent', got {mode!r}")
-        o, s = delta_rule(
-            q, k, v, beta, backend=self.resolve_backend(x), mode=mode, chunk_size=cfg.chunk_size,
-            initial_state=state.get("recurrent_state"), output_final_state=use_cache, cu_seqlens=cu_seqlens,
-        )  # (B, T, H, D), (B, H, D, D) fp32
+            # The kernels take one dtype for all four; under autocast F.normalize returns float32 while v is bf16.
+            dt = v.dtype
+            q, k, beta = q.to(dt), k.to(dt), beta.to(dt)
+            o, s = delta_rule(
+                q, k, v, beta, backend=self.resolve_backend(x), mode=mode, chunk_size=cfg.chunk_size,
+                initial_state=state.get("recurrent_state"), output_final_state=use_cache, cu_seqlens=cu_seqlens,
+            )  # (B, T, H, D), (B, H, D, D) fp32
         new_state["recurrent_state"] = s
         g = self.g_proj(x).view(B, T, H, D) if self.g_proj is not None else None
         o = self.o_norm(o, gate=g, fused=fused)  # RMSNorm(o) [* silu(g)], per head

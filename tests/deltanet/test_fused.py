@@ -88,6 +88,7 @@ FUSED_CASES = {
     "deltanet": dict(family="deltanet"),
     "gate": dict(family="deltanet", use_output_gate=True),
     "no_conv": dict(family="deltanet", use_short_conv=False),
+    "keep_conv": dict(family="deltanet", recompute_conv=False),
     "elu_l1": dict(family="deltanet", qk_activation="elu", qk_norm="l1"),  # the plain qk path inside a fused model
     "hybrid_swa": dict(family="deltanet_hybrid_swa", attn_window=8),
     "transformer": dict(family="transformer"),
@@ -119,12 +120,17 @@ def test_model_fused_equals_plain(case, varlen):
 def test_fused_path_is_taken_on_triton_and_not_on_cpu_auto(monkeypatch):
     calls = []
     real = dn_mod.short_conv_multi
-    monkeypatch.setattr(dn_mod, "short_conv_multi", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(dn_mod, "short_conv_multi", lambda *a, **k: calls.append("conv") or real(*a, **k))
+    real_joint = dn_mod.conv_chunk_delta_rule
+    monkeypatch.setattr(dn_mod, "conv_chunk_delta_rule", lambda *a, **k: calls.append("joint") or real_joint(*a, **k))
     ids = torch.randint(0, 97, (1, 20))
     DeltaNetForCausalLM(tiny(backend="auto"))(ids, labels=ids)  # CPU: plain
     assert calls == []
     DeltaNetForCausalLM(tiny(backend="triton"))(ids, labels=ids)
-    assert len(calls) == 2  # q, k, v together, in both layers
+    assert calls == ["joint", "joint"]  # q, k, v convs inside the delta rule's function, in both layers
+    calls.clear()
+    DeltaNetForCausalLM(tiny(backend="triton", recompute_conv=False))(ids, labels=ids)
+    assert calls == ["conv", "conv"]
     assert not tiny(backend="auto").use_fused(on_cuda=False) and tiny(backend="auto").use_fused(on_cuda=True)
     assert not tiny(backend="auto", fused=False).use_fused(on_cuda=True)
 
