@@ -12,6 +12,7 @@ registers; the shares are added on the host).
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional, Tuple, Union
 
 import torch
@@ -81,6 +82,11 @@ def _rms_norm_bwd_kernel(s, g, w, rstd, dy, ds_in, dx, dg, dw, N, C, NB, HAS_DS:
     tl.store(dw + i_p.to(tl.int64) * C + o_c, b_dw, mask=m_c)
 
 
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 def _row_block(C: int) -> Tuple[int, int]:
     BC = triton.next_power_of_2(C)
     return max(1, min(64, 4096 // BC)), BC  # about 4096 elements per program
@@ -106,7 +112,7 @@ def rms_norm_bwd(s, gate, weight, rstd, dy, ds, dx_dtype):
     N = s.numel() // C
     BR, BC = _row_block(C)
     NB = triton.cdiv(N, BR)
-    P = min(NB, 4 * torch.cuda.get_device_properties(s.device).multi_processor_count if s.is_cuda else 8)
+    P = min(NB, 4 * _sm_count(s.device) if s.is_cuda else 8)
     dx = torch.empty(s.shape, device=s.device, dtype=dx_dtype)
     dg = torch.empty_like(gate) if gate is not None else None
     dw = torch.empty(P, C, device=s.device, dtype=torch.float32)
