@@ -80,11 +80,11 @@ def test_linear_cross_entropy_bf16():
              1e-2)
 
 
-@pytest.mark.parametrize("gate", [False, True])
-def test_model_fused_equals_plain_bf16(gate):
+@pytest.mark.parametrize("gate, recompute", [(False, True), (True, True), (False, False)])
+def test_model_fused_equals_plain_bf16(gate, recompute):
     """Fused vs plain glue in the same model at 340M width (4 layers), bf16 autocast: loss and gradients."""
     torch.manual_seed(3)
-    kw = dict(hidden_size=1024, num_heads=8, num_layers=4, use_output_gate=gate)
+    kw = dict(hidden_size=1024, num_heads=8, num_layers=4, use_output_gate=gate, recompute_conv=recompute)
     plain = DeltaNetForCausalLM(DeltaNetConfig(fused=False, **kw)).to(DEV)
     fused = DeltaNetForCausalLM(DeltaNetConfig(fused=True, **kw)).to(DEV)
     fused.load_state_dict(plain.state_dict())
