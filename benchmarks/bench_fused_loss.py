@@ -6,8 +6,8 @@ Three ``run.py`` trainings on the embedded corpus (``experiment=smoke`` data and
 ``--model``, same seed and data order): the fused model (``+model.fused=true``), the plain model
 (``+model.fused=false``), both under bf16 autocast, and the plain model in float32 (``trainer.precision=32-true``).
 The yardstick of "bf16 noise" is the float32 run: |fused - plain| per step should be no larger than
-|plain bf16 - plain float32|, the difference that bf16 rounding alone makes.  Writes ``bench_fused_loss.md`` (summary and
-every 20th step), ``bench_fused_loss.json`` (all per-step losses) and ``bench_fused_loss.png`` to ``--out``.
+|plain bf16 - plain float32|, the difference that bf16 rounding alone makes.  Writes ``bench_fused_loss.md``
+(summary and every 20th step), ``bench_fused_loss.json`` (all per-step losses) and ``bench_fused_loss.png`` to ``--out``.
 
 ``--dry-run``: 4 steps of the smoke model on CPU (there all three runs take the plain path, so it checks the script).
 """

@@ -126,7 +126,8 @@ def mixer_flops(cfg: DeltaNetConfig, T: int, B: int) -> float:
 # timing
 # ---------------------------------------------------------------------------------------------------------------------
 
-def make_step(model: torch.nn.Module, ids: torch.Tensor, opt: torch.optim.Optimizer, device: str) -> Callable[[], float]:
+def make_step(model: torch.nn.Module, ids: torch.Tensor, opt: torch.optim.Optimizer,
+              device: str) -> Callable[[], torch.Tensor]:
     def step() -> float:
         opt.zero_grad(set_to_none=True)
         with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):

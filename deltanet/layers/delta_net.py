@@ -94,6 +94,13 @@ class DeltaNet(nn.Module):
     def resolve_backend(self, x: torch.Tensor) -> str:
         return self.config.resolve_backend(x.is_cuda)
 
+    def _beta(self, x: torch.Tensor, pad: Optional[torch.Tensor]) -> torch.Tensor:
+        """(B, T, H) writing strengths: sigmoid(W_beta x), or 1 without `use_beta`; 0 at padding, so that padding
+        writes nothing into the state (S_t = S_{t-1})."""
+        B, T, _ = x.shape
+        beta = torch.sigmoid(self.b_proj(x)) if self.b_proj is not None else x.new_ones(B, T, self.num_heads)
+        return beta if pad is None else beta.masked_fill(pad[..., None], 0.0)
+
     def forward(
         self,
         x: torch.Tensor,  # (B, T, C)
@@ -110,7 +117,7 @@ class DeltaNet(nn.Module):
         if cu_seqlens is not None and (state is not None or use_cache):
             raise NotImplementedError("DeltaNet: cu_seqlens with a generation cache is not supported")
         state = state or {}
-        if pad is not None:  # padding enters the convolutions as zeros (as before a sequence's start) ...
+        if pad is not None:  # padding enters the convolutions as zeros (as before a sequence's start), beta = 0
             x = x.masked_fill(pad[..., None], 0.0)
         new_state: dict = {}
         fused = cfg.use_fused(x.is_cuda)
@@ -118,21 +125,18 @@ class DeltaNet(nn.Module):
             mode = "recurrent" if (not self.training and T <= RECURRENT_MAX_LEN) else "chunk"
         if mode not in ("chunk", "recurrent"):
             raise ValueError(f"mode must be 'chunk' or 'recurrent', got {mode!r}")
-        if self.b_proj is not None:
-            beta = torch.sigmoid(self.b_proj(x))  # (B, T, H)
-        else:
-            beta = x.new_ones(B, T, H)
-        if pad is not None:  # ... and writes nothing into the state (beta = 0: S_t = S_{t-1})
-            beta = beta.masked_fill(pad[..., None], 0.0)
         s = None
         if fused and cfg.use_short_conv and cfg.qk_norm == "l2" and not use_cache and "conv_q" not in state:
-            # One matmul for q, k, v (the three weights concatenated: same parameters, same init), then conv +
-            # feature map + per-head L2 norm in one kernel per part, saving only the projection (kernels/conv)
-            qkv = F.linear(x, torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight]))  # (B, T, 3HD)
+            # One matmul for q, k, v (and beta's logits: the weights concatenated, same parameters, same init), then
+            # conv + feature map + per-head L2 norm in one kernel per part, saving only the projection (kernels/conv)
+            joint = mode == "chunk" and cfg.recompute_conv  # the backward recomputes q, k, v from the projection
+            beta_in = joint and self.b_proj is not None and pad is None  # sigmoid inside the joint function
+            w = [self.q_proj.weight, self.k_proj.weight, self.v_proj.weight] + ([self.b_proj.weight] if beta_in else [])
+            qkv = F.linear(x, torch.cat(w))  # (B, T, 3HD [+ H])
+            beta = None if beta_in else self._beta(x, pad).to(qkv.dtype)
             convs = ([self.q_conv.weight, self.k_conv.weight, self.v_conv.weight],
                      [cfg.qk_activation, cfg.qk_activation, "silu"], [D, D, None])
-            beta = beta.to(qkv.dtype)
-            if mode == "chunk" and cfg.recompute_conv:  # the backward recomputes q, k, v from qkv
+            if joint:
                 o = conv_chunk_delta_rule(qkv, beta, *convs, H, cu_seqlens, chunk_size=cfg.chunk_size)
             else:
                 q, k, v = (t.view(B, T, H, D) for t in short_conv_multi(qkv, *convs, cu_seqlens))
@@ -149,7 +153,7 @@ class DeltaNet(nn.Module):
             v = F.silu(v).view(B, T, H, D)
             # The kernels take one dtype for all four; under autocast F.normalize returns float32 while v is bf16.
             dt = v.dtype
-            q, k, beta = q.to(dt), k.to(dt), beta.to(dt)
+            q, k, beta = q.to(dt), k.to(dt), self._beta(x, pad).to(dt)
             o, s = delta_rule(
                 q, k, v, beta, backend=self.resolve_backend(x), mode=mode, chunk_size=cfg.chunk_size,
                 initial_state=state.get("recurrent_state"), output_final_state=use_cache, cu_seqlens=cu_seqlens,

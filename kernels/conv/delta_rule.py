@@ -37,10 +37,13 @@ class ConvChunkDeltaRuleFunction(torch.autograd.Function):
         B, T, _ = qkv.shape
         ws = [wt.reshape(wt.shape[0], -1).contiguous() for wt in weights]
         q, k, v = (t.view(B, T, H, -1) for t in _convs(qkv, ws, acts, norm_dims, pos))
+        ctx.beta_in_qkv = beta is None
+        if beta is None:  # the last H columns of qkv are beta's logits
+            beta = torch.sigmoid(qkv[..., -H:]).contiguous()
         o, _, A, h, v_new = chunk_delta_rule_fwd(q, k, v, beta, scale, None, False, cu_seqlens, chunk_size, settings)
         if not settings.keeps_states(q.shape[-1]):
             h = v_new = None
-        ctx.save_for_backward(qkv, beta, pos, cu_seqlens, A, h, v_new, *ws)
+        ctx.save_for_backward(qkv, None if ctx.beta_in_qkv else beta, pos, cu_seqlens, A, h, v_new, *ws)
         ctx.meta = (acts, norm_dims, H, scale, chunk_size, settings, [wt.shape for wt in weights])
         return o
 
@@ -50,6 +53,8 @@ class ConvChunkDeltaRuleFunction(torch.autograd.Function):
         acts, norm_dims, H, scale, chunk_size, settings, shapes = ctx.meta
         B, T, _ = qkv.shape
         q, k, v = (t.view(B, T, H, -1) for t in _convs(qkv, ws, acts, norm_dims, pos))  # recomputed
+        if ctx.beta_in_qkv:
+            beta = torch.sigmoid(qkv[..., -H:]).contiguous()
         dq, dk, dv, dbeta, _ = chunk_delta_rule_bwd(q, k, v, beta, A, scale, None, do.contiguous(), None,
                                                     cu_seqlens, chunk_size, settings, h, v_new)
         dqkv = torch.empty_like(qkv)
@@ -59,12 +64,16 @@ class ConvChunkDeltaRuleFunction(torch.autograd.Function):
             dws.append(short_conv_bwd(qkv[..., c0:c0 + D], w, g.reshape(B, T, D), act, nd, pos, dqkv[..., c0:c0 + D])
                        .view(shape).to(w.dtype))
             c0 += D
+        if ctx.beta_in_qkv:
+            bf = beta.float()
+            dqkv[..., -H:] = dbeta.float() * bf * (1 - bf)
+            dbeta = None
         return (dqkv, dbeta, None, None, None, None, None, None, None, None, *dws)
 
 
 def conv_chunk_delta_rule(
     qkv: torch.Tensor,
-    beta: torch.Tensor,
+    beta: Optional[torch.Tensor],
     weights: Sequence[torch.Tensor],
     activations: Sequence[str],
     norm_dims: Sequence[Optional[int]],
@@ -76,8 +85,9 @@ def conv_chunk_delta_rule(
     """``chunk_delta_rule(*short_conv_multi(qkv, weights, activations, norm_dims), beta)`` keeping no conv output.
 
     Args:
-        qkv: (B, T, H K + H K + H V) the fused q/k/v projection, bfloat16, float16 or float32.
-        beta: (B, T, H) in qkv's dtype.
+        qkv: (B, T, H K + H K + H V [+ H]) the fused q/k/v projection, bfloat16, float16 or float32; with
+            ``beta=None`` its last H columns are beta's logits (beta = sigmoid of them, computed inside).
+        beta: (B, T, H) in qkv's dtype, or None (see qkv).
         weights: the three conv weights, (H K, W) / (H K, W) / (H V, W) (or (D, 1, W)).
         activations, norm_dims: per part, as in :func:`kernels.conv.short_conv_multi` (the model: q, k
             ``(act, K)``, v ``("silu", None)``).
@@ -90,8 +100,12 @@ def conv_chunk_delta_rule(
     """
     if len(weights) != 3:
         raise ValueError(f"conv_chunk_delta_rule: three conv weights (q, k, v), got {len(weights)}")
-    pos = _validate(qkv, weights, activations, norm_dims, cu_seqlens)
+    if qkv.dim() != 3:
+        raise ValueError(f"conv_chunk_delta_rule: qkv must be (B, T, D), got shape {tuple(qkv.shape)}")
     B, T, _ = qkv.shape
+    x = qkv if beta is not None else qkv[..., :qkv.shape[-1] - num_heads]  # the conv channels
+    pos = _validate(x, weights, activations, norm_dims, cu_seqlens)
+    beta_like = beta if beta is not None else qkv.new_empty(()).expand(B, T, num_heads)
     Dq, Dk, Dv = (w.shape[0] for w in weights)
     if Dq != Dk or Dq % num_heads or Dv % num_heads:
         raise ValueError(f"conv_chunk_delta_rule: q and k widths must match and H={num_heads} must divide them and "
@@ -99,10 +113,11 @@ def conv_chunk_delta_rule(
     K, V = Dq // num_heads, Dv // num_heads
     shape_q, shape_v = (B, T, num_heads, K), (B, T, num_heads, V)
     q_like, v_like = qkv.new_empty(()).expand(*shape_q), qkv.new_empty(()).expand(*shape_v)  # shapes, no data
-    validate_inputs(q_like, q_like, v_like, beta, cu_seqlens=cu_seqlens, chunk_size=chunk_size)
+    validate_inputs(q_like, q_like, v_like, beta_like, cu_seqlens=cu_seqlens, chunk_size=chunk_size)
     check_runnable("conv_chunk_delta_rule", qkv, beta, *weights)
     scale = K ** -0.5 if scale is None else float(scale)
+    beta = None if beta is None else beta.contiguous()
+    cu_seqlens = None if cu_seqlens is None else cu_seqlens.contiguous()
     return ConvChunkDeltaRuleFunction.apply(
-        qkv.contiguous(), beta.contiguous(), pos, None if cu_seqlens is None else cu_seqlens.contiguous(),
-        tuple(_ACT_ID[a] for a in activations), tuple(norm_dims), int(num_heads), scale, int(chunk_size),
-        current_chunk_settings(), *weights)
+        qkv.contiguous(), beta, pos, cu_seqlens, tuple(_ACT_ID[a] for a in activations), tuple(norm_dims),
+        int(num_heads), scale, int(chunk_size), current_chunk_settings(), *weights)

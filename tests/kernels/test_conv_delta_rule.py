@@ -46,6 +46,26 @@ def test_conv_chunk_delta_rule_matches_float64(T, cu):
         assert rel_err(a.grad, b.grad) < 5e-4, f"input {i}"
 
 
+def test_conv_chunk_delta_rule_beta_logits_in_qkv():
+    """beta=None: the last H columns of qkv are beta's logits (one fused projection for q, k, v and beta)."""
+    g = torch.Generator().manual_seed(3)
+    B, T, H, K = 2, 37, 2, 16
+    qkvb = torch.randn(B, T, 3 * H * K + H, generator=g).to(DEVICE)
+    ws = [(torch.randn(H * K, 4, generator=g) * 0.5).to(DEVICE) for _ in range(3)]
+    do = torch.randn(B, T, H, K, generator=g).to(DEVICE)
+    acts, nds = ["silu", "silu", "silu"], [K, K, None]
+    x1 = qkvb.clone().requires_grad_()
+    o = conv_chunk_delta_rule(x1, None, ws, acts, nds, H, chunk_size=16)
+    o.backward(do)
+    x2 = qkvb.double().requires_grad_()
+    parts = [naive_short_conv(x, w.double(), a, nd)[0].view(B, T, H, K)
+             for x, w, a, nd in zip(x2[..., :3 * H * K].split(H * K, -1), ws, acts, nds)]
+    r, _ = naive_recurrent_delta_rule(*parts, torch.sigmoid(x2[..., 3 * H * K:]))
+    r.backward(do.double())
+    assert rel_err(o, r) < 2e-4 and rel_err(x1.grad, x2.grad) < 5e-4
+    assert rel_err(x1.grad[..., 3 * H * K:], x2.grad[..., 3 * H * K:]) < 5e-4  # the beta columns alone
+
+
 def test_conv_chunk_delta_rule_bad_input():
     qkv = torch.randn(1, 8, 96, device=DEVICE)
     ws = [torch.randn(32, 4, device=DEVICE) for _ in range(3)]
