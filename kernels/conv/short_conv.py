@@ -33,28 +33,28 @@ _ACT_ID = {name: i for i, name in enumerate(ACTIVATIONS)}  # identity 0, silu 1,
 
 @triton.jit
 def _act_fwd(y, ACT: tl.constexpr):
+    a = y  # identity
     if ACT == 1:
-        return y * tl.sigmoid(y)
+        a = y * tl.sigmoid(y)
     elif ACT == 2:
-        return tl.maximum(y, 0.)
+        a = tl.maximum(y, 0.)
     elif ACT == 3:
-        return tl.where(y > 0, y + 1., tl.exp(tl.minimum(y, 0.)))
-    else:
-        return y
+        a = tl.where(y > 0, y + 1., tl.exp(tl.minimum(y, 0.)))
+    return a
 
 
 @triton.jit
 def _act_grad(y, ACT: tl.constexpr):
     """d act / d y."""
+    d = y * 0. + 1.  # identity
     if ACT == 1:
         s = tl.sigmoid(y)
-        return s * (1. + y * (1. - s))
+        d = s * (1. + y * (1. - s))
     elif ACT == 2:
-        return tl.where(y > 0, 1., 0.)
+        d = tl.where(y > 0, 1., 0.)
     elif ACT == 3:
-        return tl.where(y > 0, 1., tl.exp(tl.minimum(y, 0.)))
-    else:
-        return tl.full(y.shape, 1., tl.float32)
+        d = tl.where(y > 0, 1., tl.exp(tl.minimum(y, 0.)))
+    return d
 
 
 @triton.jit

@@ -57,6 +57,11 @@ def _ce_fwd_bwd_kernel(z, labels, loss, inv_n, V, ignore_index, BV: tl.constexpr
 class LinearCrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, weight, labels, ignore_index, chunk_size, need_grad):
+        with torch.autocast(h.device.type, enabled=False):  # the matmuls run in h's dtype, as documented
+            return LinearCrossEntropyFunction._forward(ctx, h, weight, labels, ignore_index, chunk_size, need_grad)
+
+    @staticmethod
+    def _forward(ctx, h, weight, labels, ignore_index, chunk_size, need_grad):
         N, C = h.shape
         V = weight.shape[0]
         w = weight.to(h.dtype)

@@ -51,7 +51,8 @@ class SwiGLULinearFunction(torch.autograd.Function):
         n = g.numel()
         _swiglu_fwd_kernel[(triton.cdiv(n, BLOCK),)](g, u, h, n, BLOCK=BLOCK)
         ctx.save_for_backward(g, u, weight)
-        return F.linear(h, weight.to(g.dtype))
+        with torch.autocast(g.device.type, enabled=False):  # in g's dtype, as documented
+            return F.linear(h, weight.to(g.dtype))
 
     @staticmethod
     def backward(ctx, dy):
