@@ -62,3 +62,44 @@ def test_experiments_compose(experiment, tmp_path):
 def test_trainer_configs_compose(trainer, tmp_path):
     cfg = compose_cfg([f"trainer={trainer}"], tmp_path)
     assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
+
+
+# What conf/model/<family>.yaml composed to when each family was a full copy of every field (recorded from those files
+# before they became a few lines on top of deltanet.yaml): one base, and the only lines in which the copies differed.
+RECORDED_BASE = {
+    "_target_": "deltanet.DeltaNetConfig", "family": "deltanet", "vocab_size": 32000, "hidden_size": 256,
+    "num_layers": 4, "num_heads": 4, "head_dim": None, "intermediate_size": None, "attn_layers": None,
+    "attn_window": None, "rope_theta": 10000.0, "qk_norm": "l2", "qk_activation": "silu", "use_short_conv": True,
+    "conv_size": 4, "use_beta": True, "use_output_gate": False, "chunk_size": 64, "backend": "auto", "norm_eps": 1e-6,
+    "initializer_range": 0.02, "loss_chunk_size": 4096}
+RECORDED_FAMILY = {
+    "deltanet": {},
+    "deltanet_hybrid_swa": {"family": "deltanet_hybrid_swa", "attn_window": 2048},
+    "deltanet_hybrid_global": {"family": "deltanet_hybrid_global"},
+    "transformer": {"family": "transformer"},
+}
+
+
+def test_model_options_are_the_recorded_families():
+    assert options("model") == sorted(RECORDED_FAMILY)
+
+
+@pytest.mark.parametrize("family", sorted(RECORDED_FAMILY))
+def test_model_composes_to_the_recorded_values(family, tmp_path):
+    cfg = compose_cfg([f"model={family}"], tmp_path)
+    assert OmegaConf.to_container(cfg.model, resolve=True) == {**RECORDED_BASE, **RECORDED_FAMILY[family]}
+
+
+def test_families_state_only_what_differs():
+    """deltanet.yaml holds every DeltaNetConfig field; each other family is `defaults: [deltanet, _self_]` + its lines."""
+    import dataclasses
+
+    from deltanet import DeltaNetConfig
+
+    base = OmegaConf.load(CONF / "model" / "deltanet.yaml")
+    fields = {f.name for f in dataclasses.fields(DeltaNetConfig)}
+    assert set(base) - {"defaults", "_target_"} == fields
+    for family in set(RECORDED_FAMILY) - {"deltanet"}:
+        own = OmegaConf.to_container(OmegaConf.load(CONF / "model" / f"{family}.yaml"))
+        assert own.pop("defaults") == ["deltanet", "_self_"], family
+        assert own == {k: v for k, v in RECORDED_FAMILY[family].items()}, family
