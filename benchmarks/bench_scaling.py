@@ -41,7 +41,7 @@ The 8-GPU paper-configuration run (one `nvidia-h200-x8` command, carry `.whl`, t
 
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target .site .whl/*.whl \
       || exit 1; export PYTHONPATH=$PWD:$PWD/.site PYTHONUNBUFFERED=1; \
-    timeout 570 python3 benchmarks/bench_scaling.py --preset deltanet_hybrid_swa_340m_15b --data embedded \
+    timeout 570 python3 benchmarks/bench_scaling.py --preset paper_340m_15b --override model=deltanet_hybrid_swa --data embedded \
         --steps 64 --warmup 5 --lr-warmup-steps 6 --micro-batch 8 --global-batch-tokens 131072 \
         --runs ddp1,ddp8,fsdp8 --timeout 330 --out /tmp/scaling8; \
     tar czf $OUT/scaling8.tgz -C /tmp scaling8; cp /tmp/scaling8/scaling.md /tmp/scaling8/scaling_loss.png $OUT/
@@ -374,7 +374,8 @@ def main() -> None:
     p.add_argument("--strategy", default="ddp", choices=list(STRATEGIES))
     p.add_argument("--devices", type=int, default=2)
     p.add_argument("--json", default="scaling_run.json")
-    p.add_argument("--preset", default="deltanet_340m_15b", help="conf/experiment/ name (smoke: toy model, CPU tests)")
+    p.add_argument("--preset", default="paper_340m_15b",
+                   help="conf/experiment/ name (smoke: toy model, CPU tests); the family: --override model=<family>")
     p.add_argument("--data", default="random", choices=["random", "embedded"],
                    help="random ids (throughput only) or the embedded corpus (real text, comparable loss curves)")
     p.add_argument("--steps", type=int, default=30)

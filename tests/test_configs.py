@@ -78,16 +78,23 @@ RECORDED_FAMILY = {
     "deltanet_hybrid_global": {"family": "deltanet_hybrid_global"},
     "transformer": {"family": "transformer"},
 }
+# The paper sizes as the old experiment YAMLs and deltanet/config.py PRESETS wrote them.
+RECORDED_SIZES = {"340M": {"hidden_size": 1024, "num_layers": 24, "num_heads": 8},
+                  "1.3B": {"hidden_size": 2048, "num_layers": 24, "num_heads": 16}}
 
 
 def test_model_options_are_the_recorded_families():
     assert options("model") == sorted(RECORDED_FAMILY)
+    assert options("model/size") == sorted(RECORDED_SIZES)
 
 
+@pytest.mark.parametrize("size", [None, *sorted(RECORDED_SIZES)])
 @pytest.mark.parametrize("family", sorted(RECORDED_FAMILY))
-def test_model_composes_to_the_recorded_values(family, tmp_path):
-    cfg = compose_cfg([f"model={family}"], tmp_path)
-    assert OmegaConf.to_container(cfg.model, resolve=True) == {**RECORDED_BASE, **RECORDED_FAMILY[family]}
+def test_model_composes_to_the_recorded_values(family, size, tmp_path):
+    overrides = [f"model={family}"] + ([f"model/size={size}"] if size else [])
+    cfg = compose_cfg(overrides, tmp_path)
+    expected = {**RECORDED_BASE, **RECORDED_FAMILY[family], **RECORDED_SIZES.get(size, {})}
+    assert OmegaConf.to_container(cfg.model, resolve=True) == expected
 
 
 def test_families_state_only_what_differs():
@@ -103,3 +110,40 @@ def test_families_state_only_what_differs():
         own = OmegaConf.to_container(OmegaConf.load(CONF / "model" / f"{family}.yaml"))
         assert own.pop("defaults") == ["deltanet", "_self_"], family
         assert own == {k: v for k, v in RECORDED_FAMILY[family].items()}, family
+
+
+def test_paper_sizes_are_written_once():
+    """The size group is the only config that sets a paper size; the Python presets read the same files."""
+    from deltanet import PRESETS
+
+    assert PRESETS == RECORDED_SIZES
+    sized = []
+    for path in sorted(CONF.rglob("*.yaml")):
+        text = path.read_text()
+        if path.parent == CONF / "model" / "size":
+            continue
+        for value in (1024, 2048):
+            if f"hidden_size: {value}" in text:
+                sized.append(str(path.relative_to(CONF)))
+    assert not sized, f"paper sizes written outside conf/model/size/: {sized}"
+
+
+@pytest.mark.parametrize("order", ["model first", "experiment first"])
+def test_model_on_the_command_line_picks_the_family_and_the_experiment_its_size(order, tmp_path):
+    pair = ["model=transformer", "experiment=paper_1p3b_100b"]
+    cfg = compose_cfg(pair if order == "model first" else pair[::-1], tmp_path)
+    assert (cfg.model.family, cfg.model.hidden_size, cfg.model.num_layers, cfg.model.num_heads) == \
+        ("transformer", 2048, 24, 16)
+    assert cfg.hydra.runtime.choices["model"] == "transformer"
+    assert cfg.hydra.runtime.choices["model/size"] == "1.3B"
+
+
+def test_field_overrides_win_over_the_size_and_the_family(tmp_path):
+    cfg = compose_cfg(["experiment=paper_340m_15b", "model=deltanet_hybrid_swa", "model.num_layers=12",
+                       "model.attn_window=512"], tmp_path)
+    assert (cfg.model.hidden_size, cfg.model.num_layers, cfg.model.attn_window) == (1024, 12, 512)
+
+
+def test_experiment_without_model_trains_deltanet(tmp_path):
+    for experiment in ("paper_340m_15b", "paper_1p3b_100b", "ablation_small", "smoke"):
+        assert compose_cfg([f"experiment={experiment}"], tmp_path).model.family == "deltanet"
