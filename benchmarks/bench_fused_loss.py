@@ -3,8 +3,8 @@
     python benchmarks/bench_fused_loss.py --out DIR [--steps 200] [-- extra run.py overrides]
 
 Three ``run.py`` trainings on the embedded corpus (``experiment=smoke`` data and recipe, the model widened by
-``--model``, same seed and data order): the fused model (``+model.fused=true``), the plain model
-(``+model.fused=false``), both under bf16 autocast, and the plain model in float32 (``trainer.precision=32-true``).
+``--model``, same seed and data order): the fused model (``model.fused=true``), the plain model
+(``model.fused=false``), both under bf16 autocast, and the plain model in float32 (``trainer.precision=32-true``).
 The yardstick of "bf16 noise" is the float32 run: |fused - plain| per step should be no larger than
 |plain bf16 - plain float32|, the difference that bf16 rounding alone makes.  Writes ``bench_fused_loss.md``
 (summary and every 20th step), ``bench_fused_loss.json`` (all per-step losses) and ``bench_fused_loss.png`` to ``--out``.
@@ -24,8 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ["model.hidden_size=1024", "model.num_layers=8", "model.num_heads=8", "data.seq_len=2048",
          "data.batch_size=4"]
-RUNS = {"fused_bf16": ["+model.fused=true"], "plain_bf16": ["+model.fused=false"],
-        "plain_fp32": ["+model.fused=false", "trainer.precision=32-true"]}
+RUNS = {"fused_bf16": ["model.fused=true"], "plain_bf16": ["model.fused=false"],
+        "plain_fp32": ["model.fused=false", "trainer.precision=32-true"]}
 
 
 def read_losses(run_dir: Path) -> list[float]:

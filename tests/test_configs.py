@@ -71,7 +71,8 @@ RECORDED_BASE = {
     "num_layers": 4, "num_heads": 4, "head_dim": None, "intermediate_size": None, "attn_layers": None,
     "attn_window": None, "rope_theta": 10000.0, "qk_norm": "l2", "qk_activation": "silu", "use_short_conv": True,
     "conv_size": 4, "use_beta": True, "use_output_gate": False, "chunk_size": 64, "backend": "auto", "norm_eps": 1e-6,
-    "initializer_range": 0.02, "loss_chunk_size": 4096}
+    "initializer_range": 0.02, "loss_chunk_size": 4096,
+    "fused": True, "recompute_conv": True}  # the last two added after the recording: the fused-glue switches
 RECORDED_FAMILY = {
     "deltanet": {},
     "deltanet_hybrid_swa": {"family": "deltanet_hybrid_swa", "attn_window": 2048},
