@@ -95,18 +95,26 @@ class Mamba(nn.Module):
         x, conv_state = self.conv1d(x, state.get("conv"), use_cache, cu_seqlens)
         x = F.silu(x + self.conv_bias.to(x.dtype))
         dt, B, C = self.x_proj(x).split([R, N, N], dim=-1)
-        dt = F.softplus(self.dt_proj(dt))  # (B, T, E)
+        backend = self.resolve_backend(u)
+        # The Triton kernels add dt_proj's bias and apply softplus themselves, in float32, without a (B, T, E) float32
+        # step-size tensor; the PyTorch path, and padding (which needs dt = 0), compute dt here.
+        fused = backend == "triton" and pad is None
+        dt_bias = self.dt_proj.bias.float() if fused else None
+        if fused:
+            dt = F.linear(dt, self.dt_proj.weight)  # (B, T, E), raw
+        else:
+            dt = F.softplus(self.dt_proj(dt))  # (B, T, E)
         if pad is not None:  # ... and leaves the state unchanged (dt = 0: decay 1, input 0)
             dt = dt.masked_fill(pad[..., None], 0.0)
         A = -torch.exp(self.A_log.float())  # (E, N), negative by construction
         dtype = x.dtype  # under autocast softplus returns float32 while x is bf16: the kernels take one dtype
         dt, B, C, z = dt.to(dtype), B.to(dtype), C.to(dtype), z.to(dtype)
         h0 = state.get("ssm")
-        backend = self.resolve_backend(u)
         if mode == "scan":
             if backend == "triton":
                 y, h = kernels.selective_scan(x, dt, A, B, C, self.D, z, initial_state=h0, output_final_state=use_cache,
-                                              cu_seqlens=cu_seqlens, check_A_sign=False)
+                                              cu_seqlens=cu_seqlens, dt_bias=dt_bias, dt_softplus=fused,
+                                              check_A_sign=False)
             else:
                 y, h = kernels.naive_selective_scan(x, dt, A, B, C, self.D, z, initial_state=h0,
                                                     output_final_state=use_cache, cu_seqlens=cu_seqlens)
@@ -118,7 +126,8 @@ class Mamba(nn.Module):
             ys = []
             for t in range(T):  # token by token through the decoding step
                 if backend == "triton":
-                    ys.append(kernels.selective_scan_step(h, x[:, t], dt[:, t], A, B[:, t], C[:, t], self.D, z[:, t]))
+                    ys.append(kernels.selective_scan_step(h, x[:, t], dt[:, t], A, B[:, t], C[:, t], self.D, z[:, t],
+                                                          dt_bias=dt_bias, dt_softplus=fused))
                 else:
                     y_t, h = kernels.naive_selective_scan_step(h, x[:, t], dt[:, t], A, B[:, t], C[:, t], self.D,
                                                                z[:, t])

@@ -6,7 +6,9 @@ Per channel d and state index n, over the tokens t of a sequence:
     y_t[d]    = sum_n C_t[n] * h_t[d, n] + D[d] * x_t[d]
     out_t[d]  = y_t[d] * silu(z_t[d])                                   (when z is given)
 
-These run in the dtype of their inputs (pass float64 tensors for a reference) and are differentiable by autograd.
+With ``dt_bias`` / ``dt_softplus`` the step size is ``softplus(dt + dt_bias)`` (each part optional), as the kernels
+can compute it.  These run in the dtype of their inputs (pass float64 tensors for a reference) and are differentiable
+by autograd.
 """
 from __future__ import annotations
 
@@ -16,6 +18,13 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["naive_selective_scan", "naive_selective_scan_step"]
+
+
+def _step_size(dt: torch.Tensor, dt_bias: Optional[torch.Tensor], dt_softplus: bool, dtype: torch.dtype) -> torch.Tensor:
+    dt = dt.to(dtype)
+    if dt_bias is not None:
+        dt = dt + dt_bias.to(dtype)
+    return F.softplus(dt) if dt_softplus else dt
 
 
 def naive_selective_scan(
@@ -29,6 +38,8 @@ def naive_selective_scan(
     initial_state: Optional[torch.Tensor] = None,
     output_final_state: bool = False,
     cu_seqlens: Optional[torch.Tensor] = None,
+    dt_bias: Optional[torch.Tensor] = None,
+    dt_softplus: bool = False,
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Sequential selective scan, token by token.
 
@@ -38,6 +49,7 @@ def naive_selective_scan(
         D: [D] skip weight or None.  z: [B, T, D] gate or None.
         initial_state: [S, D, N] with S = B (or the number of sequences with ``cu_seqlens``), or None (zeros).
         cu_seqlens: [S + 1] offsets of packed sequences (B must be 1); the state restarts at each sequence.
+        dt_bias: [D] or None, dt_softplus: the step size is softplus(dt + dt_bias) (each part optional).
     Returns:
         out [B, T, D] in x's dtype; the final state [S, D, N] (computed in the dtype of A, x, ...) or None.
     """
@@ -49,6 +61,7 @@ def naive_selective_scan(
         cu = cu_seqlens.tolist()
         spans = [(0, cu[i], cu[i + 1]) for i in range(len(cu) - 1)]
     A = A.to(cdt)
+    dt = _step_size(dt, dt_bias, dt_softplus, cdt)
     rows: list[list[torch.Tensor]] = [[] for _ in range(Bsz)]  # per batch row, y_t [D] in token order
     finals = []
     for i, (b, s, e) in enumerate(spans):
@@ -75,13 +88,15 @@ def naive_selective_scan_step(
     C: torch.Tensor,
     D: Optional[torch.Tensor] = None,
     z: Optional[torch.Tensor] = None,
+    dt_bias: Optional[torch.Tensor] = None,
+    dt_softplus: bool = False,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """One decoding step. state: [B, D, N]; x, dt, z: [B, D]; A: [D, N]; B, C: [B, N]; D: [D].
+    """One decoding step. state: [B, D, N]; x, dt, z: [B, D]; A: [D, N]; B, C: [B, N]; D, dt_bias: [D].
 
     Returns (out [B, D] in x's dtype, the new state [B, D, N] in state's dtype); the inputs are not modified.
     """
     cdt = state.dtype
-    dt_ = dt.to(cdt)
+    dt_ = _step_size(dt, dt_bias, dt_softplus, cdt)
     h = torch.exp(dt_[..., None] * A.to(cdt)) * state + (dt_ * x.to(cdt))[..., None] * B.to(cdt)[:, None, :]
     y = torch.einsum("bdn,bn->bd", h, C.to(cdt))
     if D is not None:

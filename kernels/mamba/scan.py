@@ -53,6 +53,21 @@ def _first_order_combine(a1, b1, a2, b2):
 
 
 @triton.jit
+def _step_size(b_raw, b_bias, m, HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr):
+    """dt = softplus(raw + bias) (each part optional); 0 where m is False (identity steps). Returns (dt, d dt/d raw)."""
+    b_v = b_raw
+    if HAS_DT_BIAS:
+        b_v += b_bias[None, :]
+    b_grad = tl.full(b_v.shape, 1., tl.float32)
+    if DT_SOFTPLUS:
+        b_big = b_v > 20.
+        b_e = tl.exp(tl.where(b_big, 0., b_v))
+        b_grad = tl.where(b_big, 1., b_e / (1. + b_e))  # sigmoid(v)
+        b_v = tl.where(b_big, b_v, tl.log(1. + b_e))
+    return tl.where(m, b_v, 0.), b_grad
+
+
+@triton.jit
 def _bounds(i_s, cu_seqlens, chunk_offsets, T, BT: tl.constexpr, IS_VARLEN: tl.constexpr):
     """First token, length and first stored-chunk index of sequence i_s (64-bit)."""
     if IS_VARLEN:
@@ -68,11 +83,11 @@ def _bounds(i_s, cu_seqlens, chunk_offsets, T, BT: tl.constexpr, IS_VARLEN: tl.c
 
 @triton.jit
 def _selective_scan_fwd_kernel(
-    x, dt, A, Bm, Cm, Dskip, z, h0, out, states, ht, cu_seqlens, chunk_offsets,
+    x, dt, dt_bias, A, Bm, Cm, Dskip, z, h0, out, states, ht, cu_seqlens, chunk_offsets,
     T, D, N,
     BT: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, USE_H0: tl.constexpr, STORE_FINAL: tl.constexpr,
-    IS_VARLEN: tl.constexpr,
+    IS_VARLEN: tl.constexpr, HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr,
 ):
     i_d, i_s = tl.program_id(0), tl.program_id(1)
     bos, L, boc = _bounds(i_s, cu_seqlens, chunk_offsets, T, BT, IS_VARLEN)
@@ -84,6 +99,9 @@ def _selective_scan_fwd_kernel(
     b_A = tl.load(A + o_dn, mask=m_dn, other=0.).to(tl.float32)
     if HAS_D:
         b_Ds = tl.load(Dskip + o_d, mask=m_d, other=0.).to(tl.float32)
+    b_bias = tl.zeros([BD], dtype=tl.float32)
+    if HAS_DT_BIAS:
+        b_bias = tl.load(dt_bias + o_d, mask=m_d, other=0.).to(tl.float32)
     b_h = tl.zeros([BD, BN], dtype=tl.float32)
     if USE_H0:
         b_h = tl.load(h0 + i_s.to(tl.int64) * D * N + o_dn, mask=m_dn, other=0.).to(tl.float32)
@@ -98,7 +116,8 @@ def _selective_scan_fwd_kernel(
         o_td = o_row[:, None] * D + o_d[None, :]
         o_tn = o_row[:, None] * N + o_n[None, :]
         b_x = tl.load(x + o_td, mask=m_td, other=0.).to(tl.float32)  # [BT, BD]
-        b_dt = tl.load(dt + o_td, mask=m_td, other=0.).to(tl.float32)
+        b_dt, _ = _step_size(tl.load(dt + o_td, mask=m_td, other=0.).to(tl.float32), b_bias, m_td,
+                             HAS_DT_BIAS, DT_SOFTPLUS)
         b_B = tl.load(Bm + o_tn, mask=m_tn, other=0.).to(tl.float32)  # [BT, BN]
         b_C = tl.load(Cm + o_tn, mask=m_tn, other=0.).to(tl.float32)
         b_dA = tl.exp(b_dt[:, :, None] * b_A[None, :, :])  # [BT, BD, BN]
@@ -119,12 +138,12 @@ def _selective_scan_fwd_kernel(
 
 @triton.jit
 def _selective_scan_bwd_kernel(
-    x, dt, A, Bm, Cm, Dskip, z, dout, states, dht, cu_seqlens, chunk_offsets,
-    dx, ddt, dz, dB_part, dC_part, dA_part, dD_part, dh0,
+    x, dt, dt_bias, A, Bm, Cm, Dskip, z, dout, states, dht, cu_seqlens, chunk_offsets,
+    dx, ddt, dz, dB_part, dC_part, dA_part, dD_part, dbias_part, dh0,
     T, D, N, TOTAL,
     BT: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
-    IS_VARLEN: tl.constexpr,
+    IS_VARLEN: tl.constexpr, HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr,
 ):
     i_d, i_s = tl.program_id(0), tl.program_id(1)
     bos, L, boc = _bounds(i_s, cu_seqlens, chunk_offsets, T, BT, IS_VARLEN)
@@ -136,12 +155,16 @@ def _selective_scan_bwd_kernel(
     b_A = tl.load(A + o_dn, mask=m_dn, other=0.).to(tl.float32)
     if HAS_D:
         b_Ds = tl.load(Dskip + o_d, mask=m_d, other=0.).to(tl.float32)
+    b_bias = tl.zeros([BD], dtype=tl.float32)
+    if HAS_DT_BIAS:
+        b_bias = tl.load(dt_bias + o_d, mask=m_d, other=0.).to(tl.float32)
     b_dh = tl.zeros([BD, BN], dtype=tl.float32)  # adjoint of the state after the current chunk
     if USE_DHT:
         b_dh = tl.load(dht + i_s.to(tl.int64) * D * N + o_dn, mask=m_dn, other=0.).to(tl.float32)
     b_dh0 = b_dh
     b_dA_acc = tl.zeros([BD, BN], dtype=tl.float32)
     b_dD_acc = tl.zeros([BD], dtype=tl.float32)
+    b_dbias_acc = tl.zeros([BD], dtype=tl.float32)
     o_r = tl.arange(0, BT)
     NT = tl.cdiv(L, BT)
     for i_rev in range(NT):
@@ -156,8 +179,11 @@ def _selective_scan_bwd_kernel(
         o_td = o_row[:, None] * D + o_d[None, :]
         o_tn = o_row[:, None] * N + o_n[None, :]
         b_x = tl.load(x + o_td, mask=m_td, other=0.).to(tl.float32)
-        b_dt = tl.load(dt + o_td, mask=m_td, other=0.).to(tl.float32)
-        b_dtn = tl.load(dt + o_td + D, mask=m_tn1[:, None] & m_d[None, :], other=0.).to(tl.float32)  # dt_{t+1}
+        b_dt, b_dt_grad = _step_size(tl.load(dt + o_td, mask=m_td, other=0.).to(tl.float32), b_bias, m_td,
+                                     HAS_DT_BIAS, DT_SOFTPLUS)
+        m_tdn = m_tn1[:, None] & m_d[None, :]
+        b_dtn, _ = _step_size(tl.load(dt + o_td + D, mask=m_tdn, other=0.).to(tl.float32), b_bias, m_tdn,
+                              HAS_DT_BIAS, DT_SOFTPLUS)  # dt_{t+1}
         b_B = tl.load(Bm + o_tn, mask=m_tn, other=0.).to(tl.float32)
         b_C = tl.load(Cm + o_tn, mask=m_tn, other=0.).to(tl.float32)
         b_do = tl.load(dout + o_td, mask=m_td, other=0.).to(tl.float32)
@@ -185,7 +211,9 @@ def _selective_scan_bwd_kernel(
         b_dhs = b_ra * b_dh[None, :, :] + b_rb  # [BT, BD, BN]
         b_hd = b_dhs * (b_hs - b_dBx)  # dh_t * exp(dt_t A) h_{t-1}
         b_dhB = tl.sum(b_dhs * b_B[:, None, :], 2)  # [BT, BD]
-        b_ddt = tl.sum(b_hd * b_A[None, :, :], 2) + b_dhB * b_x
+        b_ddt = tl.where(m_td, (tl.sum(b_hd * b_A[None, :, :], 2) + b_dhB * b_x) * b_dt_grad, 0.)  # d raw dt
+        if HAS_DT_BIAS:
+            b_dbias_acc += tl.sum(b_ddt, 0)
         b_dx = b_dhB * b_dt
         if HAS_D:
             b_dx += b_Ds[None, :] * b_g
@@ -205,6 +233,8 @@ def _selective_scan_bwd_kernel(
     tl.store(dA_part + o_s * N + o_dn, b_dA_acc, mask=m_dn)
     if HAS_D:
         tl.store(dD_part + o_s + o_d, b_dD_acc, mask=m_d)
+    if HAS_DT_BIAS:
+        tl.store(dbias_part + o_s + o_d, b_dbias_acc, mask=m_d)
     if STORE_DH0:
         tl.store(dh0 + o_s * N + o_dn, b_dh0, mask=m_dn)
 
@@ -217,7 +247,7 @@ def _chunk_offsets(cu_seqlens: Optional[torch.Tensor], T: int, S: int, BT: int) 
     return F.pad(torch.cumsum(n, 0), (1, 0))[:-1].to(torch.int32), triton.cdiv(T, BT) + S
 
 
-def _scan_fwd(x, dt, A, B, C, D, z, h0, output_final_state, cu_seqlens, tuning: ScanTuning):
+def _scan_fwd(x, dt, dt_bias, dt_softplus, A, B, C, D, z, h0, output_final_state, cu_seqlens, tuning: ScanTuning):
     Bsz, T, Dm = x.shape
     N = A.shape[1]
     S = Bsz if cu_seqlens is None else cu_seqlens.numel() - 1
@@ -228,16 +258,17 @@ def _scan_fwd(x, dt, A, B, C, D, z, h0, output_final_state, cu_seqlens, tuning: 
     ht = x.new_empty(S, Dm, N, dtype=torch.float32) if output_final_state else None
     grid = (triton.cdiv(Dm, BD), S)
     _selective_scan_fwd_kernel[grid](
-        x, dt, A, B, C, D, z, h0, out, states, ht, cu_seqlens, offsets,
+        x, dt, dt_bias, A, B, C, D, z, h0, out, states, ht, cu_seqlens, offsets,
         T, Dm, N,
         BT=BT, BD=BD, BN=triton.next_power_of_2(N),
         HAS_D=D is not None, HAS_Z=z is not None, USE_H0=h0 is not None, STORE_FINAL=output_final_state,
-        IS_VARLEN=cu_seqlens is not None, num_warps=tuning.num_warps,
+        IS_VARLEN=cu_seqlens is not None, HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=dt_softplus,
+        num_warps=tuning.num_warps,
     )
     return out, states, ht
 
 
-def _scan_bwd(x, dt, A, B, C, D, z, h0, states, dout, dht, cu_seqlens, tuning: ScanTuning):
+def _scan_bwd(x, dt, dt_bias, dt_softplus, A, B, C, D, z, h0, states, dout, dht, cu_seqlens, tuning: ScanTuning):
     Bsz, T, Dm = x.shape
     N = A.shape[1]
     S = Bsz if cu_seqlens is None else cu_seqlens.numel() - 1
@@ -251,44 +282,49 @@ def _scan_bwd(x, dt, A, B, C, D, z, h0, states, dout, dht, cu_seqlens, tuning: S
     dC_part = x.new_empty(ND, Bsz * T, N, dtype=torch.float32)
     dA_part = x.new_empty(S, Dm, N, dtype=torch.float32)
     dD_part = x.new_empty(S, Dm, dtype=torch.float32) if D is not None else None
+    dbias_part = x.new_empty(S, Dm, dtype=torch.float32) if dt_bias is not None else None
     dh0 = x.new_empty(S, Dm, N, dtype=torch.float32) if h0 is not None else None
     _selective_scan_bwd_kernel[(ND, S)](
-        x, dt, A, B, C, D, z, dout, states, dht, cu_seqlens, offsets,
-        dx, ddt, dz, dB_part, dC_part, dA_part, dD_part, dh0,
+        x, dt, dt_bias, A, B, C, D, z, dout, states, dht, cu_seqlens, offsets,
+        dx, ddt, dz, dB_part, dC_part, dA_part, dD_part, dbias_part, dh0,
         T, Dm, N, Bsz * T,
         BT=BT, BD=BD, BN=triton.next_power_of_2(N),
         HAS_D=D is not None, HAS_Z=z is not None, USE_DHT=dht is not None, STORE_DH0=h0 is not None,
-        IS_VARLEN=cu_seqlens is not None, num_warps=tuning.bwd_num_warps,
+        IS_VARLEN=cu_seqlens is not None, HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=dt_softplus,
+        num_warps=tuning.bwd_num_warps,
     )
     dB = dB_part.sum(0).view(Bsz, T, N).to(B.dtype)
     dC = dC_part.sum(0).view(Bsz, T, N).to(C.dtype)
     dA = dA_part.sum(0).to(A.dtype)
     dD = dD_part.sum(0).to(D.dtype) if D is not None else None
     dh0 = dh0.to(h0.dtype) if h0 is not None else None
-    return dx, ddt, dA, dB, dC, dD, dz, dh0
+    dbias = dbias_part.sum(0).to(dt_bias.dtype) if dt_bias is not None else None
+    return dx, ddt, dbias, dA, dB, dC, dD, dz, dh0
 
 
 class SelectiveScanFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, dt, A, B, C, D, z, initial_state, output_final_state, cu_seqlens, tuning):
-        out, states, ht = _scan_fwd(x, dt, A, B, C, D, z, initial_state, output_final_state, cu_seqlens, tuning)
-        ctx.save_for_backward(x, dt, A, B, C, D, z, initial_state, states, cu_seqlens)
-        ctx.tuning = tuning
+    def forward(ctx, x, dt, dt_bias, dt_softplus, A, B, C, D, z, initial_state, output_final_state, cu_seqlens,
+                tuning):
+        out, states, ht = _scan_fwd(x, dt, dt_bias, dt_softplus, A, B, C, D, z, initial_state, output_final_state,
+                                    cu_seqlens, tuning)
+        ctx.save_for_backward(x, dt, dt_bias, A, B, C, D, z, initial_state, states, cu_seqlens)
+        ctx.tuning, ctx.dt_softplus = tuning, dt_softplus
         return out, ht
 
     @staticmethod
     def backward(ctx, dout, dht):
-        x, dt, A, B, C, D, z, h0, states, cu_seqlens = ctx.saved_tensors
-        grads = _scan_bwd(x, dt, A, B, C, D, z, h0, states, dout.contiguous(),
+        x, dt, dt_bias, A, B, C, D, z, h0, states, cu_seqlens = ctx.saved_tensors
+        grads = _scan_bwd(x, dt, dt_bias, ctx.dt_softplus, A, B, C, D, z, h0, states, dout.contiguous(),
                           dht.contiguous() if dht is not None else None, cu_seqlens, ctx.tuning)
-        dx, ddt, dA, dB, dC, dD, dz, dh0 = grads
-        return dx, ddt, dA, dB, dC, dD, dz, dh0, None, None, None
+        dx, ddt, dbias, dA, dB, dC, dD, dz, dh0 = grads
+        return dx, ddt, dbias, None, dA, dB, dC, dD, dz, dh0, None, None, None
 
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 
 
-def _validate(x, dt, A, B, C, D, z, initial_state, cu_seqlens, check_A_sign):
+def _validate(x, dt, dt_bias, A, B, C, D, z, initial_state, cu_seqlens, check_A_sign):
     if x.dim() != 3:
         raise ValueError(f"x must be [B, T, D], got shape {tuple(x.shape)}")
     Bsz, T, Dm = x.shape
@@ -306,9 +342,11 @@ def _validate(x, dt, A, B, C, D, z, initial_state, cu_seqlens, check_A_sign):
             raise ValueError(f"{name} must be [B, T, N] = {(Bsz, T, N)}, got {tuple(t.shape)}")
     if D is not None and D.shape != (Dm,):
         raise ValueError(f"D must be [D] = {(Dm,)}, got {tuple(D.shape)}")
+    if dt_bias is not None and dt_bias.shape != (Dm,):
+        raise ValueError(f"dt_bias must be [D] = {(Dm,)}, got {tuple(dt_bias.shape)}")
     if z is not None and z.shape != x.shape:
         raise ValueError(f"z must have x's shape {tuple(x.shape)}, got {tuple(z.shape)}")
-    named = [("x", x), ("dt", dt), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z), ("initial_state", initial_state)]
+    named = [("x", x), ("dt", dt), ("dt_bias", dt_bias), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z), ("initial_state", initial_state)]
     for name, t in named:
         if t is None:
             continue
@@ -351,6 +389,8 @@ def selective_scan(
     initial_state: Optional[torch.Tensor] = None,
     output_final_state: bool = False,
     cu_seqlens: Optional[torch.Tensor] = None,
+    dt_bias: Optional[torch.Tensor] = None,
+    dt_softplus: bool = False,
     check_A_sign: bool = True,
     tuning: ScanTuning = DEFAULT_TUNING,
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -358,7 +398,7 @@ def selective_scan(
 
     Args:
         x: [B, T, D] float16 / bfloat16 / float32, the scanned input.
-        dt: [B, T, D], x's dtype, positive step sizes (softplus already applied).
+        dt: [B, T, D], x's dtype: the step sizes, or with ``dt_bias`` / ``dt_softplus`` their raw form.
         A: [D, N] float (float32 advised), <= 0 (``-exp(A_log)``); N = state size (<= 256).
         B, C: [B, T, N], x's dtype, the input and output maps of the state (shared by all channels).
         D: [D] float or None, skip weight (``y += D * x``).
@@ -366,18 +406,22 @@ def selective_scan(
         initial_state: [S, D, N] float or None (zeros); S = B, or the number of sequences with ``cu_seqlens``.
         output_final_state: also return the state after the last token, [S, D, N] float32.
         cu_seqlens: [S + 1] int32/int64 offsets of S packed sequences (B = 1); each starts from its own state.
+        dt_bias: [D] float or None, added to dt inside the kernel (float32).
+        dt_softplus: apply softplus to (dt + dt_bias) inside the kernel: the step size is then computed in float32
+            and no [B, T, D] step-size tensor is materialised (nor its softplus backward).
         check_A_sign: check that A <= 0 (one device sync); the Mamba layer, whose A is negative by construction,
             passes False.
         tuning: block sizes (:class:`ScanTuning`).
     Returns:
-        (out [B, T, D] in x's dtype, final state [S, D, N] float32 or None). Differentiable in x, dt, A, B, C, D, z
-        and initial_state (also through the final state).
+        (out [B, T, D] in x's dtype, final state [S, D, N] float32 or None). Differentiable in x, dt, dt_bias, A, B,
+        C, D, z and initial_state (also through the final state).
 
     Example::
 
-        out, h = selective_scan(x, F.softplus(dt_raw), -torch.exp(A_log), B, C, D, z, output_final_state=True)
+        out, h = selective_scan(x, dt_raw, -torch.exp(A_log), B, C, D, z, output_final_state=True,
+                                dt_bias=dt_proj_bias, dt_softplus=True)
     """
-    _validate(x, dt, A, B, C, D, z, initial_state, cu_seqlens, check_A_sign)
+    _validate(x, dt, dt_bias, A, B, C, D, z, initial_state, cu_seqlens, check_A_sign)
     if x.device.type != "cuda" and not _interpreted():
         raise ValueError(f"selective_scan runs Triton kernels: x must be on a CUDA device (or set TRITON_INTERPRET=1 "
                          f"before importing triton to run them on CPU), got {x.device}")
@@ -385,7 +429,9 @@ def selective_scan(
     D = D.contiguous() if D is not None else None
     z = z.contiguous() if z is not None else None
     initial_state = initial_state.contiguous() if initial_state is not None else None
-    return SelectiveScanFunction.apply(x, dt, A, B, C, D, z, initial_state, output_final_state, cu_seqlens, tuning)
+    dt_bias = dt_bias.contiguous() if dt_bias is not None else None
+    return SelectiveScanFunction.apply(x, dt, dt_bias, bool(dt_softplus), A, B, C, D, z, initial_state,
+                                       output_final_state, cu_seqlens, tuning)
 
 
 def _interpreted() -> bool:

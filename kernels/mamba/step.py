@@ -17,9 +17,10 @@ __all__ = ["selective_scan_step"]
 
 @triton.jit
 def _selective_scan_step_kernel(
-    state, x, dt, A, Bm, Cm, Dskip, z, out,
+    state, x, dt, dt_bias, A, Bm, Cm, Dskip, z, out,
     D, N,
     BD: tl.constexpr, BN: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+    HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr,
 ):
     i_d, i_b = tl.program_id(0), tl.program_id(1)
     o_d = i_d * BD + tl.arange(0, BD)
@@ -34,6 +35,10 @@ def _selective_scan_step_kernel(
     b_A = tl.load(A + o_dn, mask=m_dn, other=0.).to(tl.float32)
     b_x = tl.load(x + o_bd, mask=m_d, other=0.).to(tl.float32)  # [BD]
     b_dt = tl.load(dt + o_bd, mask=m_d, other=0.).to(tl.float32)
+    if HAS_DT_BIAS:
+        b_dt += tl.load(dt_bias + o_d, mask=m_d, other=0.).to(tl.float32)
+    if DT_SOFTPLUS:
+        b_dt = tl.where(b_dt > 20., b_dt, tl.log(1. + tl.exp(tl.minimum(b_dt, 20.))))
     b_B = tl.load(Bm + o_bn, mask=m_n, other=0.).to(tl.float32)  # [BN]
     b_C = tl.load(Cm + o_bn, mask=m_n, other=0.).to(tl.float32)
     b_h = tl.exp(b_dt[:, None] * b_A) * b_h + (b_dt * b_x)[:, None] * b_B[None, :]
@@ -56,13 +61,17 @@ def selective_scan_step(
     C: torch.Tensor,
     D: Optional[torch.Tensor] = None,
     z: Optional[torch.Tensor] = None,
+    dt_bias: Optional[torch.Tensor] = None,
+    dt_softplus: bool = False,
     BD: int = 32,
 ) -> torch.Tensor:
     """One token of the selective scan for decoding; ``state`` is updated in place (no gradients).
 
     Args:
         state: [B, D, N] float32 (contiguous), the state after the previous token.
-        x, dt: [B, D] float16 / bfloat16 / float32 (dt positive, softplus applied); z: [B, D] or None (gate).
+        x, dt: [B, D] float16 / bfloat16 / float32; z: [B, D] or None (gate).
+        dt_bias: [D] float or None; dt_softplus: the step size is softplus(dt + dt_bias) (each part optional),
+            as in :func:`selective_scan`; otherwise dt is the (positive) step size itself.
         A: [D, N] float (<= 0).  B, C: [B, N] in x's dtype.  D: [D] float or None.
         BD: channels per program.
     Returns:
@@ -75,7 +84,8 @@ def selective_scan_step(
         raise ValueError(f"state must be a contiguous float32 tensor (updated in place), got {state.dtype}, "
                          f"strides {state.stride()}")
     for name, t, shape in (("x", x, (Bsz, Dm)), ("dt", dt, (Bsz, Dm)), ("A", A, (Dm, N)), ("B", B, (Bsz, N)),
-                           ("C", C, (Bsz, N)), ("D", D, (Dm,)), ("z", z, (Bsz, Dm))):
+                           ("C", C, (Bsz, N)), ("D", D, (Dm,)), ("z", z, (Bsz, Dm)),
+                           ("dt_bias", dt_bias, (Dm,))):
         if t is None:
             continue
         if tuple(t.shape) != shape:
@@ -94,9 +104,11 @@ def selective_scan_step(
     x, dt, A, B, C = (t.contiguous() for t in (x, dt, A, B, C))
     D = D.contiguous() if D is not None else None
     z = z.contiguous() if z is not None else None
+    dt_bias = dt_bias.contiguous() if dt_bias is not None else None
     out = torch.empty_like(x)
     _selective_scan_step_kernel[(triton.cdiv(Dm, BD), Bsz)](
-        state, x, dt, A, B, C, D, z, out, Dm, N,
+        state, x, dt, dt_bias, A, B, C, D, z, out, Dm, N,
         BD=BD, BN=triton.next_power_of_2(N), HAS_D=D is not None, HAS_Z=z is not None,
+        HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus),
     )
     return out

@@ -22,7 +22,7 @@ from kernels.mamba import (  # noqa: E402
 
 INTERPRETED = type(scan_mod._selective_scan_fwd_kernel).__name__ == "InterpretedFunction"
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-NAMES = ("x", "dt", "A", "B", "C", "D", "z", "initial_state")
+NAMES = ("x", "dt", "A", "B", "C", "D", "z", "initial_state", "dt_bias")
 
 
 @pytest.fixture(autouse=True)
@@ -58,9 +58,14 @@ def make_inputs(seed, Bsz, T, D, N, S=None, dtype=torch.float32, device=DEVICE):
 
 
 def check_against_float64(seed, Bsz, T, D, N, *, dtype=torch.float32, use_D=True, use_z=True, use_h0=True,
-                          final_state=True, cu_seqlens=None, tol_o=1e-5, tol_g=1e-5, tuning=None):
+                          final_state=True, cu_seqlens=None, tol_o=1e-5, tol_g=1e-5, tuning=None, fused_dt=False):
+    """fused_dt: dt is passed raw (about N(-4, 1)) with a float32 dt_bias, softplus applied inside the kernel."""
     S = Bsz if cu_seqlens is None else len(cu_seqlens) - 1
     ins = make_inputs(seed, Bsz, T, D, N, S, dtype)
+    g = torch.Generator().manual_seed(seed + 2)
+    if fused_dt:
+        ins[1] = torch.randn(Bsz, T, D, generator=g).to(device=DEVICE, dtype=dtype)
+    ins.append(torch.randn(D, generator=g).sub(4.0).to(DEVICE) if fused_dt else None)
     for i, use in ((5, use_D), (6, use_z), (7, use_h0)):
         if not use:
             ins[i] = None
@@ -68,8 +73,10 @@ def check_against_float64(seed, Bsz, T, D, N, *, dtype=torch.float32, use_D=True
     ref = [None if t is None else t.detach().double().requires_grad_() for t in ins]
     cu = None if cu_seqlens is None else torch.tensor(cu_seqlens, device=DEVICE)
     kw = {} if tuning is None else {"tuning": tuning}
-    o, h = selective_scan(*ours[:7], initial_state=ours[7], output_final_state=final_state, cu_seqlens=cu, **kw)
-    ro, rh = naive_selective_scan(*ref[:7], initial_state=ref[7], output_final_state=final_state, cu_seqlens=cu)
+    o, h = selective_scan(*ours[:7], initial_state=ours[7], output_final_state=final_state, cu_seqlens=cu,
+                          dt_bias=ours[8], dt_softplus=fused_dt, **kw)
+    ro, rh = naive_selective_scan(*ref[:7], initial_state=ref[7], output_final_state=final_state, cu_seqlens=cu,
+                                  dt_bias=ref[8], dt_softplus=fused_dt)
     assert o.dtype == dtype and o.shape == (Bsz, T, D)
     assert rel(o, ro) <= tol_o, f"out rel err {rel(o, ro)}"
     if final_state:
@@ -106,6 +113,15 @@ def test_fp32_without_D_z_or_final_state():
 def test_fp32_other_block_sizes_and_one_token():
     check_against_float64(seed=4, Bsz=1, T=45, D=24, N=16, tuning=ScanTuning(BT=8, BD=8, bwd_BD=32))
     check_against_float64(seed=5, Bsz=2, T=1, D=8, N=3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_fused_dt_bias_and_softplus_match_float64(dtype):
+    """softplus(dt + dt_bias) inside the kernel: the gradients of raw dt and of the bias, odd length, varlen."""
+    tol = 1e-5 if dtype == torch.float32 else 4e-3
+    check_against_float64(seed=14, Bsz=2, T=23, D=12, N=4, dtype=dtype, fused_dt=True, tol_o=tol, tol_g=tol)
+    if dtype == torch.float32:
+        check_against_float64(seed=15, Bsz=1, T=30, D=8, N=4, fused_dt=True, cu_seqlens=[0, 7, 7, 30])
 
 
 def test_fp16_matches_float64():
@@ -161,6 +177,17 @@ def test_step_matches_float64_and_the_scan(dtype):
     assert rel(state, hf) < 1e-6
 
 
+def test_step_with_fused_dt_matches_float64():
+    x, dt, A, B, C, Dk, z, h0 = make_inputs(16, 2, 1, 20, 5)
+    raw, bias = dt[:, 0] * 4 - 3, torch.linspace(-5, 25, 20, device=DEVICE)  # through both softplus branches
+    state = h0.clone()
+    y = selective_scan_step(state, x[:, 0], raw, A, B[:, 0], C[:, 0], Dk, z[:, 0], dt_bias=bias, dt_softplus=True)
+    ry, rs = naive_selective_scan_step(h0.double(), x[:, 0].double(), raw.double(), A.double(), B[:, 0].double(),
+                                       C[:, 0].double(), Dk.double(), z[:, 0].double(), dt_bias=bias.double(),
+                                       dt_softplus=True)
+    assert rel(y, ry) < 1e-6 and rel(state, rs) < 1e-6
+
+
 def test_naive_step_equals_naive_scan():
     x, dt, A, B, C, Dk, z, h0 = (t.double() for t in make_inputs(12, 2, 6, 4, 3, device="cpu"))
     full, hf = naive_selective_scan(x, dt, A, B, C, Dk, z, initial_state=h0, output_final_state=True)
@@ -190,6 +217,7 @@ def _bad(**kw):
     (dict(x=torch.zeros(2, 6, 4, dtype=torch.int32)), "x must be float16"),
     (dict(dt=torch.zeros(2, 6, 4, dtype=torch.float16)), "dt must have x's dtype"),
     (dict(A=torch.ones(4, 3)), "A must be <= 0"),
+    (dict(dt_bias=torch.zeros(3)), "dt_bias must be"),
 ])
 def test_bad_inputs_raise_value_error(kw, match):
     args = _bad(**{k: v.to(DEVICE) for k, v in kw.items()})
@@ -226,14 +254,16 @@ def test_bad_varlen_and_device_raise_value_error():
 # ---- GPU: realistic shapes (the lead's H200 runs) ----
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype,T", [(torch.float32, 2048), (torch.bfloat16, 2048), (torch.bfloat16, 8192)])
-def test_gpu_realistic_shapes_match_float64(dtype, T):
+@pytest.mark.parametrize("dtype,T,fused_dt", [(torch.float32, 2048, False), (torch.bfloat16, 2048, False),
+                                              (torch.bfloat16, 2048, True), (torch.bfloat16, 8192, True)])
+def test_gpu_realistic_shapes_match_float64(dtype, T, fused_dt):
     """D = 2048 channels (340M Mamba's d_inner), N = 16, against the float64 sequential recurrence on the GPU.
 
     The float64 reference runs token by token (T Python steps of [B, D, N] ops): about a second per 1K tokens."""
     Bsz = 2 if T <= 2048 else 1
     tol_o, tol_g = (1e-5, 1e-4) if dtype == torch.float32 else (1e-2, 2e-2)
-    check_against_float64(seed=20 + T, Bsz=Bsz, T=T, D=2048, N=16, dtype=dtype, tol_o=tol_o, tol_g=tol_g)
+    check_against_float64(seed=20 + T, Bsz=Bsz, T=T, D=2048, N=16, dtype=dtype, tol_o=tol_o, tol_g=tol_g,
+                          fused_dt=fused_dt)
 
 
 @pytest.mark.gpu
