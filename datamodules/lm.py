@@ -111,7 +111,7 @@ class PackedLMDataModule(LightningDataModule):
                             "sha256 %s)", e, self.cache_dir, meta["inputs_sha256"][:16])
                 self.meta = meta
                 return
-            settings = corpus_settings(self.source, self.tokenizer, self.add_bos, True, self.tokenizer_backend)
+            settings = corpus_settings(self.source, self.tokenizer, self.add_bos, True)
             changes = describe_changes(meta, settings, listing, self._caps())
             if changes:
                 raise CorpusError(

@@ -54,7 +54,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from datamodules.sources import CorpusError, InputFile, ReadStats
-from datamodules.tokenizer import load_tokenizer
+from datamodules.tokenizer import BACKENDS, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +94,10 @@ def _dumps(obj) -> bytes:
     return (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode()
 
 
-def corpus_settings(source, tokenizer_path: str | None, add_bos: bool, add_eos: bool,
-                    tokenizer_backend: str = "sentencepiece") -> dict:
-    """What every shard of a corpus is made with (a shard made otherwise is stale)."""
-    tok = load_tokenizer(tokenizer_path, backend=tokenizer_backend)
+def corpus_settings(source, tokenizer_path: str | None, add_bos: bool, add_eos: bool, tok=None) -> dict:
+    """What every shard of a corpus is made with (a shard made otherwise is stale). The tokenizer backend is not part
+    of it: both give the same ids (``datamodules/tokenizer.py``)."""
+    tok = tok if tok is not None else load_tokenizer(tokenizer_path)
     settings = {
         "format": FORMAT_VERSION,
         "tokenizer": {"name": os.path.basename(tok.path), "sha256": _sha256(tok.path)},
@@ -347,10 +347,12 @@ def prepare_corpus(source, out_dir: str | os.PathLike, tokenizer_path: str | Non
     caps = {"max_tokens": {k: int(v) for k, v in (max_tokens or {}).items() if v is not None},
             "max_docs": {k: int(v) for k, v in (getattr(source, "max_docs", None) or {}).items() if v is not None}}
     out_dir = Path(out_dir)
-    tok = load_tokenizer(tokenizer_path, backend=tokenizer_backend)
+    if tokenizer_backend not in BACKENDS:
+        raise ValueError(f"tokenizer_backend must be one of {BACKENDS}, got {tokenizer_backend!r}")
+    tok = load_tokenizer(tokenizer_path)  # here only for its ids and file: the workers load the chosen backend
     if add_eos and tok.eos_id is None:
         raise ValueError(f"{tok.path}: tokenizer has no EOS token; documents could not be separated")
-    settings = corpus_settings(source, tokenizer_path, add_bos, add_eos, tokenizer_backend)
+    settings = corpus_settings(source, tokenizer_path, add_bos, add_eos, tok)
     listing = input_listing(source)
     digest = _inputs_digest(listing)
     meta = load_meta(out_dir)

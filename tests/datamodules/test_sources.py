@@ -233,3 +233,16 @@ def test_streaming_path_names_the_file_and_record(tmp_path):
     bad.write_text('{"text": "a"}\n{"text": \n')
     with pytest.raises(CorpusError, match=r"bad.jsonl: unreadable after record \d+ through datasets \(ArrowInvalid"):
         read(hf)
+
+
+def test_hf_dataset_lists_its_data_files_through_the_builder(tmp_path):
+    """What `data=slimpajama` does with the Hub repo (file list from load_dataset_builder, one file streamed at a
+    time), here on a local SlimPajama-layout folder, offline."""
+    expected = write_slimpajama(tmp_path, random_docs(20, seed=97), random_docs(3, seed=98))
+    hf = HFDataset(path=str(tmp_path))
+    assert [i.name for i in hf.inputs("train")] == [f"chunk{c}/example_train_{i}.jsonl.zst"
+                                                    for c, i in ((1, 0), (1, 1), (2, 2), (2, 3))]
+    docs, stats = read(hf)
+    assert docs == [r["text"] for r in expected["train"]] and stats.docs == 20
+    with pytest.raises(FileNotFoundError, match="the dataset has no 'test' split"):
+        HFDataset(path=str(tmp_path), split_names={"train": "train", "test": "test"}).inputs("test")
