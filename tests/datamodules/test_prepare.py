@@ -213,3 +213,14 @@ def test_run_py_prepare_in_shares_then_complete(tmp_path):
     assert sorted(p.name for p in (tmp_path / "tok" / "train").glob("*.json")) == ["000001.json"]
     second = run_py(*args, f"hydra.run.dir={tmp_path / 'r2'}", env={"RANK": "0", "WORLD_SIZE": "2"})
     assert "corpus complete" in second.stdout and load_meta(tmp_path / "tok") is not None
+
+
+def test_a_truncated_shard_fails_the_preparation_by_name(tmp_path):
+    write_many(tmp_path / "sp", n_files=4, docs_per_file=30, seed=85)
+    cut = tmp_path / "sp" / "train" / "chunk2" / "example_train_001.jsonl.zst"
+    cut.write_bytes(cut.read_bytes()[:-40])
+    for num_proc in (1, 2):
+        with pytest.raises(CorpusError, match=r"train/chunk2/example_train_001.jsonl.zst: truncated zstd frame 1"):
+            prepare_corpus(SlimPajamaLocal(tmp_path / "sp"), tmp_path / "tok", num_proc=num_proc, progress=False)
+        assert load_meta(tmp_path / "tok") is None and not (tmp_path / "tok" / "train" / "000002.json").exists()
+    assert not list((tmp_path / "tok").rglob("*.tmp.*"))  # the failed shard's temporary files are gone
