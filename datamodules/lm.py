@@ -106,7 +106,7 @@ class PackedLMDataModule(LightningDataModule):
                 return
             try:
                 listing = input_listing(self.source)
-            except FileNotFoundError as e:
+            except OSError as e:  # FileNotFoundError, or no network for a Hub dataset's file list
                 log.warning("raw input not found (%s): training from the prepared corpus in %s as recorded (inputs "
                             "sha256 %s)", e, self.cache_dir, meta["inputs_sha256"][:16])
                 self.meta = meta

@@ -28,7 +28,8 @@ writes the manifest (under ``meta.lock``).
 Caps: ``max_tokens[split]`` keeps the shortest prefix of whole documents, in source order, holding at least that many
 tokens; a source's ``max_docs[split]`` the first that many documents. Both are independent of ``num_proc`` and of the
 sharding. Files are dispatched in order and a file is not started once the complete shards before it already reach the
-cap, so at most ``num_proc`` files (per share) are read past it, and memory stays one batch of documents per process.
+cap, so one share reads at most ``num_proc`` files past it (several shares: up to the point where the shards complete
+so far show the cap reached), and memory stays one batch of documents per process.
 The last shard may be used in part (the manifest says how much); shards past the cap stay on disk and serve a later,
 larger cap.
 
