@@ -42,6 +42,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -280,7 +281,7 @@ def _write_shard(paths, split, index, inp, source, tok, settings, dtype, batch_d
             for batch in _batched(source.read(inp, stats), batch_docs):
                 ids = tok.encode_batch([t for t, _ in batch], bos=add_bos, eos=add_eos, num_threads=1)
                 lens = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-                f.write(np.fromiter((t for x in ids for t in x), dtype=dtype, count=int(lens.sum())).tobytes())
+                f.write(np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=int(lens.sum())).tobytes())
                 lengths.append(lens)
                 src_ids.extend(sources.setdefault(name or "", len(sources)) for _, name in batch)
         lens = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
