@@ -27,6 +27,8 @@ FAMILY_CONFIGS = {
     "deltanet_hybrid_swa": dict(family="deltanet_hybrid_swa", attn_window=6),  # window << T: the ring buffer wraps
     "deltanet_hybrid_global": dict(family="deltanet_hybrid_global", num_layers=4),  # attention at layers 2 and 3
     "transformer": dict(family="transformer"),
+    "gated_deltanet": dict(family="gated_deltanet"),
+    "gated_deltanet_hybrid_swa": dict(family="gated_deltanet_hybrid_swa", attn_window=6),
 }
 
 
@@ -158,7 +160,7 @@ def test_loss_is_shifted_mean_ce_and_chunking_is_exact():
     assert all(rel_err(a, b) < 1e-5 for a, b in zip(g1, g2))
 
 
-@pytest.mark.parametrize("family", ["deltanet", "deltanet_hybrid_swa", "transformer"])
+@pytest.mark.parametrize("family", ["deltanet", "deltanet_hybrid_swa", "transformer", "gated_deltanet"])
 def test_varlen_packed_equals_separate_sequences(family):
     torch.manual_seed(14)
     model = DeltaNetForCausalLM(tiny(**FAMILY_CONFIGS[family]))
