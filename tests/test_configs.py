@@ -77,6 +77,9 @@ RECORDED_FAMILY = {
     "deltanet_hybrid_swa": {"family": "deltanet_hybrid_swa", "attn_window": 2048},
     "deltanet_hybrid_global": {"family": "deltanet_hybrid_global"},
     "transformer": {"family": "transformer"},
+    # families added after the move, written as a few lines from the start
+    "gated_deltanet": {"family": "gated_deltanet"},
+    "gated_deltanet_hybrid_swa": {"family": "gated_deltanet_hybrid_swa", "attn_window": 2048},
 }
 # The paper sizes as the old experiment YAMLs and deltanet/config.py PRESETS wrote them.
 RECORDED_SIZES = {"340M": {"hidden_size": 1024, "num_layers": 24, "num_heads": 8},
