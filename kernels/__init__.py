@@ -13,6 +13,7 @@ from .gated_delta_rule import (
     naive_chunk_gated_delta_rule,
     naive_recurrent_gated_delta_rule,
 )
+from .simple_gla import chunk_simple_gla, fused_recurrent_simple_gla, naive_recurrent_simple_gla
 
 __all__ = [
     "ChunkSettings",
@@ -20,11 +21,14 @@ __all__ = [
     "chunk_delta_rule",
     "chunk_gated_delta_rule",
     "chunk_settings",
+    "chunk_simple_gla",
     "current_chunk_settings",
     "fused_recurrent_delta_rule",
     "fused_recurrent_gated_delta_rule",
+    "fused_recurrent_simple_gla",
     "naive_chunk_delta_rule",
     "naive_chunk_gated_delta_rule",
     "naive_recurrent_delta_rule",
     "naive_recurrent_gated_delta_rule",
+    "naive_recurrent_simple_gla",
 ]

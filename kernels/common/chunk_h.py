@@ -42,7 +42,7 @@ def fwd_h_kernel(
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     USE_H0: tl.constexpr, STORE_FINAL: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr,
-    USE_G: tl.constexpr = False,
+    USE_G: tl.constexpr = False, USE_W: tl.constexpr = True,
 ):
     """Walk the chunks of one (sequence, head, V block): store the state before each chunk in h, V' = U - W S in
     v_new, then S += K^T V'.  The state [K, BV] stays in registers as up to four [BK, BV] row blocks (K <= 4 * BK;
@@ -70,24 +70,31 @@ def fwd_h_kernel(
         t0 = bos + i_c * BT
         T_rem = T_seq - i_c * BT
         p_h = h + ((boh + i_c) * H + i_h) * K * V
-        p_w = w + (t0 * H + i_h) * K
+        if USE_W:
+            p_w = w + (t0 * H + i_h) * K
         p_k = k + (t0 * H + i_h) * K
         store_tile(p_h, b_h1, K, V, V, 0, c0, BK, BV)
         b_v = load_tile(u + (t0 * H + i_h) * V, T_rem, V, H * V, 0, c0, BT, BV).to(tl.float32)
-        b_v -= tl.dot(load_tile(p_w, T_rem, K, H * K, 0, 0, BT, BK), b_h1.to(w.dtype.element_ty), input_precision=PREC)
+        if USE_W:
+            b_v -= tl.dot(load_tile(p_w, T_rem, K, H * K, 0, 0, BT, BK), b_h1.to(w.dtype.element_ty),
+                          input_precision=PREC)
         if K > BK:
             store_tile(p_h, b_h2, K, V, V, BK, c0, BK, BV)
-            b_v -= tl.dot(load_tile(p_w, T_rem, K, H * K, 0, BK, BT, BK), b_h2.to(w.dtype.element_ty),
-                          input_precision=PREC)
+            if USE_W:
+                b_v -= tl.dot(load_tile(p_w, T_rem, K, H * K, 0, BK, BT, BK), b_h2.to(w.dtype.element_ty),
+                              input_precision=PREC)
         if K > 2 * BK:
             store_tile(p_h, b_h3, K, V, V, 2 * BK, c0, BK, BV)
-            b_v -= tl.dot(load_tile(p_w, T_rem, K, H * K, 0, 2 * BK, BT, BK), b_h3.to(w.dtype.element_ty),
-                          input_precision=PREC)
+            if USE_W:
+                b_v -= tl.dot(load_tile(p_w, T_rem, K, H * K, 0, 2 * BK, BT, BK), b_h3.to(w.dtype.element_ty),
+                              input_precision=PREC)
         if K > 3 * BK:
             store_tile(p_h, b_h4, K, V, V, 3 * BK, c0, BK, BV)
-            b_v -= tl.dot(load_tile(p_w, T_rem, K, H * K, 0, 3 * BK, BT, BK), b_h4.to(w.dtype.element_ty),
-                          input_precision=PREC)
-        store_tile(v_new + (t0 * H + i_h) * V, b_v, T_rem, V, H * V, 0, c0, BT, BV)
+            if USE_W:
+                b_v -= tl.dot(load_tile(p_w, T_rem, K, H * K, 0, 3 * BK, BT, BK), b_h4.to(w.dtype.element_ty),
+                              input_precision=PREC)
+        if USE_W:  # without W (no delta rule) V' = U, which the caller already has
+            store_tile(v_new + (t0 * H + i_h) * V, b_v, T_rem, V, H * V, 0, c0, BT, BV)
         if USE_G:
             # S <- exp(G_C) S + Kd^T V': fold the key decay exp(G_C - G_i) into V' (same product, one scaling)
             o_t = tl.arange(0, BT)
@@ -162,7 +169,7 @@ def bwd_dhu_kernel(
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr, INLINE_DV: tl.constexpr, IS_VARLEN: tl.constexpr,
-    PREC: tl.constexpr, USE_G: tl.constexpr = False,
+    PREC: tl.constexpr, USE_G: tl.constexpr = False, USE_W: tl.constexpr = True,
 ):
     """Reverse walk over the chunks of one (sequence, head, V block) with dS = gradient of the state after the chunk:
     store dS in dh, dV' = dv_local + K dS, then dS <- dS + scale Q^T dO - W^T dV'.  dS is held as up to four
@@ -197,10 +204,12 @@ def bwd_dhu_kernel(
         p_dh = dh + ((boh + i_c) * H + i_h) * K * V
         p_q = q + (t0 * H + i_h) * K
         p_k = k + (t0 * H + i_h) * K
-        p_w = w + (t0 * H + i_h) * K
+        if USE_W:
+            p_w = w + (t0 * H + i_h) * K
         b_q = load_tile(p_q, T_rem, K, H * K, 0, 0, BT, BK)
         b_k = load_tile(p_k, T_rem, K, H * K, 0, 0, BT, BK)
-        b_w = load_tile(p_w, T_rem, K, H * K, 0, 0, BT, BK)
+        if USE_W:
+            b_w = load_tile(p_w, T_rem, K, H * K, 0, 0, BT, BK)
         b_do = load_tile(do + (t0 * H + i_h) * V, T_rem, V, H * V, 0, c0, BT, BV)
         if USE_G:
             m_t = o_t < T_rem
@@ -256,28 +265,32 @@ def bwd_dhu_kernel(
         store_tile(dv_new + (t0 * H + i_h) * V, b_dv, T_rem, V, H * V, 0, c0, BT, BV)
         b_dvd = b_dv.to(dt)
         b_dh1 += tl.dot(tl.trans((b_q * scale).to(dt)), b_do, input_precision=PREC)
-        b_dh1 -= tl.dot(tl.trans(b_w), b_dvd, input_precision=PREC)
+        if USE_W:
+            b_dh1 -= tl.dot(tl.trans(b_w), b_dvd, input_precision=PREC)
         if K > BK:
             b_q = load_tile(p_q, T_rem, K, H * K, 0, BK, BT, BK)
             if USE_G:
                 b_q = (b_q * tl.exp(b_g)[:, None]).to(dt)
-            b_w = load_tile(p_w, T_rem, K, H * K, 0, BK, BT, BK)
             b_dh2 += tl.dot(tl.trans((b_q * scale).to(dt)), b_do, input_precision=PREC)
-            b_dh2 -= tl.dot(tl.trans(b_w), b_dvd, input_precision=PREC)
+            if USE_W:
+                b_w = load_tile(p_w, T_rem, K, H * K, 0, BK, BT, BK)
+                b_dh2 -= tl.dot(tl.trans(b_w), b_dvd, input_precision=PREC)
         if K > 2 * BK:
             b_q = load_tile(p_q, T_rem, K, H * K, 0, 2 * BK, BT, BK)
             if USE_G:
                 b_q = (b_q * tl.exp(b_g)[:, None]).to(dt)
-            b_w = load_tile(p_w, T_rem, K, H * K, 0, 2 * BK, BT, BK)
             b_dh3 += tl.dot(tl.trans((b_q * scale).to(dt)), b_do, input_precision=PREC)
-            b_dh3 -= tl.dot(tl.trans(b_w), b_dvd, input_precision=PREC)
+            if USE_W:
+                b_w = load_tile(p_w, T_rem, K, H * K, 0, 2 * BK, BT, BK)
+                b_dh3 -= tl.dot(tl.trans(b_w), b_dvd, input_precision=PREC)
         if K > 3 * BK:
             b_q = load_tile(p_q, T_rem, K, H * K, 0, 3 * BK, BT, BK)
             if USE_G:
                 b_q = (b_q * tl.exp(b_g)[:, None]).to(dt)
-            b_w = load_tile(p_w, T_rem, K, H * K, 0, 3 * BK, BT, BK)
             b_dh4 += tl.dot(tl.trans((b_q * scale).to(dt)), b_do, input_precision=PREC)
-            b_dh4 -= tl.dot(tl.trans(b_w), b_dvd, input_precision=PREC)
+            if USE_W:
+                b_w = load_tile(p_w, T_rem, K, H * K, 0, 3 * BK, BT, BK)
+                b_dh4 -= tl.dot(tl.trans(b_w), b_dvd, input_precision=PREC)
 
     if STORE_DH0:
         p_dh0 = dh0 + i_nh.to(tl.int64) * K * V
@@ -297,7 +310,8 @@ def fwd_h(m: ChunkMeta, k: torch.Tensor, w: torch.Tensor, u: torch.Tensor, initi
 
     Args:
         m: the call's :class:`ChunkMeta`.
-        k, w: [B, T, H, K]; u: [B, T, H, V] (from ``wy.wy_fwd``), one dtype.
+        k, w: [B, T, H, K]; u: [B, T, H, V] (from ``wy.wy_fwd``), one dtype.  w None: no delta rule (plain
+            linear attention with a decay, the scalar-gate ops), u is then the values and V' = u.
         initial_state: optional [N, H, K, V] state before each sequence (any supported dtype).
         output_final_state: also return the state after each sequence.
         g: optional [B, T, H] float32 within-chunk cumulative log decay G: the decayed walk.
@@ -307,7 +321,7 @@ def fwd_h(m: ChunkMeta, k: torch.Tensor, w: torch.Tensor, u: torch.Tensor, initi
         final state [N, H, K, V] float32 or None).
     """
     h = k.new_empty(m.NT, m.H, m.K, m.V)
-    v_new = torch.empty_like(u)
+    v_new = torch.empty_like(u) if w is not None else u  # without W (no delta rule), V' = U
     ht = k.new_empty(m.N, m.H, m.K, m.V, dtype=torch.float32) if output_final_state else None
     grid = (m.N * m.H, triton.cdiv(m.V, m.BVs))
     launch(
@@ -315,7 +329,7 @@ def fwd_h(m: ChunkMeta, k: torch.Tensor, w: torch.Tensor, u: torch.Tensor, initi
         k, w, u, v_new, h, initial_state, ht, g, m.cu_seqlens, m.chunk_offsets, m.T,
         H=m.H, K=m.K, V=m.V, BT=m.BT, BK=m.BKs, BV=m.BVs,
         USE_H0=initial_state is not None, STORE_FINAL=output_final_state, IS_VARLEN=m.is_varlen, PREC=m.prec,
-        USE_G=g is not None,
+        USE_G=g is not None, USE_W=w is not None,
     )
     return h, v_new, ht
 
@@ -347,7 +361,7 @@ def bwd_dhu(m: ChunkMeta, q: torch.Tensor, k: torch.Tensor, w: torch.Tensor, do:
 
     Args:
         m: the call's :class:`ChunkMeta`.
-        q, k, w: [B, T, H, K]; do: [B, T, H, V] gradient of the output, one dtype.
+        q, k, w: [B, T, H, K]; do: [B, T, H, V] gradient of the output, one dtype (w None: no W term).
         dht: optional [N, H, K, V] float32 gradient of the final state.
         scale: output scale.
         need_dh0: also return the gradient of the initial state.
@@ -368,6 +382,6 @@ def bwd_dhu(m: ChunkMeta, q: torch.Tensor, k: torch.Tensor, w: torch.Tensor, do:
         q, k, w, do, dv_local, dv_new, dh, dht, dh0, g, m.cu_seqlens, m.chunk_offsets, scale, m.T,
         H=m.H, K=m.K, V=m.V, BT=m.BT, BK=m.BKs, BV=m.BVs,
         USE_DHT=dht is not None, STORE_DH0=need_dh0, INLINE_DV=inline_dv, IS_VARLEN=m.is_varlen, PREC=m.prec,
-        USE_G=g is not None,
+        USE_G=g is not None, USE_W=w is not None,
     )
     return dv_new, dh, dh0
