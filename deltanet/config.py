@@ -10,6 +10,7 @@ Families (``family``):
 - ``gated_deltanet``: every layer a Gated DeltaNet mixer (the delta rule with a Mamba2-style decay, output gate).
 - ``gated_deltanet_hybrid_swa``: sliding-window attention every other layer as in ``deltanet_hybrid_swa``, Gated
   DeltaNet elsewhere.
+- ``retnet``: every layer RetNet's multi-scale retention (fixed decay per head, RoPE, output gate).
 - ``transformer``: Transformer++ (RoPE, SwiGLU, RMSNorm, causal attention) in every layer.
 
 Derived fields (``head_dim``, ``intermediate_size``, ``attn_layers``, ``attn_window``) may be left ``None``; they are
@@ -33,7 +34,7 @@ import yaml
 __all__ = ["DeltaNetConfig", "PRESETS", "FAMILIES"]
 
 FAMILIES = ("deltanet", "deltanet_hybrid_swa", "deltanet_hybrid_global", "transformer", "gated_deltanet",
-            "gated_deltanet_hybrid_swa")
+            "gated_deltanet_hybrid_swa", "retnet")
 
 SIZES_DIR = Path(__file__).resolve().parents[1] / "conf" / "model" / "size"
 
@@ -124,7 +125,7 @@ class DeltaNetConfig:
     def _resolve_attention(self) -> None:
         n = self.num_layers
         if self.attn_layers is None:
-            if self.family in ("deltanet", "gated_deltanet"):
+            if self.family in ("deltanet", "gated_deltanet", "retnet"):
                 layers: list[int] = []
             elif self.family == "transformer":
                 layers = list(range(1, n + 1))
@@ -142,7 +143,7 @@ class DeltaNetConfig:
             if len(set(layers)) != len(layers):
                 raise ValueError(f"attn_layers has duplicates: {layers}")
             layers = sorted(layers)
-            if self.family in ("deltanet", "gated_deltanet") and layers:
+            if self.family in ("deltanet", "gated_deltanet", "retnet") and layers:
                 raise ValueError(f"attn_layers must be empty for family {self.family!r}, got {layers}")
             if self.family == "transformer" and layers != list(range(1, n + 1)):
                 raise ValueError(f"attn_layers must be all layers for family 'transformer', got {layers}")

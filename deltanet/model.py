@@ -1,7 +1,7 @@
 """DeltaNet language model (and its hybrids / the Transformer++ baseline), one file top to bottom.
 
     x = Embedding(input_ids)                                   # (B, T, C)
-    for each layer:  x = x + Mixer(RMSNorm(x))                 # (Gated) DeltaNet, or softmax attention (family)
+    for each layer:  x = x + Mixer(RMSNorm(x))                 # (Gated) DeltaNet, retention, or attention (family)
                      x = x + SwiGLU(RMSNorm(x))
     logits = LMHead(RMSNorm(x))                                # untied, (B, T, vocab)
 
@@ -29,7 +29,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .config import DeltaNetConfig
 from .generation import GenerationMixin
-from .layers import Attention, DeltaNet, GatedDeltaNet, RMSNorm, SwiGLU
+from .layers import Attention, DeltaNet, GatedDeltaNet, MultiScaleRetention, RMSNorm, SwiGLU
 
 __all__ = ["DeltaNetForCausalLM", "DeltaNetModel", "Block", "Cache", "CausalLMOutput", "chunked_cross_entropy",
            "left_padding"]
@@ -60,6 +60,8 @@ class Block(nn.Module):
             self.mixer: nn.Module = Attention(config, layer_idx, window=config.attn_window)
         elif config.family.startswith("gated_deltanet"):
             self.mixer = GatedDeltaNet(config, layer_idx)
+        elif config.family == "retnet":
+            self.mixer = MultiScaleRetention(config, layer_idx)
         else:
             self.mixer = DeltaNet(config, layer_idx)
         self.mlp_norm = RMSNorm(config.hidden_size, config.norm_eps)

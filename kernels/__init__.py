@@ -13,7 +13,12 @@ from .gated_delta_rule import (
     naive_chunk_gated_delta_rule,
     naive_recurrent_gated_delta_rule,
 )
-from .simple_gla import chunk_simple_gla, fused_recurrent_simple_gla, naive_recurrent_simple_gla
+from .simple_gla import (
+    chunk_simple_gla,
+    fused_recurrent_simple_gla,
+    naive_chunk_simple_gla,
+    naive_recurrent_simple_gla,
+)
 
 __all__ = [
     "ChunkSettings",
@@ -28,6 +33,7 @@ __all__ = [
     "fused_recurrent_simple_gla",
     "naive_chunk_delta_rule",
     "naive_chunk_gated_delta_rule",
+    "naive_chunk_simple_gla",
     "naive_recurrent_delta_rule",
     "naive_recurrent_gated_delta_rule",
     "naive_recurrent_simple_gla",

@@ -29,6 +29,7 @@ FAMILY_CONFIGS = {
     "transformer": dict(family="transformer"),
     "gated_deltanet": dict(family="gated_deltanet"),
     "gated_deltanet_hybrid_swa": dict(family="gated_deltanet_hybrid_swa", attn_window=6),
+    "retnet": dict(family="retnet"),
 }
 
 
@@ -160,7 +161,7 @@ def test_loss_is_shifted_mean_ce_and_chunking_is_exact():
     assert all(rel_err(a, b) < 1e-5 for a, b in zip(g1, g2))
 
 
-@pytest.mark.parametrize("family", ["deltanet", "deltanet_hybrid_swa", "transformer", "gated_deltanet"])
+@pytest.mark.parametrize("family", ["deltanet", "deltanet_hybrid_swa", "transformer", "gated_deltanet", "retnet"])
 def test_varlen_packed_equals_separate_sequences(family):
     torch.manual_seed(14)
     model = DeltaNetForCausalLM(tiny(**FAMILY_CONFIGS[family]))
