@@ -1,5 +1,5 @@
-"""Triton kernels for the delta rule and the gated delta rule (imports nothing else of the project); see
-kernels/README.md."""
+"""Triton kernels for the delta rule, the gated delta rule, scalar-decay linear attention and Mamba's selective scan
+(imports nothing else of the project); see kernels/README.md."""
 from .common.launch import ChunkSettings, KernelSettings, chunk_settings, current_chunk_settings
 from .delta_rule import (
     chunk_delta_rule,
@@ -19,6 +19,7 @@ from .simple_gla import (
     naive_chunk_simple_gla,
     naive_recurrent_simple_gla,
 )
+from .mamba import naive_selective_scan, naive_selective_scan_step, selective_scan, selective_scan_step
 
 __all__ = [
     "ChunkSettings",
@@ -37,4 +38,8 @@ __all__ = [
     "naive_recurrent_delta_rule",
     "naive_recurrent_gated_delta_rule",
     "naive_recurrent_simple_gla",
+    "naive_selective_scan",
+    "naive_selective_scan_step",
+    "selective_scan",
+    "selective_scan_step",
 ]
