@@ -7,6 +7,10 @@ Families (``family``):
   window ``attn_window`` (default 2048); DeltaNet elsewhere.
 - ``deltanet_hybrid_global``: global softmax attention at layers ``attn_layers`` (counted from 1; default
   ``[2, N // 2 + 1]``); DeltaNet elsewhere.
+- ``gated_deltanet``: every layer a Gated DeltaNet mixer (the delta rule with a Mamba2-style decay, output gate).
+- ``gated_deltanet_hybrid_swa``: sliding-window attention every other layer as in ``deltanet_hybrid_swa``, Gated
+  DeltaNet elsewhere.
+- ``retnet``: every layer RetNet's multi-scale retention (fixed decay per head, RoPE, output gate).
 - ``transformer``: Transformer++ (RoPE, SwiGLU, RMSNorm, causal attention) in every layer.
 - ``mamba``: Mamba (selective state space, S6) with no MLP.  Each of the ``num_layers`` layers holds two residual
   Mamba blocks ``x = x + Mamba(RMSNorm(x))`` (in the places of the mixer and of the MLP), as the Mamba paper pairs
@@ -35,7 +39,8 @@ import yaml
 
 __all__ = ["DeltaNetConfig", "PRESETS", "FAMILIES"]
 
-FAMILIES = ("deltanet", "deltanet_hybrid_swa", "deltanet_hybrid_global", "transformer", "mamba")
+FAMILIES = ("deltanet", "deltanet_hybrid_swa", "deltanet_hybrid_global", "transformer", "mamba", "gated_deltanet",
+            "gated_deltanet_hybrid_swa", "retnet")
 
 SIZES_DIR = Path(__file__).resolve().parents[1] / "conf" / "model" / "size"
 
@@ -113,7 +118,7 @@ class DeltaNetConfig:
             self.head_dim = self.hidden_size // self.num_heads
         if isinstance(self.head_dim, bool) or not isinstance(self.head_dim, int) or self.head_dim < 1:
             raise ValueError(f"head_dim must be a positive int, got {self.head_dim!r}")
-        if self.family not in ("deltanet", "mamba") and self.head_dim % 2:
+        if self.family not in ("deltanet", "mamba", "gated_deltanet") and self.head_dim % 2:
             raise ValueError(f"head_dim must be even for RoPE attention, got {self.head_dim}")
         if self.intermediate_size is None:
             self.intermediate_size = _llama_intermediate_size(self.hidden_size)
@@ -139,11 +144,11 @@ class DeltaNetConfig:
     def _resolve_attention(self) -> None:
         n = self.num_layers
         if self.attn_layers is None:
-            if self.family in ("deltanet", "mamba"):
+            if self.family in ("deltanet", "mamba", "gated_deltanet", "retnet"):
                 layers: list[int] = []
             elif self.family == "transformer":
                 layers = list(range(1, n + 1))
-            elif self.family == "deltanet_hybrid_swa":
+            elif self.family in ("deltanet_hybrid_swa", "gated_deltanet_hybrid_swa"):
                 layers = list(range(2, n + 1, 2))  # every other layer: 2, 4, ...
             else:  # deltanet_hybrid_global: layers 2 and N/2 + 1, kept within the model
                 layers = sorted({i for i in (2, n // 2 + 1) if i <= n})
@@ -157,12 +162,12 @@ class DeltaNetConfig:
             if len(set(layers)) != len(layers):
                 raise ValueError(f"attn_layers has duplicates: {layers}")
             layers = sorted(layers)
-            if self.family in ("deltanet", "mamba") and layers:
+            if self.family in ("deltanet", "mamba", "gated_deltanet", "retnet") and layers:
                 raise ValueError(f"attn_layers must be empty for family {self.family!r}, got {layers}")
             if self.family == "transformer" and layers != list(range(1, n + 1)):
                 raise ValueError(f"attn_layers must be all layers for family 'transformer', got {layers}")
         self.attn_layers = layers
-        if self.family == "deltanet_hybrid_swa" and self.attn_window is None:
+        if self.family in ("deltanet_hybrid_swa", "gated_deltanet_hybrid_swa") and self.attn_window is None:
             self.attn_window = 2048
         if self.attn_window is not None:
             if isinstance(self.attn_window, bool) or not isinstance(self.attn_window, int) or self.attn_window < 1:

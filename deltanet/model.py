@@ -1,7 +1,7 @@
 """DeltaNet language model (and its hybrids / the Transformer++ and Mamba baselines), one file top to bottom.
 
     x = Embedding(input_ids)                                   # (B, T, C)
-    for each layer:  x = x + Mixer(RMSNorm(x))                 # DeltaNet, or softmax attention (family)
+    for each layer:  x = x + Mixer(RMSNorm(x))                 # (Gated) DeltaNet, retention, or attention (family)
                      x = x + SwiGLU(RMSNorm(x))                # family mamba: x = x + Mamba(RMSNorm(x)) here too
     logits = LMHead(RMSNorm(x))                                # untied, (B, T, vocab)
 
@@ -35,7 +35,7 @@ from kernels.cross_entropy import linear_cross_entropy
 
 from .config import DeltaNetConfig
 from .generation import GenerationMixin
-from .layers import Attention, DeltaNet, Mamba, RMSNorm, SwiGLU
+from .layers import Attention, DeltaNet, GatedDeltaNet, Mamba, MultiScaleRetention, RMSNorm, SwiGLU
 
 __all__ = ["DeltaNetForCausalLM", "DeltaNetModel", "Block", "Cache", "CausalLMOutput", "chunked_cross_entropy",
            "left_padding"]
@@ -71,6 +71,10 @@ class Block(nn.Module):
             return
         if config.is_attention_layer(layer_idx):
             self.mixer = Attention(config, layer_idx, window=config.attn_window)
+        elif config.family.startswith("gated_deltanet"):
+            self.mixer = GatedDeltaNet(config, layer_idx)
+        elif config.family == "retnet":
+            self.mixer = MultiScaleRetention(config, layer_idx)
         else:
             self.mixer = DeltaNet(config, layer_idx)
         self.mlp_norm = RMSNorm(config.hidden_size, config.norm_eps)

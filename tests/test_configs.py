@@ -80,6 +80,10 @@ RECORDED_FAMILY = {
     "deltanet_hybrid_global": {"family": "deltanet_hybrid_global"},
     "transformer": {"family": "transformer"},
     "mamba": {"family": "mamba"},  # new family
+    # families added after the move, written as a few lines from the start
+    "gated_deltanet": {"family": "gated_deltanet"},
+    "gated_deltanet_hybrid_swa": {"family": "gated_deltanet_hybrid_swa", "attn_window": 2048},
+    "retnet": {"family": "retnet"},
 }
 # The paper sizes as the old experiment YAMLs and deltanet/config.py PRESETS wrote them.
 RECORDED_SIZES = {"340M": {"hidden_size": 1024, "num_layers": 24, "num_heads": 8},

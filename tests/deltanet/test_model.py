@@ -28,6 +28,9 @@ FAMILY_CONFIGS = {
     "deltanet_hybrid_global": dict(family="deltanet_hybrid_global", num_layers=4),  # attention at layers 2 and 3
     "transformer": dict(family="transformer"),
     "mamba": dict(family="mamba", ssm_state_size=4),
+    "gated_deltanet": dict(family="gated_deltanet"),
+    "gated_deltanet_hybrid_swa": dict(family="gated_deltanet_hybrid_swa", attn_window=6),
+    "retnet": dict(family="retnet"),
 }
 
 
@@ -159,7 +162,8 @@ def test_loss_is_shifted_mean_ce_and_chunking_is_exact():
     assert all(rel_err(a, b) < 1e-5 for a, b in zip(g1, g2))
 
 
-@pytest.mark.parametrize("family", ["deltanet", "deltanet_hybrid_swa", "transformer", "mamba"])
+@pytest.mark.parametrize("family", ["deltanet", "deltanet_hybrid_swa", "transformer", "mamba", "gated_deltanet",
+                                    "retnet"])
 def test_varlen_packed_equals_separate_sequences(family):
     torch.manual_seed(14)
     model = DeltaNetForCausalLM(tiny(**FAMILY_CONFIGS[family]))
