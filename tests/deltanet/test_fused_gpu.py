@@ -82,7 +82,12 @@ def test_linear_cross_entropy_bf16():
 
 @pytest.mark.parametrize("gate, recompute", [(False, True), (True, True), (False, False)])
 def test_model_fused_equals_plain_bf16(gate, recompute):
-    """Fused vs plain glue in the same model at 340M width (4 layers), bf16 autocast: loss and gradients."""
+    """Fused vs plain glue in the same model at 340M width (4 layers), bf16 autocast: loss and gradients.
+
+    Both bf16 paths are measured against the same model in float32 (plain glue, no autocast): the fused path must be
+    as close to it as the plain bf16 path is (within 1.5x of the plain path's error, or 1e-2), for the loss and for
+    every parameter's gradient. Comparing the two bf16 paths with each other would mix both paths' rounding (the
+    embedding gradient of the two differs by ~5e-2 while each is ~3e-2 from float32)."""
     torch.manual_seed(3)
     kw = dict(hidden_size=1024, num_heads=8, num_layers=4, use_output_gate=gate, recompute_conv=recompute)
     plain = DeltaNetForCausalLM(DeltaNetConfig(fused=False, **kw)).to(DEV)
@@ -90,12 +95,14 @@ def test_model_fused_equals_plain_bf16(gate, recompute):
     fused.load_state_dict(plain.state_dict())
     ids = torch.randint(0, 32000, (2, 2047), device=DEV)
     losses, grads = [], []
-    for m in (plain, fused):
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+    for m, autocast in ((plain, False), (plain, True), (fused, True)):
+        m.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
             loss = m(ids, labels=ids).loss
         loss.backward()
         losses.append(loss.item())
-        grads.append({n: p.grad for n, p in m.named_parameters()})
-    assert abs(losses[0] - losses[1]) < 2e-3 * losses[0]
-    for n, g in grads[0].items():
-        assert rel_err(grads[1][n], g) < 5e-2, n
+        grads.append({n: p.grad.clone() for n, p in m.named_parameters()})
+    ref, bf16_plain, bf16_fused = grads
+    assert abs(losses[2] - losses[0]) <= max(1.5 * abs(losses[1] - losses[0]), 2e-3 * losses[0])
+    for n, g in ref.items():
+        assert rel_err(bf16_fused[n], g) <= max(1.5 * rel_err(bf16_plain[n], g), 1e-2), n
