@@ -38,7 +38,8 @@ def test_query_predictions_are_the_full_logits_at_the_query_positions():
 @pytest.mark.parametrize("mixture", [False, True])
 def test_answer_loss_is_the_models_loss_and_its_gradient(mixture):
     module = _module(2)
-    d = generate_mqar_mixture(6, T, [2, P], seed=13, vocab_size=V) if mixture else generate_mqar(6, T, P, vocab_size=V, seed=13)
+    d = (generate_mqar_mixture(6, T, [2, P], seed=13, vocab_size=V) if mixture
+         else generate_mqar(6, T, P, vocab_size=V, seed=13))
     pos, ans = answer_index(d["labels"])
     batch = {"input_ids": d["input_ids"], "labels": d["labels"], "answer_pos": pos, "answer": ans}
     got = module._loss(batch)  # what training_step uses on MQARDataModule batches
