@@ -72,8 +72,7 @@ def main() -> None:
     if args.old_loop:
         rows["old loop, alone"] = [old_loop(args.out, args.old_loop)]
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    lines = ["# MQAR trainer throughput: `experiment=mqar`, DeltaNet width 64 (batch 256, 512 tokens, unless overridden)",
-             "",
+    lines = ["# MQAR trainer throughput: `experiment=mqar`, DeltaNet width 64 (batch 256, 512 tokens by default)", "",
              f"`python benchmarks/bench_mqar_trainer.py {' '.join(sys.argv[1:])}` on {device}, torch "
              f"{torch.__version__}, triton {triton.__version__}; {args.steps} steps per run.", "",
              "| trainer | processes | sequences/s per process | sequences/s in all |", "|---|---|---|---|"]
