@@ -6,8 +6,8 @@
 #   bash benchmarks/gpu_batch.sh                                  # defaults below
 #   GPU0_PARTS="diag kernels" GPU1_PARTS="models" MQAR="" bash benchmarks/gpu_batch.sh
 #
-# MQAR holds one or more `scripts/mqar_sweep.py sweep` argument lists separated by ';' (each runs as its own sweep,
-# concurrently, on GPU 1, with --out under the result folder). SCALING, when set, holds `benchmarks/bench_scaling.py`
+# MQAR holds one or more `scripts/mqar_sweep.py launch` argument lists separated by ';' (each runs as its own sweep,
+# concurrently, on GPU 1, with --runs under the result folder). SCALING, when set, holds `benchmarks/bench_scaling.py`
 # arguments: that benchmark runs after the lanes, on both GPUs, capped at SCALING_S seconds.
 # Unpack the result with `tar xzf res.tgz`.
 set -u
@@ -30,7 +30,7 @@ if [ -n "$MQAR" ]; then
   i=0
   for args in "${sweeps[@]}"; do
     # shellcheck disable=SC2086  # the argument list is meant to split
-    CUDA_VISIBLE_DEVICES=1 python3 scripts/mqar_sweep.py sweep --out "$RES/mqar$i" $args > "$RES/mqar$i.log" 2>&1 &
+    CUDA_VISIBLE_DEVICES=1 python3 scripts/mqar_sweep.py launch --runs "$RES/mqar$i" $args > "$RES/mqar$i.log" 2>&1 &
     pids+=($!)
     i=$((i + 1))
   done
