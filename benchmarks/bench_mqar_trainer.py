@@ -7,9 +7,9 @@ sequences/s. With --old-loop, also times the hand-written loop that the sweep sc
 history first), the same model and data, 200 timed steps:
 
     git show <commit>:scripts/mqar_sweep.py > scripts/mqar_sweep_old.py
-    python benchmarks/bench_mqar_trainer.py OUT --old-loop scripts/mqar_sweep_old.py
+    python benchmarks/bench_mqar_trainer.py --out OUT --old-loop scripts/mqar_sweep_old.py
 
-Writes OUT/mqar_trainer.md and OUT/mqar_trainer.json (command, GPU, torch and triton versions, sequences/s).
+Writes OUT/bench_mqar_trainer.md and .json (command, GPU, torch and triton versions, sequences/s).
 """
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def old_loop(out: Path, script: str) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("out", type=Path, help="output directory")
+    p.add_argument("--out", type=Path, required=True, help="directory for bench_mqar_trainer.md/.json")
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--parallel", type=int, default=4, help="processes sharing the GPU in the second measurement")
     p.add_argument("--old-loop", default=None, help="path of the old sweep script (from git history), to compare")
@@ -81,8 +81,8 @@ def main() -> None:
     if args.old_loop:
         ratio = rows["lightning, alone"][0] / rows["old loop, alone"][0]
         lines += ["", f"Lightning alone / old loop alone: {ratio:.2f}"]
-    (args.out / "mqar_trainer.md").write_text("\n".join(lines) + "\n")
-    (args.out / "mqar_trainer.json").write_text(json.dumps({"device": device, "torch": torch.__version__,
+    (args.out / "bench_mqar_trainer.md").write_text("\n".join(lines) + "\n")
+    (args.out / "bench_mqar_trainer.json").write_text(json.dumps({"device": device, "torch": torch.__version__,
                                                             "triton": triton.__version__, "steps": args.steps,
                                                             "sequences_per_s": rows}, indent=1))
     print("\n".join(lines))
