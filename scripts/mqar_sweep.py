@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_name(family: str, width: int, lr: float) -> str:
-    return f"{family}_w{width}_lr{lr:.0e}"
+    return f"{family}_w{width}_lr{lr:g}"
 
 
 def run_command(family: str, width: int, lr: float, run_dir: Path, head_dim: int, overrides: list[str]) -> list[str]:
@@ -125,9 +125,9 @@ def report(args: argparse.Namespace) -> None:
              "|---|---|---|---|---|---|---|---|---|"]
     for (family, width), r in best.items():
         tried = sorted({x["lr"] for x in records if (x["family"], x["width"]) == (family, width)})
-        lines.append(f"| {family} | {width} | {100 * r['final_acc']:.2f}% | {r['lr']:.0e} | {r['batch_size']} | "
+        lines.append(f"| {family} | {width} | {100 * r['final_acc']:.2f}% | {r['lr']:g} | {r['batch_size']} | "
                      f"{data_label(r)} | {r['sequences']:,} | {r['train_seconds']:.0f} | "
-                     f"{', '.join(f'{x:.0e}' for x in tried)} |")
+                     f"{', '.join(f'{x:g}' for x in tried)} |")
     short = [f"{f} {w}" for (f, w), r in best.items() if r["final_acc"] < args.target]
     if short:
         lines += ["", f"Below the target ({', '.join(short)}): the best runs of these points ended at their step or "
@@ -159,7 +159,7 @@ def plot(best: dict[tuple, dict], target: float, path: Path) -> None:
         if chance:
             ax.plot(*zip(*chance), "o", mfc="none", color=line.get_color())
         for w, r in pts:
-            ax.annotate(f"lr {r['lr']:.0e}\n{r['sequences'] / 1e6:.2f}M seq, {r['train_seconds']:.0f} s",
+            ax.annotate(f"lr {r['lr']:g}\n{r['sequences'] / 1e6:.2f}M seq, {r['train_seconds']:.0f} s",
                         (w, 100 * r["final_acc"]), textcoords="offset points", fontsize=7, color=line.get_color(),
                         xytext=(5, -22 - 20 * sum(f < family and abs(o["final_acc"] - r["final_acc"]) < 0.1
                                                   for (f, v), o in best.items() if v == w)))  # below close ones

@@ -54,12 +54,12 @@ def test_report_writes_table_json_and_plot_and_regenerates_from_its_json(tmp_pat
     out = tmp_path / "results"
     main(["report", str(tmp_path / "runs"), "--out", str(out), "--note", "one seed per run"])
     md = (out / "mqar.md").read_text()
-    assert ("| deltanet | 64 | 93.00% | 3e-03 | 256 | mix 4,8,16,32,64 pairs, fresh | 2,000,000 | 2000 | "
-            "1e-03, 3e-03 |") in md
-    assert "| deltanet | 128 | 99.10% | 3e-03 |" in md and "1e-03, 3e-03, 1e-02 |" in md
+    assert ("| deltanet | 64 | 93.00% | 0.003 | 256 | mix 4,8,16,32,64 pairs, fresh | 2,000,000 | 2000 | "
+            "0.001, 0.003 |") in md
+    assert "| deltanet | 128 | 99.10% | 0.003 |" in md and "0.001, 0.003, 0.01 |" in md
     assert "Below the target (deltanet 64, transformer 64)" in md and "budget-limited" in md
     assert "- one seed per run" in md and "NVIDIA H200, torch 2.11.0, triton 3.6.0" in md
-    assert md.count("| deltanet_w128_lr") == 3 and "| deltanet_w128_lr3e-03_b256_mix_fresh |" in md
+    assert md.count("| deltanet_w128_lr") == 3 and "| deltanet_w128_lr0.003_b256_mix_fresh |" in md
     assert "call" not in md.lower() and "session" not in md.lower()
     data = json.loads((out / "mqar.json").read_text())
     assert len(data["runs"]) == 6 and [b["lr"] for b in data["best"]] == [3e-3, 3e-3, 1e-3]
@@ -78,20 +78,20 @@ def test_report_without_records_says_so(tmp_path):
 
 def test_launch_dry_run_builds_one_run_py_command_per_point(tmp_path, capsys):
     runs = tmp_path / "runs"
-    (runs / "deltanet_w64_lr1e-03").mkdir(parents=True)
-    (runs / "deltanet_w64_lr1e-03" / "metrics.json").write_text("{}")  # finished: skipped
-    (runs / "deltanet_w128_lr1e-03" / "checkpoints").mkdir(parents=True)
-    (runs / "deltanet_w128_lr1e-03" / "checkpoints" / "last.ckpt").write_text("")  # cut short: resumed
+    (runs / "deltanet_w64_lr0.001").mkdir(parents=True)
+    (runs / "deltanet_w64_lr0.001" / "metrics.json").write_text("{}")  # finished: skipped
+    (runs / "deltanet_w128_lr0.001" / "checkpoints").mkdir(parents=True)
+    (runs / "deltanet_w128_lr0.001" / "checkpoints" / "last.ckpt").write_text("")  # cut short: resumed
     main(["launch", "--runs", str(runs), "--family", "deltanet", "transformer", "--width", "64", "128",
           "--lr", "1e-3", "--dry-run", "--", "data.fresh_train_data=true"])
     cmds = capsys.readouterr().out.strip().splitlines()
     assert len(cmds) == 3
     by_dir = {c.split("hydra.run.dir=")[1].split()[0]: c for c in cmds}
-    assert str(runs / "deltanet_w64_lr1e-03") not in by_dir
-    resumed = by_dir[str(runs / "deltanet_w128_lr1e-03")]
+    assert str(runs / "deltanet_w64_lr0.001") not in by_dir
+    resumed = by_dir[str(runs / "deltanet_w128_lr0.001")]
     assert "model.hidden_size=128 model.num_heads=2 optim.optimizer.lr=0.001" in resumed
     assert resumed.endswith("data.fresh_train_data=true ckpt_path=last")
-    t64 = by_dir[str(runs / "transformer_w64_lr1e-03")]
+    t64 = by_dir[str(runs / "transformer_w64_lr0.001")]
     assert "experiment=mqar model=transformer" in t64 and "model.num_heads=1" in t64
     assert all("callbacks=early_stopping" in c for c in cmds) and "ckpt_path" not in t64
 
@@ -101,7 +101,7 @@ def test_tiny_sweep_on_cpu_end_to_end(tmp_path):
     runs, out = tmp_path / "runs", tmp_path / "results"
     main(["launch", "--runs", str(runs), "--family", "deltanet", "--width", "32", "--lr", "1e-3", "3e-3",
           "--head-dim", "32", "--workers", "2", "--", *TINY])
-    for name in ("deltanet_w32_lr1e-03", "deltanet_w32_lr3e-03"):
+    for name in ("deltanet_w32_lr0.001", "deltanet_w32_lr0.003"):
         assert (runs / name / "metrics.json").is_file(), (runs / f"{name}.log").read_text()[-3000:]
         rec = json.loads((runs / name / "mqar_run.json").read_text())
         assert [p["step"] for p in rec["curve"]] == [2, 4] and rec["sequences"] == 32
