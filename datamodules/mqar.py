@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Optional, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 try:  # the generator works without Lightning; the DataModule needs it
     import lightning as L
@@ -31,7 +31,7 @@ try:  # the generator works without Lightning; the DataModule needs it
 except ImportError:  # pragma: no cover
     _Base = object
 
-__all__ = ["generate_mqar", "power_law_probs", "answer_index", "MQARDataset", "MQARDataModule"]
+__all__ = ["generate_mqar", "power_law_probs", "answer_index", "MQARDataset", "EpochShuffle", "MQARDataModule"]
 
 IGNORE_INDEX = -100
 
@@ -175,11 +175,36 @@ class MQARDataset(Dataset):
 
     def __getitems__(self, idx: list[int]) -> dict[str, torch.Tensor]:
         index = torch.as_tensor(idx, dtype=torch.long)
-        return {k: v[index.to(v.device)] for k, v in self.tensors.items()}
+        device = self.tensors["input_ids"].device
+        if device.type == "cuda":  # from pinned memory the copy does not wait for the GPU's queue
+            index = index.pin_memory().to(device, non_blocking=True)
+        return {k: v[index] for k, v in self.tensors.items()}
 
 
 def _identity(batch: Any) -> Any:
     return batch
+
+
+class EpochShuffle(Sampler[int]):
+    """A random order of ``range(n)`` that depends on (seed, epoch) alone, not on the global random state.
+
+    Every iteration in one epoch gives the same order (Lightning starts the train iterator twice in an epoch whose
+    loader it reloads), so any loop that sets the same epoch (`lit_modules.fast_loop`) sees the same batches.
+    Lightning calls `set_epoch` at the start of each epoch.
+    """
+
+    def __init__(self, n: int, seed: int, epoch: int = 0):
+        self.n, self.seed, self.epoch = n, int(seed), int(epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=gen).tolist())
 
 
 class MQARDataModule(_Base):
@@ -191,6 +216,8 @@ class MQARDataModule(_Base):
         train_seed / test_seed: generator seeds of the two sets.
         train_kv_pairs: optional list of pair counts; the train set is then an equal mixture of them (the test set
             keeps ``num_kv_pairs``).
+        shuffle_seed: seed of the train order (`EpochShuffle`, a new order every epoch); None takes
+            ``torch.initial_seed()`` when the DataModule is built, i.e. the run's ``seed``.
         fresh_train_data: draw a new train set every epoch, seeded ``train_seed + 1000 * epoch`` (epoch 0 is the
             fixed set), instead of reshuffling Zoology's fixed one: with the fixed 100K set a width-64 model
             memorises it (train loss 0.003, test loss 0.40, benchmarks/results/mqar.md). Needs the Trainer to ask
@@ -213,6 +240,7 @@ class MQARDataModule(_Base):
         test_seed: int = 1,
         train_kv_pairs: Optional[Iterable[int]] = None,
         fresh_train_data: bool = False,
+        shuffle_seed: Optional[int] = None,
         batch_size: int = 128,
         num_workers: int = 0,
         device: str = "auto",
@@ -226,7 +254,8 @@ class MQARDataModule(_Base):
         self.train_seed, self.test_seed = train_seed, test_seed
         self.train_kv_pairs = [int(p) for p in train_kv_pairs] if train_kv_pairs else None
         self.fresh_train_data = bool(fresh_train_data)
-        self._train_epoch = 0  # the epoch whose set `train_set` holds (fresh_train_data)
+        self.shuffle_seed = int(torch.initial_seed() if shuffle_seed is None else shuffle_seed) % 2**31
+        self._epoch = 0  # the epoch the next train loader serves (and whose set `train_set` holds when fresh)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.batch_size, self.num_workers, self.device = batch_size, num_workers, device
@@ -246,25 +275,32 @@ class MQARDataModule(_Base):
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_set is None:
-            self.train_set = self._train_set(self._train_epoch)
+            self.train_set = self._train_set(self._epoch if self.fresh_train_data else 0)
         if self.test_set is None:
             self.test_set = generate_mqar(self.num_test_examples, self.seq_len, self.num_kv_pairs,
                                           seed=self.test_seed, **self._task())
 
     def _loader(self, tensors: dict[str, torch.Tensor], shuffle: bool) -> DataLoader:
-        return DataLoader(MQARDataset(tensors), batch_size=self.batch_size, shuffle=shuffle, drop_last=shuffle,
+        data = MQARDataset(tensors)
+        sampler = EpochShuffle(len(data), self.shuffle_seed, self._epoch) if shuffle else None
+        return DataLoader(data, batch_size=self.batch_size, sampler=sampler, drop_last=shuffle,
                           num_workers=self.num_workers, collate_fn=_identity,
                           persistent_workers=self.num_workers > 0)
 
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next `train_dataloader` serve epoch `epoch`: its order, and with ``fresh_train_data`` its set."""
+        if self.fresh_train_data and epoch != self._epoch:
+            self.train_set = None
+        self._epoch = int(epoch)
+
     def train_dataloader(self) -> DataLoader:
         trainer = getattr(self, "trainer", None)
-        if self.fresh_train_data and trainer is not None:
-            if trainer.reload_dataloaders_every_n_epochs != 1:
+        if trainer is not None:
+            if self.fresh_train_data and trainer.reload_dataloaders_every_n_epochs != 1:
                 raise ValueError("data.fresh_train_data=true draws a new train set per epoch and needs "
                                  "trainer.reload_dataloaders_every_n_epochs=1 (got "
                                  f"{trainer.reload_dataloaders_every_n_epochs}): the set would never change")
-            if trainer.current_epoch != self._train_epoch:  # also right after a resume into a later epoch
-                self._train_epoch, self.train_set = trainer.current_epoch, None
+            self.set_epoch(trainer.current_epoch)  # also right after a resume into a later epoch
         self.setup()
         return self._loader(self.train_set, shuffle=True)
 

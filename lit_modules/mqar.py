@@ -26,7 +26,7 @@ from torchmetrics import MeanMetric
 
 from lit_modules.causal_lm import CausalLMModule
 
-__all__ = ["MQARModule", "query_predictions", "answer_loss"]
+__all__ = ["MQARModule", "query_predictions", "answer_loss", "run_record", "write_record"]
 
 
 def query_predictions(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor,
@@ -122,37 +122,13 @@ class MQARModule(CausalLMModule):
 
     def _add_point(self, acc: float, loss: float) -> None:
         seq_len = self._seq_len or getattr(self.trainer.datamodule, "seq_len", 0) or 1
-        point = {"step": int(self.global_step), "sequences": int(self.tokens_seen // seq_len),
-                 "seconds": round(self.train_seconds, 2), "acc": acc, "loss": loss}
-        if self.curve and self.curve[-1]["step"] == point["step"]:
-            self.curve[-1] = point  # validated again at the same step (run.py's final validation)
-        else:
-            self.curve.append(point)
+        add_point(self.curve, {"step": int(self.global_step), "sequences": int(self.tokens_seen // seq_len),
+                               "seconds": round(self.train_seconds, 2), "acc": acc, "loss": loss})
         if self.record is not None and self.trainer.is_global_zero:
-            path = Path(self.record)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.run_record(), indent=1))
-            tmp.replace(path)  # a run cut short still leaves a whole record
-
-    def run_record(self) -> dict[str, Any]:
-        """The run as `scripts/mqar_sweep.py report` reads it (one JSON object)."""
-        import triton
-
-        dm, cfg, tr = self.trainer.datamodule, self.model_config, self.trainer
-        lr = getattr(self.optimizer_factory, "keywords", {}).get("lr")
-        last = self.curve[-1]
-        return {"family": cfg.family, "width": cfg.hidden_size, "num_heads": cfg.num_heads,
-                "num_layers": cfg.num_layers, "params": self._n_params, "lr": lr,
-                "batch_size": getattr(dm, "batch_size", 0) * tr.world_size * tr.accumulate_grad_batches,
-                "seq_len": getattr(dm, "seq_len", None), "kv_pairs": getattr(dm, "num_kv_pairs", None),
-                "train_kv_pairs": getattr(dm, "train_kv_pairs", None),
-                "fresh_train_data": bool(getattr(dm, "fresh_train_data", False)),
-                "num_train": getattr(dm, "num_train_examples", None), "steps": last["step"],
-                "sequences": last["sequences"], "train_seconds": last["seconds"], "final_acc": last["acc"],
-                "best_acc": max(p["acc"] for p in self.curve),
-                "device": torch.cuda.get_device_name(self._cuda) if self._cuda is not None else "cpu",
-                "torch": torch.__version__, "triton": triton.__version__, "curve": self.curve}
+            tr = self.trainer
+            write_record(self.record, run_record(
+                self, tr.datamodule, getattr(tr.datamodule, "batch_size", 0) * tr.world_size
+                * tr.accumulate_grad_batches, self._cuda))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
@@ -166,3 +142,41 @@ class MQARModule(CausalLMModule):
         state = checkpoint.get("mqar_state")
         if state is not None:
             self.curve, self.train_seconds = list(state["curve"]), float(state["train_seconds"])
+
+
+def add_point(curve: list[dict], point: dict) -> None:
+    """Append a validation point; one at the step of the last replaces it (run.py's final validation)."""
+    if curve and curve[-1]["step"] == point["step"]:
+        curve[-1] = point
+    else:
+        curve.append(point)
+
+
+def run_record(module: MQARModule, datamodule: Any, batch_size: int, cuda: torch.device | None) -> dict[str, Any]:
+    """The run as `scripts/mqar_sweep.py report` reads it (one JSON object), from its module and data.
+
+    batch_size: sequences per optimizer step; cuda: the training GPU, or None on CPU.
+    """
+    import triton
+
+    cfg, dm, last = module.model_config, datamodule, module.curve[-1]
+    return {"family": cfg.family, "width": cfg.hidden_size, "num_heads": cfg.num_heads,
+            "num_layers": cfg.num_layers, "params": module._n_params,
+            "lr": getattr(module.optimizer_factory, "keywords", {}).get("lr"), "batch_size": batch_size,
+            "seq_len": getattr(dm, "seq_len", None), "kv_pairs": getattr(dm, "num_kv_pairs", None),
+            "train_kv_pairs": getattr(dm, "train_kv_pairs", None),
+            "fresh_train_data": bool(getattr(dm, "fresh_train_data", False)),
+            "num_train": getattr(dm, "num_train_examples", None), "steps": last["step"],
+            "sequences": last["sequences"], "train_seconds": last["seconds"], "final_acc": last["acc"],
+            "best_acc": max(p["acc"] for p in module.curve),
+            "device": torch.cuda.get_device_name(cuda) if cuda is not None else "cpu",
+            "torch": torch.__version__, "triton": triton.__version__, "curve": module.curve}
+
+
+def write_record(path: str, record: dict[str, Any]) -> None:
+    """Write whole or not at all: a run cut short still leaves its last whole record."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(path)

@@ -147,3 +147,19 @@ def test_fresh_train_data_draws_a_new_set_per_epoch_and_epoch_0_is_the_fixed_set
     dm.trainer = _Trainer(3, reload=0)
     with pytest.raises(ValueError, match="reload_dataloaders_every_n_epochs=1"):
         dm.train_dataloader()
+
+
+def test_epoch_shuffle_order_depends_on_seed_and_epoch_only():
+    from datamodules.mqar import EpochShuffle
+
+    s = EpochShuffle(50, seed=4, epoch=2)
+    first = list(s)
+    torch.manual_seed(123)  # the global random state plays no part
+    assert list(s) == first and sorted(first) == list(range(50))
+    s.set_epoch(3)
+    assert list(s) != first and list(EpochShuffle(50, seed=4, epoch=3)) == list(s)
+    assert list(EpochShuffle(50, seed=5, epoch=2)) != first
+    torch.manual_seed(7)
+    a = MQARDataModule(vocab_size=V, seq_len=T, num_kv_pairs=P, num_train_examples=32, num_test_examples=8,
+                       batch_size=8, device="cpu")
+    assert a.shuffle_seed == 7  # the run's seed by default
