@@ -1,20 +1,20 @@
 """MQAR sweep: launch family x width x lr runs of ``python run.py experiment=mqar``, and report the best run per point.
 
-    # one run per (family, width, lr), at most --workers at a time sharing the GPU (a width-64 model leaves it idle
-    # between its small kernels); each run stops at 99% test accuracy (callbacks=early_stopping) or trainer.max_steps
+    # one run per (family, width, lr) in the fast loop (--task train: Lightning), --workers at a time sharing the
+    # GPU; each stops at 99% test accuracy (callbacks=early_stopping), at trainer.max_steps or trainer.max_time
     python scripts/mqar_sweep.py launch --runs RUNS --family deltanet transformer --width 64 128 --lr 1e-3 3e-3 \\
         --workers 4 -- 'data.train_kv_pairs=[4,8,16,32,64]' data.fresh_train_data=true \\
         trainer.reload_dataloaders_every_n_epochs=1 trainer.val_check_interval=250
     # tables (markdown + JSON) and the plot (accuracy vs width, one line per family) from the runs' records
     python scripts/mqar_sweep.py report RUNS --out benchmarks/results
 
-``launch --dry-run`` prints the commands: ``run.py experiment=mqar model=<family> model.hidden_size=<width>
-model.num_heads=<width / --head-dim> optim.optimizer.lr=<lr> callbacks=early_stopping <overrides after -->`` in
-``RUNS/<name>``; a run cut short (a checkpoint, no metrics.json) resumes with ``ckpt_path=last``, a finished one is
-skipped. Hydra alone sweeps one width: ``python run.py -m experiment=mqar model=deltanet,transformer
-optim.optimizer.lr=1e-3,3e-3 callbacks=early_stopping``. The report reads every ``mqar_run.json`` (written by
-`lit_modules.mqar.MQARModule`) under the given directories, or an earlier report's mqar.json (runs and notes).
-Best per (family, width), Zoology's rule: reached the target with the fewest sequences, else the best final accuracy.
+``launch --dry-run`` prints the commands (``run.py task=<train_fast|train> experiment=mqar model=<family>
+model.hidden_size=<width> model.num_heads=<width / --head-dim> optim.optimizer.lr=<lr> callbacks=early_stopping
+<overrides after -->`` in ``RUNS/<name>``); a finished run is skipped, a Lightning one cut short resumes. Hydra alone
+sweeps one width: ``python run.py -m task=train_fast experiment=mqar model=deltanet,transformer
+optim.optimizer.lr=1e-3,3e-3 callbacks=early_stopping``. The report reads every run's ``mqar_run.json`` under the
+directories, or an earlier report's mqar.json (runs and notes); best per (family, width) by Zoology's rule: reached
+the target with the fewest sequences, else the best final accuracy.
 """
 from __future__ import annotations
 
@@ -34,11 +34,11 @@ def run_name(family: str, width: int, lr: float) -> str:
     return f"{family}_w{width}_lr{lr:g}"
 
 
-def run_command(family: str, width: int, lr: float, run_dir: Path, head_dim: int, overrides: list[str]) -> list[str]:
-    cmd = [sys.executable, str(ROOT / "run.py"), "experiment=mqar", f"model={family}", f"model.hidden_size={width}",
-           f"model.num_heads={max(1, width // head_dim)}", f"optim.optimizer.lr={lr:g}", "callbacks=early_stopping",
-           f"hydra.run.dir={run_dir}", *overrides]
-    if (run_dir / "checkpoints" / "last.ckpt").is_file():
+def run_command(family: str, width: int, lr: float, run_dir: Path, args: argparse.Namespace) -> list[str]:
+    cmd = [sys.executable, str(ROOT / "run.py"), f"task={args.task}", "experiment=mqar", f"model={family}",
+           f"model.hidden_size={width}", f"model.num_heads={max(1, width // args.head_dim)}",
+           f"optim.optimizer.lr={lr:g}", "callbacks=early_stopping", f"hydra.run.dir={run_dir}", *args.overrides]
+    if args.task == "train" and (run_dir / "checkpoints" / "last.ckpt").is_file():
         cmd.append("ckpt_path=last")  # cut short: carry on from its last checkpoint
     return cmd
 
@@ -49,13 +49,12 @@ def launch(args: argparse.Namespace) -> None:
     for family, width, lr in itertools.product(args.family, args.width, args.lr):
         run_dir = runs / run_name(family, width, lr)
         if not (run_dir / "metrics.json").is_file():  # a finished run is kept
-            todo.append((run_dir, run_command(family, width, lr, run_dir, args.head_dim, args.overrides)))
+            todo.append((run_dir, run_command(family, width, lr, run_dir, args)))
     if args.dry_run:
         print("\n".join(shlex.join(["python", *cmd[1:]]) for _, cmd in todo))
         return
     runs.mkdir(parents=True, exist_ok=True)
-    running: list[tuple[Path, subprocess.Popen]] = []
-    t0 = time.time()
+    running, t0 = [], time.time()  # (run dir, process) pairs
     while todo or running:
         for run_dir, proc in [r for r in running if r[1].poll() is not None]:
             running.remove((run_dir, proc))
@@ -107,11 +106,11 @@ def best_runs(records: list[dict], target: float) -> dict[tuple, dict]:
 
 def report(args: argparse.Namespace) -> None:
     records, old_notes = load_records(args.runs)
-    records.sort(key=lambda r: (r["family"], r["width"], label(r)))
     note_text = args.note or old_notes  # regenerating from an earlier mqar.json keeps its notes
+    records.sort(key=lambda r: (r["family"], r["width"], label(r)))
     best = best_runs(records, args.target)
     (out := Path(args.out)).mkdir(parents=True, exist_ok=True)
-    r0 = records[0]
+    r0 = records[0]  # the task: the same in every run
     versions = sorted({f"{r['device']}, torch {r['torch']}" + (f", triton {r['triton']}" if r.get("triton") else "")
                        for r in records})
     notes = [f"- {n}" for n in note_text]  # markdown list items
@@ -183,6 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--width", nargs="+", type=int, required=True)
     s.add_argument("--lr", nargs="+", type=float, required=True)
     s.add_argument("--head-dim", type=int, default=64, help="model.num_heads = width // head_dim (at least 1)")
+    s.add_argument("--task", choices=["train_fast", "train"], default="train_fast", help="fast loop or Lightning")
     s.add_argument("--workers", type=int, default=1, help="runs at a time (sharing the GPU)")
     s.add_argument("--dry-run", action="store_true", help="print the commands only")
     s.add_argument("overrides", nargs="*", help="Hydra overrides for every run (after --)")

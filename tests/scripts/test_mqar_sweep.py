@@ -81,7 +81,7 @@ def test_launch_dry_run_builds_one_run_py_command_per_point(tmp_path, capsys):
     (runs / "deltanet_w64_lr0.001").mkdir(parents=True)
     (runs / "deltanet_w64_lr0.001" / "metrics.json").write_text("{}")  # finished: skipped
     (runs / "deltanet_w128_lr0.001" / "checkpoints").mkdir(parents=True)
-    (runs / "deltanet_w128_lr0.001" / "checkpoints" / "last.ckpt").write_text("")  # cut short: resumed
+    (runs / "deltanet_w128_lr0.001" / "checkpoints" / "last.ckpt").write_text("")  # a Lightning run cut short
     main(["launch", "--runs", str(runs), "--family", "deltanet", "transformer", "--width", "64", "128",
           "--lr", "1e-3", "--dry-run", "--", "data.fresh_train_data=true"])
     cmds = capsys.readouterr().out.strip().splitlines()
@@ -90,14 +90,18 @@ def test_launch_dry_run_builds_one_run_py_command_per_point(tmp_path, capsys):
     assert str(runs / "deltanet_w64_lr0.001") not in by_dir
     resumed = by_dir[str(runs / "deltanet_w128_lr0.001")]
     assert "model.hidden_size=128 model.num_heads=2 optim.optimizer.lr=0.001" in resumed
-    assert resumed.endswith("data.fresh_train_data=true ckpt_path=last")
     t64 = by_dir[str(runs / "transformer_w64_lr0.001")]
     assert "experiment=mqar model=transformer" in t64 and "model.num_heads=1" in t64
-    assert all("callbacks=early_stopping" in c for c in cmds) and "ckpt_path" not in t64
+    assert all("task=train_fast" in c and "callbacks=early_stopping" in c for c in cmds) and "ckpt_path" not in t64
+    assert resumed.endswith("data.fresh_train_data=true")  # the fast loop does not checkpoint: it starts again
+    main(["launch", "--runs", str(runs), "--family", "deltanet", "--width", "128", "--lr", "1e-3", "--task", "train",
+          "--dry-run"])
+    lightning = capsys.readouterr().out.strip()
+    assert "task=train experiment=mqar" in lightning and lightning.endswith("ckpt_path=last")  # Lightning resumes
 
 
 def test_tiny_sweep_on_cpu_end_to_end(tmp_path):
-    """Two real runs through run.py (sharing the machine), their records, and the report."""
+    """Two real runs of the fast loop through run.py (sharing the machine), their records, and the report."""
     runs, out = tmp_path / "runs", tmp_path / "results"
     main(["launch", "--runs", str(runs), "--family", "deltanet", "--width", "32", "--lr", "1e-3", "3e-3",
           "--head-dim", "32", "--workers", "2", "--", *TINY])
