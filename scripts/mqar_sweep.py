@@ -85,7 +85,7 @@ def load_records(paths: list[str]) -> tuple[list[dict], list[str]]:
 def data_label(r: dict) -> str:
     pairs = r.get("train_kv_pairs")
     mix = f"mix {','.join(map(str, pairs))} pairs" if pairs else f"{r['kv_pairs']} pairs"
-    return f"{mix}, " + ("fresh" if r.get("fresh_train_data") else f"fixed {r['num_train'] // 1000}K")
+    return f"{mix}, " + ("fresh" if r.get("fresh_train_data") else f"fixed {r['num_train']:,}")
 
 
 def label(r: dict) -> str:
