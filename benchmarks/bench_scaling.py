@@ -39,7 +39,7 @@ dynamics amplify over steps, hence the default tolerance of 0.05 nats, a judgeme
 
 The 8-GPU paper-configuration run, on one host with 8 GPUs:
 
-    python benchmarks/bench_scaling.py --preset deltanet_hybrid_swa_340m_15b --data embedded \
+    python benchmarks/bench_scaling.py --preset paper_340m_15b --override model=deltanet_hybrid_swa --data embedded \
         --steps 64 --warmup 5 --lr-warmup-steps 6 --micro-batch 8 --global-batch-tokens 131072 \
         --runs ddp1,ddp8,fsdp8 --timeout 330 --out OUT_DIR
 
@@ -373,7 +373,8 @@ def main() -> None:
     p.add_argument("--strategy", default="ddp", choices=list(STRATEGIES))
     p.add_argument("--devices", type=int, default=2)
     p.add_argument("--json", default="scaling_run.json")
-    p.add_argument("--preset", default="deltanet_340m_15b", help="conf/experiment/ name (smoke: toy model, CPU tests)")
+    p.add_argument("--preset", default="paper_340m_15b",
+                   help="conf/experiment/ name (smoke: toy model, CPU tests); the family: --override model=<family>")
     p.add_argument("--data", default="random", choices=["random", "embedded"],
                    help="random ids (throughput only) or the embedded corpus (real text, comparable loss curves)")
     p.add_argument("--steps", type=int, default=30)
