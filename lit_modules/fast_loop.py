@@ -88,6 +88,8 @@ def train_fast(cfg: DictConfig) -> dict[str, Any]:
     optimizer, scheduler = (opt["optimizer"], opt["lr_scheduler"]["scheduler"]) if isinstance(opt, dict) \
         else (opt, None)
     clip = tr.get("gradient_clip_val")
+    if clip and tr.get("gradient_clip_algorithm", "norm") not in (None, "norm"):
+        raise ValueError(f"task=train_fast clips the gradient norm only; got {tr.gradient_clip_algorithm}")
     every, max_steps, deadline = int(tr.val_check_interval), int(tr.max_steps), _seconds(tr.get("max_time"))
     stop = (cfg.get("callbacks") or {}).get("early_stopping")
     target = float(stop.stopping_threshold) if stop is not None and stop.get("stopping_threshold") is not None else None
@@ -99,7 +101,11 @@ def train_fast(cfg: DictConfig) -> dict[str, Any]:
     t_segment = time.perf_counter()
     while step < max_steps and not reached and seconds < deadline:
         dm.set_epoch(epoch)
-        for batch in dm.train_dataloader():  # the loader Lightning iterates in this epoch
+        loader = dm.train_dataloader()  # the loader Lightning iterates in this epoch
+        if len(loader) == 0:
+            raise ValueError(f"data.num_train_examples={dm.num_train_examples} < data.batch_size={dm.batch_size}: "
+                             "no whole batch to train on")
+        for batch in loader:
             with autocast:
                 loss = module.training_step(batch, step)  # the LightningModule's loss (and its train/loss meter)
             loss.backward()

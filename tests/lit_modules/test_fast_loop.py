@@ -91,3 +91,7 @@ def test_refuses_accumulation_and_other_modules(tmp_path):
         train_fast(_cfg([*TINY, "trainer.accumulate_grad_batches=2"], tmp_path))
     with pytest.raises(ValueError, match="trains MQAR"):
         train_fast(_cfg(["experiment=smoke", "trainer.accelerator=cpu"], tmp_path))
+    with pytest.raises(ValueError, match="no whole batch"):
+        train_fast(_cfg([*TINY, "data.num_train_examples=4"], tmp_path))
+    with pytest.raises(ValueError, match="norm only"):
+        train_fast(_cfg([*TINY, "trainer.gradient_clip_algorithm=value"], tmp_path))
