@@ -3,6 +3,7 @@
     python run.py                                  # train a small DeltaNet on the embedded corpus
     python run.py experiment=smoke                 # toy-size run of the whole pipeline (< 1 min on CPU)
     python run.py model=deltanet_hybrid_swa trainer.devices=8
+    python run.py task=train_fast experiment=mqar     # MQAR in the fast loop (lit_modules/fast_loop.py)
     python run.py task=prepare data=slimpajama_local data.source.root=/path/to/SlimPajama
     python run.py task=generate ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt prompt="The delta rule"
 """
@@ -128,7 +129,14 @@ def generate(cfg: DictConfig) -> str:
     return text
 
 
-TASKS = {"train": train, "prepare": prepare, "generate": generate}
+def train_fast(cfg: DictConfig) -> dict[str, float]:
+    """MQAR in the fast loop (lit_modules/fast_loop.py): the objects of `train`, without Lightning around each step."""
+    from lit_modules.fast_loop import train_fast as fast
+
+    return fast(cfg)["metrics"]
+
+
+TASKS = {"train": train, "train_fast": train_fast, "prepare": prepare, "generate": generate}
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

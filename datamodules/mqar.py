@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Optional, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 try:  # the generator works without Lightning; the DataModule needs it
     import lightning as L
@@ -31,7 +31,7 @@ try:  # the generator works without Lightning; the DataModule needs it
 except ImportError:  # pragma: no cover
     _Base = object
 
-__all__ = ["generate_mqar", "power_law_probs", "MQARDataset", "MQARDataModule"]
+__all__ = ["generate_mqar", "power_law_probs", "answer_index", "MQARDataset", "EpochShuffle", "MQARDataModule"]
 
 IGNORE_INDEX = -100
 
@@ -141,11 +141,30 @@ def generate_mqar_mixture(
     return {k: v[perm] for k, v in out.items()}
 
 
+def answer_index(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> tuple[torch.Tensor, torch.Tensor]:
+    """The labelled positions of every row with one fixed width P (the most labels any row has).
+
+    labels: (N, T) long, aligned with input_ids. Returns ``answer_pos (N, P)``, the positions t whose logits
+    predict ``labels[t + 1]``, in increasing order, and ``answer (N, P)``, those labels, ``ignore_index`` where a
+    row has fewer than P (mixtures of pair counts); the padded slots point at position 0.
+    """
+    target = labels[:, 1:]  # (N, T-1)
+    mask = target != ignore_index
+    width = max(1, int(mask.sum(1).max()))
+    order = torch.sort(mask.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :width]  # labelled first
+    answer = target.gather(1, order)
+    return order.masked_fill(answer == ignore_index, 0), answer
+
+
 class MQARDataset(Dataset):
-    """Rows of pre-generated tensors as dicts; ``__getitems__`` lets the DataLoader fetch a batch in one index."""
+    """Rows of pre-generated tensors as dicts; ``__getitems__`` lets the DataLoader fetch a batch in one index.
+
+    A row is ``{"input_ids": (T,), "labels": (T,), "answer_pos": (P,), "answer": (P,)}`` (see `answer_index`).
+    """
 
     def __init__(self, tensors: dict[str, torch.Tensor]):
         self.tensors = {k: v for k, v in tensors.items() if k in ("input_ids", "labels")}
+        self.tensors["answer_pos"], self.tensors["answer"] = answer_index(self.tensors["labels"])
         self.n = next(iter(self.tensors.values())).shape[0]
 
     def __len__(self) -> int:
@@ -156,11 +175,36 @@ class MQARDataset(Dataset):
 
     def __getitems__(self, idx: list[int]) -> dict[str, torch.Tensor]:
         index = torch.as_tensor(idx, dtype=torch.long)
-        return {k: v[index.to(v.device)] for k, v in self.tensors.items()}
+        device = self.tensors["input_ids"].device
+        if device.type == "cuda":  # from pinned memory the copy does not wait for the GPU's queue
+            index = index.pin_memory().to(device, non_blocking=True)
+        return {k: v[index] for k, v in self.tensors.items()}
 
 
 def _identity(batch: Any) -> Any:
     return batch
+
+
+class EpochShuffle(Sampler[int]):
+    """A random order of ``range(n)`` that depends on (seed, epoch) alone, not on the global random state.
+
+    Every iteration in one epoch gives the same order (Lightning starts the train iterator twice in an epoch whose
+    loader it reloads), so any loop that sets the same epoch (`lit_modules.fast_loop`) sees the same batches.
+    Lightning calls `set_epoch` at the start of each epoch.
+    """
+
+    def __init__(self, n: int, seed: int, epoch: int = 0):
+        self.n, self.seed, self.epoch = n, int(seed), int(epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=gen).tolist())
 
 
 class MQARDataModule(_Base):
@@ -172,6 +216,12 @@ class MQARDataModule(_Base):
         train_seed / test_seed: generator seeds of the two sets.
         train_kv_pairs: optional list of pair counts; the train set is then an equal mixture of them (the test set
             keeps ``num_kv_pairs``).
+        shuffle_seed: seed of the train order (`EpochShuffle`, a new order every epoch); None takes
+            ``torch.initial_seed()`` when the DataModule is built, i.e. the run's ``seed``.
+        fresh_train_data: draw a new train set every epoch, seeded ``train_seed + 1000 * epoch`` (epoch 0 is the
+            fixed set), instead of reshuffling Zoology's fixed one: with the fixed 100K set a width-64 model
+            memorises it (train loss 0.003, test loss 0.40, benchmarks/results/mqar.md). Needs the Trainer to ask
+            for a new loader every epoch: ``trainer.reload_dataloaders_every_n_epochs=1``.
         batch_size: micro-batch (sequences); num_workers: DataLoader workers (0: the tensors are in memory).
         device: where the sets are generated and kept: "auto" (CUDA when available: a GPU-resident set, batches
             are index gathers on the GPU, no host work per step; keep num_workers=0 then), "cpu" or "cuda".
@@ -189,6 +239,8 @@ class MQARDataModule(_Base):
         train_seed: int = 0,
         test_seed: int = 1,
         train_kv_pairs: Optional[Iterable[int]] = None,
+        fresh_train_data: bool = False,
+        shuffle_seed: Optional[int] = None,
         batch_size: int = 128,
         num_workers: int = 0,
         device: str = "auto",
@@ -201,6 +253,9 @@ class MQARDataModule(_Base):
         self.power_a, self.random_non_queries = power_a, random_non_queries
         self.train_seed, self.test_seed = train_seed, test_seed
         self.train_kv_pairs = [int(p) for p in train_kv_pairs] if train_kv_pairs else None
+        self.fresh_train_data = bool(fresh_train_data)
+        self.shuffle_seed = int(torch.initial_seed() if shuffle_seed is None else shuffle_seed) % 2**31
+        self._epoch = 0  # the epoch the next train loader serves (and whose set `train_set` holds when fresh)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.batch_size, self.num_workers, self.device = batch_size, num_workers, device
@@ -211,24 +266,41 @@ class MQARDataModule(_Base):
         return dict(vocab_size=self.vocab_size, power_a=self.power_a, random_non_queries=self.random_non_queries,
                     device=self.device)
 
+    def _train_set(self, epoch: int) -> dict[str, torch.Tensor]:
+        seed = self.train_seed + 1000 * epoch
+        if self.train_kv_pairs:
+            return generate_mqar_mixture(self.num_train_examples, self.seq_len, self.train_kv_pairs, seed=seed,
+                                         **self._task())
+        return generate_mqar(self.num_train_examples, self.seq_len, self.num_kv_pairs, seed=seed, **self._task())
+
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_set is None:
-            if self.train_kv_pairs:
-                self.train_set = generate_mqar_mixture(self.num_train_examples, self.seq_len, self.train_kv_pairs,
-                                                       seed=self.train_seed, **self._task())
-            else:
-                self.train_set = generate_mqar(self.num_train_examples, self.seq_len, self.num_kv_pairs,
-                                               seed=self.train_seed, **self._task())
+            self.train_set = self._train_set(self._epoch if self.fresh_train_data else 0)
         if self.test_set is None:
             self.test_set = generate_mqar(self.num_test_examples, self.seq_len, self.num_kv_pairs,
                                           seed=self.test_seed, **self._task())
 
     def _loader(self, tensors: dict[str, torch.Tensor], shuffle: bool) -> DataLoader:
-        return DataLoader(MQARDataset(tensors), batch_size=self.batch_size, shuffle=shuffle, drop_last=shuffle,
+        data = MQARDataset(tensors)
+        sampler = EpochShuffle(len(data), self.shuffle_seed, self._epoch) if shuffle else None
+        return DataLoader(data, batch_size=self.batch_size, sampler=sampler, drop_last=shuffle,
                           num_workers=self.num_workers, collate_fn=_identity,
                           persistent_workers=self.num_workers > 0)
 
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next `train_dataloader` serve epoch `epoch`: its order, and with ``fresh_train_data`` its set."""
+        if self.fresh_train_data and epoch != self._epoch:
+            self.train_set = None
+        self._epoch = int(epoch)
+
     def train_dataloader(self) -> DataLoader:
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            if self.fresh_train_data and trainer.reload_dataloaders_every_n_epochs != 1:
+                raise ValueError("data.fresh_train_data=true draws a new train set per epoch and needs "
+                                 "trainer.reload_dataloaders_every_n_epochs=1 (got "
+                                 f"{trainer.reload_dataloaders_every_n_epochs}): the set would never change")
+            self.set_epoch(trainer.current_epoch)  # also right after a resume into a later epoch
         self.setup()
         return self._loader(self.train_set, shuffle=True)
 

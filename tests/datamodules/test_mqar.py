@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.mqar import MQARDataModule, generate_mqar, generate_mqar_mixture, power_law_probs
+from datamodules.mqar import (MQARDataModule, answer_index, generate_mqar, generate_mqar_mixture,
+                              power_law_probs)
 
 T, P, V = 128, 8, 512
 
@@ -102,9 +103,63 @@ def test_datamodule_train_and_test_differ_and_batches_are_dicts():
     train_rows = {tuple(r) for r in dm.train_set["input_ids"].tolist()}
     assert not any(tuple(r) in train_rows for r in dm.test_set["input_ids"].tolist())
     batch = next(iter(dm.train_dataloader()))
-    assert set(batch) == {"input_ids", "labels"}
+    assert set(batch) == {"input_ids", "labels", "answer_pos", "answer"}
     assert batch["input_ids"].shape == (8, T) and batch["input_ids"].dtype == torch.long
     assert ((batch["labels"] != -100).sum(1) == P).all()
+    rows = torch.arange(8).unsqueeze(1)
+    assert batch["answer_pos"].shape == (8, P)
+    assert torch.equal(batch["answer"], batch["labels"][rows, batch["answer_pos"] + 1])
     val = list(dm.val_dataloader())
     assert sum(b["input_ids"].shape[0] for b in val) == 16
     assert torch.equal(torch.cat([b["input_ids"] for b in val]), dm.test_set["input_ids"])
+
+
+def test_answer_index_lists_every_labelled_position_in_order_with_fixed_width():
+    d = generate_mqar_mixture(40, 64, [2, 4, 8], seed=3, vocab_size=256)
+    pos, ans = answer_index(d["labels"])
+    assert pos.shape == ans.shape == (40, 8)
+    for n in range(40):
+        labelled = ((d["labels"][n, 1:] != -100).nonzero().flatten()).tolist()  # t with labels[t + 1] set
+        k = len(labelled)
+        assert pos[n, :k].tolist() == labelled and (ans[n, k:] == -100).all() and (pos[n, k:] == 0).all()
+        assert ans[n, :k].tolist() == d["labels"][n, [t + 1 for t in labelled]].tolist()
+
+
+class _Trainer:  # the two attributes the DataModule reads from Lightning's Trainer
+    def __init__(self, epoch: int, reload: int = 1):
+        self.current_epoch, self.reload_dataloaders_every_n_epochs = epoch, reload
+
+
+def test_fresh_train_data_draws_a_new_set_per_epoch_and_epoch_0_is_the_fixed_set():
+    kw = dict(vocab_size=V, seq_len=T, num_kv_pairs=P, num_train_examples=32, num_test_examples=8, batch_size=8,
+              device="cpu")
+    fixed = MQARDataModule(**kw)
+    fixed.setup()
+    dm = MQARDataModule(**kw, fresh_train_data=True)
+    dm.trainer = _Trainer(0)
+    dm.train_dataloader()
+    assert torch.equal(dm.train_set["input_ids"], fixed.train_set["input_ids"])
+    test_set = dm.test_set
+    dm.trainer = _Trainer(2)  # a resume into epoch 2 gets epoch 2's set directly
+    dm.train_dataloader()
+    want = generate_mqar(32, T, P, vocab_size=V, seed=0 + 1000 * 2)
+    assert torch.equal(dm.train_set["input_ids"], want["input_ids"]) and dm.test_set is test_set
+    dm.trainer = _Trainer(3, reload=0)
+    with pytest.raises(ValueError, match="reload_dataloaders_every_n_epochs=1"):
+        dm.train_dataloader()
+
+
+def test_epoch_shuffle_order_depends_on_seed_and_epoch_only():
+    from datamodules.mqar import EpochShuffle
+
+    s = EpochShuffle(50, seed=4, epoch=2)
+    first = list(s)
+    torch.manual_seed(123)  # the global random state plays no part
+    assert list(s) == first and sorted(first) == list(range(50))
+    s.set_epoch(3)
+    assert list(s) != first and list(EpochShuffle(50, seed=4, epoch=3)) == list(s)
+    assert list(EpochShuffle(50, seed=5, epoch=2)) != first
+    torch.manual_seed(7)
+    a = MQARDataModule(vocab_size=V, seq_len=T, num_kv_pairs=P, num_train_examples=32, num_test_examples=8,
+                       batch_size=8, device="cpu")
+    assert a.shuffle_seed == 7  # the run's seed by default

@@ -1,0 +1,97 @@
+"""lit_modules/fast_loop.py: from the same seed it gives the Lightning path's losses and test accuracies, it stops
+at the target, writes the run record, and refuses what it does not do."""
+from __future__ import annotations
+
+import functools
+import json
+from contextlib import nullcontext
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf, open_dict
+
+from datamodules.mqar import generate_mqar
+from deltanet import DeltaNetConfig
+from lit_modules.fast_loop import evaluate, train_fast
+from lit_modules.mqar import MQARModule
+from tests.helpers import ROOT, read_scalars, run_py
+
+TINY = ["experiment=mqar", "trainer.accelerator=cpu", "data.vocab_size=128", "model.vocab_size=128",
+        "data.seq_len=32", "data.num_kv_pairs=4", "model.hidden_size=32", "data.num_train_examples=32",
+        "data.num_test_examples=16", "data.batch_size=8", "trainer.max_steps=10", "trainer.val_check_interval=5",
+        "optim.scheduler.warmup_steps=1", "data.train_kv_pairs=[2,4]", "seed=3"]
+
+
+def _cfg(overrides: list[str], out: Path):
+    """The config `python run.py <overrides>` composes, with its run directory at `out`."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+        OmegaConf.set_readonly(cfg.hydra, False)
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(out)
+        HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+@pytest.mark.parametrize("fresh", [False, True], ids=["fixed_set", "fresh_set_per_epoch"])
+def test_same_seed_same_losses_and_accuracy_as_lightning(tmp_path, fresh):
+    """10 steps over 3 epochs (4 batches each), two evaluations: per-step train losses and test metrics match."""
+    data = ["data.fresh_train_data=true", "trainer.reload_dataloaders_every_n_epochs=1"] if fresh else []
+    run_py(*TINY, *data, f"hydra.run.dir={tmp_path / 'lightning'}", "trainer.log_every_n_steps=1",
+           "run_final_validation=false")
+    lightning_losses = [v for _, v in read_scalars(tmp_path / "lightning", "train/loss")]
+    lightning_curve = json.loads((tmp_path / "lightning" / "mqar_run.json").read_text())["curve"]
+
+    out = train_fast(_cfg([*TINY, *data], tmp_path / "fast"))
+    fast_curve = json.loads((tmp_path / "fast" / "mqar_run.json").read_text())["curve"]
+    assert len(out["train_losses"]) == len(lightning_losses) == 10
+    torch.testing.assert_close(torch.tensor(out["train_losses"]), torch.tensor(lightning_losses), rtol=1e-5, atol=0)
+    assert [(p["step"], p["sequences"]) for p in fast_curve] == [(p["step"], p["sequences"]) for p in lightning_curve]
+    for f, l in zip(fast_curve, lightning_curve):
+        assert f["acc"] == pytest.approx(l["acc"], abs=1e-6) and f["loss"] == pytest.approx(l["loss"], rel=1e-5)
+    assert len(set(out["train_losses"])) == 10  # the steps differ: the comparison is not of a constant
+
+
+def test_evaluate_is_the_modules_validation_metric():
+    torch.manual_seed(0)
+    module = MQARModule(DeltaNetConfig(vocab_size=128, hidden_size=32, num_layers=2, num_heads=1),
+                        optimizer=functools.partial(torch.optim.AdamW, lr=1e-3))
+    d = generate_mqar(12, 32, 4, vocab_size=128, seed=5)
+    batches = [{"input_ids": d["input_ids"][s:s + 5], "labels": d["labels"][s:s + 5]} for s in (0, 5, 10)]
+    acc, loss = evaluate(module, batches, nullcontext())
+    with torch.no_grad():
+        pred = module.model(d["input_ids"]).logits.argmax(-1)  # (B, T)
+    rows = torch.arange(12).unsqueeze(1)
+    want = (pred[rows, d["query_pos"]] == d["labels"][rows, d["query_pos"] + 1]).float().mean().item()
+    with torch.no_grad():
+        want_loss = module.model(d["input_ids"], labels=d["labels"]).loss.item()
+    assert acc == pytest.approx(want) and loss == pytest.approx(want_loss, rel=1e-5)
+    assert module.training  # evaluate hands the module back in training mode
+
+
+def test_stops_at_the_target_and_writes_record_and_metrics(tmp_path):
+    cfg = _cfg([*TINY, "callbacks=early_stopping", "callbacks.early_stopping.stopping_threshold=0.0",
+                "trainer.max_steps=40", "trainer.val_check_interval=3"], tmp_path)
+    out = train_fast(cfg)
+    assert out["global_step"] == 3 and out["reached_target"] and len(out["train_losses"]) == 3
+    rec = json.loads((tmp_path / "mqar_run.json").read_text())
+    assert [p["step"] for p in rec["curve"]] == [3]
+    assert (rec["sequences"], rec["batch_size"], rec["lr"]) == (24, 8, 3e-3)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["metrics"]["val/acc"] == rec["final_acc"] and metrics["summary"]["sequences_per_s"] > 0
+
+
+def test_refuses_accumulation_and_other_modules(tmp_path):
+    with pytest.raises(ValueError, match="without accumulation"):
+        train_fast(_cfg([*TINY, "trainer.accumulate_grad_batches=2"], tmp_path))
+    with pytest.raises(ValueError, match="trains MQAR"):
+        train_fast(_cfg(["experiment=smoke", "trainer.accelerator=cpu"], tmp_path))
+    with pytest.raises(ValueError, match="no whole batch"):
+        train_fast(_cfg([*TINY, "data.num_train_examples=4"], tmp_path))
+    with pytest.raises(ValueError, match="norm only"):
+        train_fast(_cfg([*TINY, "trainer.gradient_clip_algorithm=value"], tmp_path))
