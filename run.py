@@ -22,7 +22,7 @@ os.environ.setdefault("DELTANET_ROOT", str(ROOT))
 
 import hydra  # noqa: E402
 import torch  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
 
 log = logging.getLogger("run")
 
@@ -56,19 +56,22 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     return str(find_run(cfg.ckpt_path)[1])
 
 
+RESUME_OVERRIDES: list[str] | None = None  # set by __main__ from the command line (lit_modules.resume.resume_argv)
+
+
 def restore_run_config(cfg: DictConfig) -> DictConfig:
     """On `ckpt_path=<run dir or its last.ckpt>`: the run's own config with this command line's overrides on top."""
-    from hydra.core.hydra_config import HydraConfig
-
     from lit_modules.resume import restore_config
 
-    if cfg.get("ckpt_path") is None:
-        return cfg
-    restored = restore_config(cfg, list(HydraConfig.get().overrides.task), cfg.paths.output_dir)
+    if cfg.get("ckpt_path") is None or RESUME_OVERRIDES is None:
+        return cfg  # a DDP process started for rank > 0 reads the config rank 0 wrote (its argv has no overrides)
+    restored = restore_config(cfg, RESUME_OVERRIDES)
     if restored is None:
         return cfg
     cfg, line = restored
     info(line)
+    with open_dict(cfg):
+        cfg.resumed_config = OmegaConf.to_yaml(cfg)  # written back to the run directory once it fits the checkpoint
     return cfg
 
 
@@ -82,7 +85,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from hydra.utils import instantiate
 
     from lit_modules.recipe import apply_recipe, write_metrics
-    from lit_modules.resume import check_model_matches
+    from lit_modules.resume import check_model_matches, write_run_config
 
     plan = apply_recipe(cfg)  # token budget -> accumulation / steps / warm-up; fails here on configs that cannot work
     info(plan.describe())
@@ -90,6 +93,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     model_config = instantiate(cfg.model)
     if ckpt_path is not None:
         check_model_matches(ckpt_path, model_config)  # a short list of differing keys, not a state_dict dump
+        if cfg.get("resumed_config"):
+            write_run_config(cfg.resumed_config, cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
     lit_module = instantiate(cfg.lit_module, model_config=model_config)
@@ -173,5 +178,5 @@ def main(cfg: DictConfig):
 if __name__ == "__main__":
     from lit_modules.resume import resume_argv
 
-    sys.argv[1:] = resume_argv(sys.argv[1:])  # ckpt_path=<run dir>: write into that run directory
+    sys.argv[1:], RESUME_OVERRIDES = resume_argv(sys.argv[1:])  # ckpt_path=<run dir>: the run's config, its directory
     main()

@@ -212,7 +212,8 @@ class StepProgressBar(TQDMProgressBar):
         self._val_loss: float | None = None
 
     def init_train_tqdm(self):
-        return Tqdm(desc="step", position=2 * self.process_position, disable=self.is_disabled, leave=True,
+        total = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else None
+        return Tqdm(desc="step", total=total, position=2 * self.process_position, disable=self.is_disabled, leave=True,
                     ncols=min(100, _columns()), file=sys.stdout, smoothing=0, bar_format=self.BAR)
 
     def init_validation_tqdm(self):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import textwrap
 import warnings
 
 __all__ = ["ConsoleFormatter", "quiet_lightning", "user_error", "debug_enabled", "format_user_error"]
@@ -85,13 +84,11 @@ def user_error(e: BaseException) -> BaseException | None:
     return None
 
 
-def format_user_error(e: BaseException, width: int = 100) -> str:
-    """One paragraph: what went wrong, then the debug switch."""
+def format_user_error(e: BaseException) -> str:
+    """One paragraph (not wrapped: paths stay whole), then the debug switch."""
     text = str(e).strip() or type(e).__name__
     if isinstance(e, (FileNotFoundError, PermissionError)) and e.filename and str(e.filename) not in text:
         text = f"{text}: {e.filename}"
-    head = "Stopped" if type(e).__name__ == "Preempted" else f"Error ({type(e).__name__})"
-    body = textwrap.fill(f"{head}: {text}", width=width, break_long_words=False, break_on_hyphens=False)
-    if head == "Stopped":
-        return body
-    return body + "\n(Set DELTANET_DEBUG=1 or debug=true for the traceback.)"
+    if type(e).__name__ == "Preempted":  # not an error: the message says what was saved and how to resume
+        return text
+    return f"Error ({type(e).__name__}): {text}" + "\n(Set DELTANET_DEBUG=1 or debug=true for the traceback.)"

@@ -4,22 +4,25 @@ A run directory holds the run's composed config (``.hydra/config.yaml``, written
 Resuming restores that config, applies the command line's other overrides on top (``trainer.max_steps=...``,
 ``~callbacks.fault``; printed at start), and continues writing into the same directory (TensorBoard, ``run.log``).
 
-- :func:`resume_argv` runs before Hydra: it points ``hydra.run.dir`` at the run directory and keeps Hydra from
-  overwriting the run's ``.hydra/config.yaml`` with the freshly composed defaults.
-- :func:`restore_config` (in the train task) rebuilds the run's config from that file and writes the effective config
-  back, so a second resume (or a DDP process started for rank 1) sees the same one.
+- :func:`resume_argv` runs before Hydra: it points ``hydra.run.dir`` at the run directory, keeps Hydra from
+  overwriting the run's ``.hydra/config.yaml`` with the freshly composed defaults, and holds back the other
+  overrides for the run's config.
+- :func:`restore_config` (in the train task) rebuilds the run's config from that file; :func:`write_run_config`
+  writes the effective config back once it fits the checkpoint, so a second resume (or a DDP process started for
+  rank 1) sees the same one.
 - :func:`check_model_matches` compares the checkpoint's model config with the config's before Lightning loads the
   state_dict, and names the differing keys.
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["ResumeError", "find_run", "resume_argv", "restore_config", "check_model_matches"]
+__all__ = ["ResumeError", "find_run", "resume_argv", "restore_config", "write_run_config", "check_model_matches"]
 
 CONFIG = Path(".hydra") / "config.yaml"
 CHOICES = Path(".hydra") / "hydra.yaml"
@@ -57,27 +60,37 @@ def _arg_value(argv: Sequence[str], key: str) -> str | None:
     return value
 
 
-def resume_argv(argv: Sequence[str]) -> list[str]:
-    """`argv` (without the program name) with ``hydra.run.dir=<run dir>`` and ``hydra.output_subdir=null`` added when
-    it resumes a train run from a run directory; unchanged otherwise (errors are left to the train task)."""
+def resume_argv(argv: Sequence[str]) -> tuple[list[str], list[str] | None]:
+    """Split a command line that resumes a train run from a run directory, before Hydra composes anything.
+
+    Returns (the arguments for Hydra, the overrides for the run's config). Hydra gets `ckpt_path`, the `hydra.*`
+    overrides, ``hydra.run.dir=<run dir>`` and ``hydra.output_subdir=null`` (so the run's `.hydra/` stays as it was);
+    every other override is returned, to go on top of the run's saved config (it may name keys that only that
+    config has, e.g. ``~callbacks.fault``). Anything else (no run directory, another task, a multirun) is returned
+    unchanged with None; errors are left to the train task.
+    """
     argv = list(argv)
-    if any(a in ("-m", "--multirun") or a.startswith("--") for a in argv):
-        return argv
+    if any(a in ("-m", "--multirun") or a.startswith("-") for a in argv):
+        return argv, None
     task = _arg_value(argv, "task")
     ckpt = _arg_value(argv, "ckpt_path")
     if (task not in (None, "train")) or ckpt in (None, "", "null", "last"):
-        return argv
+        return argv, None
     try:
         run, _ = find_run(ckpt)
     except ResumeError:
-        return argv
+        return argv, None
     if run is None:
-        return argv
+        return argv, None
+    is_hydra = [a.lstrip("+~").startswith("hydra.") or a.lstrip("+~").startswith("hydra/") for a in argv]
+    is_ckpt = [a.lstrip("+").startswith("ckpt_path=") for a in argv]
+    hydra_args = [a for a, h, c in zip(argv, is_hydra, is_ckpt) if h or c]
+    overrides = [a for a, h, c in zip(argv, is_hydra, is_ckpt) if not (h or c)]
     if _arg_value(argv, "hydra.run.dir") is None:
-        argv.append(f"hydra.run.dir={run}")
+        hydra_args.append(f"hydra.run.dir={run}")
     if _arg_value(argv, "hydra.output_subdir") is None:
-        argv.append("hydra.output_subdir=null")  # the run's own .hydra/ stays; restore_config updates config.yaml
-    return argv
+        hydra_args.append("hydra.output_subdir=null")  # the run's own .hydra/ stays; restore_config updates config.yaml
+    return hydra_args, overrides
 
 
 def _saved_choices(run: Path) -> dict[str, Any]:
@@ -87,13 +100,13 @@ def _saved_choices(run: Path) -> dict[str, Any]:
         return {}
 
 
-def restore_config(cfg: DictConfig, overrides: Sequence[str], output_dir: str | Path) -> tuple[DictConfig, str] | None:
+def restore_config(cfg: DictConfig, overrides: Sequence[str]) -> tuple[DictConfig, str] | None:
     """The run's saved config with `overrides` on top, or None when `cfg.ckpt_path` is not inside a run directory.
 
     Args:
         cfg: the config Hydra composed for this command line (its `ckpt_path` names the run).
-        overrides: this command line's task overrides (`HydraConfig.get().overrides.task`).
-        output_dir: this run's output directory: the effective config is written to its `.hydra/config.yaml`.
+        overrides: the overrides to put on top of the run's config (from :func:`resume_argv`); `cfg.ckpt_path` is
+            set as well.
     Returns:
         (config, a line saying what was restored) or None.
     """
@@ -120,15 +133,23 @@ def restore_config(cfg: DictConfig, overrides: Sequence[str], output_dir: str | 
     if refused:
         raise ResumeError(f"ckpt_path={cfg.ckpt_path}: a resumed run keeps its config groups; {', '.join(refused)} "
                           "would change one. Override single values (e.g. trainer.max_steps=240) or start a new run.")
-    with_overrides = [o.input_line for o in values if o.key_or_group != "ckpt_path"]
+    with_overrides = [o.input_line for o in values]
     OmegaConf.set_struct(saved, True)  # a misspelt key is an error, as on a fresh run
     ConfigLoaderImpl._apply_overrides_to_config(values, saved)
-    out = Path(output_dir) / CONFIG
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(OmegaConf.to_yaml(saved))
+    saved.ckpt_path = cfg.ckpt_path
     line = f"Resuming {run} from {ckpt.relative_to(run) if ckpt.is_relative_to(run) else ckpt} with the run's config " \
            f"({CONFIG})" + (f" and on top: {' '.join(with_overrides)}" if with_overrides else "")
     return saved, line
+
+
+def write_run_config(config_yaml: str, output_dir: str | Path) -> None:
+    """Write the effective config of a resumed run to `<output_dir>/.hydra/config.yaml` (atomically: DDP processes of
+    rank > 0 read it while starting), once it is known to fit the checkpoint."""
+    out = Path(output_dir) / CONFIG
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp.write_text(config_yaml)
+    os.replace(tmp, out)
 
 
 def check_model_matches(ckpt_path: str | Path, model_config: Any) -> None:
