@@ -87,6 +87,10 @@ def user_error(e: BaseException) -> BaseException | None:
 def format_user_error(e: BaseException) -> str:
     """One paragraph (not wrapped: paths stay whole), then the debug switch."""
     text = str(e).strip() or type(e).__name__
+    if type(e).__module__.startswith("omegaconf"):  # drop its full_key / object_type lines
+        text = text.splitlines()[0]
+        if type(e).__name__ == "MissingMandatoryValue" and getattr(e, "full_key", None):
+            text += f" (a required value: give it on the command line, {e.full_key}=...)"
     if isinstance(e, (FileNotFoundError, PermissionError)) and e.filename and str(e.filename) not in text:
         text = f"{text}: {e.filename}"
     if type(e).__name__ == "Preempted":  # not an error: the message says what was saved and how to resume
