@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -93,6 +94,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     model_config = instantiate(cfg.model)
     if ckpt_path is not None:
         check_model_matches(ckpt_path, model_config)  # a short list of differing keys, not a state_dict dump
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")  # it is ours
         if cfg.get("resumed_config"):
             write_run_config(cfg.resumed_config, cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)

@@ -146,8 +146,8 @@ class StepCheckpoint(ModelCheckpoint):
 
     def _write_last(self, trainer) -> str:
         path = os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
+        self.last_model_path = path  # before saving: it is part of the saved state (a resumed run rewrites this file)
         trainer.save_checkpoint(path, self.save_weights_only)  # collective under DDP/FSDP: every rank calls it
-        self.last_model_path = path
         self._last_global_step_saved = trainer.global_step
         return path
 

@@ -48,6 +48,8 @@ def quiet_lightning() -> None:
         rank_zero.addFilter(_DropAdvert())
     # torch >= 2.10 deprecates a pytree call that Lightning makes on every fit; nothing for a user to act on.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    # val/* are torchmetrics values already reduced over the devices (CausalLMModule): sync_dist would reduce twice.
+    warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('val/")
 
 
 def debug_enabled(cfg=None) -> bool:
