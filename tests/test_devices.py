@@ -67,3 +67,20 @@ def test_run_py_refuses_impossible_devices_before_anything_starts(tmp_path):
     assert "Error (DeviceError): trainer.devices=8 but this machine has 0 CUDA GPUs" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert not (tmp_path / "data").exists() and not (run_dir / "checkpoints").exists()  # nothing was built
+
+
+@pytest.mark.gpu
+def test_run_py_refuses_more_gpus_than_exist(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    n = torch.cuda.device_count()
+    proc = subprocess.run([sys.executable, str(ROOT / "run.py"), "experiment=smoke", f"trainer.devices={n + 1}",
+                           f"hydra.run.dir={tmp_path / 'run'}", f"paths.data_dir={tmp_path / 'data'}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert f"trainer.devices={n + 1} but this machine has {n} CUDA GPU" in proc.stderr, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "data").exists()

@@ -117,8 +117,7 @@ def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, s
     assert "the previous last.ckpt is kept unchanged" not in proc.stderr  # the numbered file fails first: none there
     files = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert files == ["last.ckpt", "step0000004.ckpt"], files  # no partial step0000008.ckpt, no temporary file
-    assert global_step(run_dir / "checkpoints" / "last.ckpt") == 4
-    run_py(f"ckpt_path={run_dir}", "~callbacks.fault", "trainer.max_steps=6")  # and the run resumes from it
+    assert global_step(run_dir / "checkpoints" / "last.ckpt") == 4  # what `ckpt_path=<run dir>` resumes from
 
 
 def test_resume_errors_are_one_paragraph(tmp_path):
@@ -128,3 +127,21 @@ def test_resume_errors_are_one_paragraph(tmp_path):
     debug = subprocess.run([sys.executable, str(ROOT / "run.py"), f"ckpt_path={tmp_path / 'nowhere'}"], cwd=ROOT,
                            env={**os.environ, "DELTANET_DEBUG": "1"}, capture_output=True, text=True, timeout=300)
     assert debug.returncode == 1 and "Traceback" in debug.stderr + debug.stdout
+
+
+@pytest.mark.gpu
+def test_sigterm_under_two_gpu_ddp_saves_stops_and_resumes(tmp_path, shared_data_dir):
+    """The SIGTERM decision is an all-reduce over the ranks (NCCL here): every rank saves and stops at the same step."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 GPUs")
+    run_dir = tmp_path / "run"
+    ddp = ["experiment=smoke", "model=transformer", "trainer=ddp", "trainer.devices=2", "recipe.global_batch_tokens=1024",
+           "recipe.train_tokens=6144", "recipe.warmup_tokens=1024", "recipe.val_every_steps=3",
+           "trainer.log_every_n_steps=1", f"paths.data_dir={shared_data_dir}"]
+    proc = run_raw(*ddp, f"hydra.run.dir={run_dir}", FAULT, "+callbacks.fault.sigterm_at_step=3")
+    assert proc.returncode == 143, (proc.returncode, proc.stderr[-3000:])
+    assert "Stopped on SIGTERM after step 4" in proc.stderr and "Traceback" not in proc.stderr
+    assert global_step(run_dir / "checkpoints" / "last.ckpt") == 4
+    run_py(f"ckpt_path={run_dir}", "~callbacks.fault")
+    assert sorted(scalars(run_dir, "train/loss")) == list(range(6))
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.ckpt"]
