@@ -1,12 +1,13 @@
-"""DeltaNet language model (and its hybrids / the Transformer++ baseline), one file top to bottom.
+"""DeltaNet language model (and its hybrids / the Transformer++ and Mamba baselines), one file top to bottom.
 
     x = Embedding(input_ids)                                   # (B, T, C)
     for each layer:  x = x + Mixer(RMSNorm(x))                 # DeltaNet, or softmax attention (family)
-                     x = x + SwiGLU(RMSNorm(x))
+                     x = x + SwiGLU(RMSNorm(x))                # family mamba: x = x + Mamba(RMSNorm(x)) here too
     logits = LMHead(RMSNorm(x))                                # untied, (B, T, vocab)
 
 Init: normal(0, 0.02) for embeddings and linears; the residual output projections (mixer ``o_proj``, MLP
-``down_proj``) use std 0.02 / sqrt(2 * num_layers).
+``down_proj``, Mamba ``out_proj``) use std 0.02 / sqrt(2 * num_layers); Mamba's own parameters (dt_proj, A_log, D,
+conv bias) then get the published S6 initialisation (``Mamba.reset_ssm_parameters``).
 
 Loss: with ``labels`` the model never builds the float32 logits of the whole batch.  It gathers the hidden states
 of the positions that have a label, and computes the cross-entropy over chunks of ``config.loss_chunk_size``
@@ -29,7 +30,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .config import DeltaNetConfig
 from .generation import GenerationMixin
-from .layers import Attention, DeltaNet, RMSNorm, SwiGLU
+from .layers import Attention, DeltaNet, Mamba, RMSNorm, SwiGLU
 
 __all__ = ["DeltaNetForCausalLM", "DeltaNetModel", "Block", "Cache", "CausalLMOutput", "chunked_cross_entropy",
            "left_padding"]
@@ -40,7 +41,8 @@ WEIGHTS_NAME = "model.safetensors"
 
 @dataclass
 class Cache:
-    """Generation state: one dict per layer (delta-rule + conv states, or a KV cache / ring buffer)."""
+    """Generation state: one dict per layer (delta-rule + conv states, a KV cache / ring buffer, or for Mamba
+    {"mixer": ..., "mixer2": ...} with each block's conv and SSM states)."""
     layers: list = field(default_factory=list)
     seen_tokens: int = 0
 
@@ -56,8 +58,14 @@ class Block(nn.Module):
     def __init__(self, config: DeltaNetConfig, layer_idx: int):
         super().__init__()
         self.attn_norm = RMSNorm(config.hidden_size, config.norm_eps)
+        self.is_mamba = config.family == "mamba"
+        if self.is_mamba:  # two residual Mamba blocks, no MLP (config.py: the paper's 48 blocks for 24 layers)
+            self.mixer: nn.Module = Mamba(config, 2 * layer_idx)
+            self.mixer2_norm = RMSNorm(config.hidden_size, config.norm_eps)
+            self.mixer2 = Mamba(config, 2 * layer_idx + 1)
+            return
         if config.is_attention_layer(layer_idx):
-            self.mixer: nn.Module = Attention(config, layer_idx, window=config.attn_window)
+            self.mixer = Attention(config, layer_idx, window=config.attn_window)
         else:
             self.mixer = DeltaNet(config, layer_idx)
         self.mlp_norm = RMSNorm(config.hidden_size, config.norm_eps)
@@ -65,6 +73,14 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, state: Optional[dict] = None, use_cache: bool = False,
                 cu_seqlens: Optional[torch.Tensor] = None, offset: int = 0, pad: Optional[torch.Tensor] = None):
+        if self.is_mamba:
+            state = state or {}
+            h, s1 = self.mixer(self.attn_norm(x), state=state.get("mixer"), use_cache=use_cache,
+                               cu_seqlens=cu_seqlens, pad=pad)
+            x = x + h
+            h, s2 = self.mixer2(self.mixer2_norm(x), state=state.get("mixer2"), use_cache=use_cache,
+                                cu_seqlens=cu_seqlens, pad=pad)
+            return x + h, ({"mixer": s1, "mixer2": s2} if use_cache else None)
         h, new_state = self.mixer(self.attn_norm(x), state=state, use_cache=use_cache, cu_seqlens=cu_seqlens,
                                   offset=offset, pad=pad)
         x = x + h
@@ -175,8 +191,12 @@ class DeltaNetForCausalLM(GenerationMixin, nn.Module):
                 if getattr(m, "bias", None) is not None:
                     nn.init.zeros_(m.bias)
         for name, p in self.named_parameters():
-            if name.endswith("mixer.o_proj.weight") or name.endswith("mlp.down_proj.weight"):
+            if name.endswith("mixer.o_proj.weight") or name.endswith("mlp.down_proj.weight") \
+                    or name.endswith("out_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=std / math.sqrt(2 * self.config.num_layers))
+        for m in self.modules():
+            if isinstance(m, Mamba):
+                m.reset_ssm_parameters()
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())

@@ -1,4 +1,5 @@
-"""Triton kernels for the delta rule (imports nothing else of the project); see kernels/README.md."""
+"""Triton kernels for the delta rule and Mamba's selective scan (imports nothing else of the project); see
+kernels/README.md."""
 from .common.launch import ChunkSettings, KernelSettings, chunk_settings, current_chunk_settings
 from .delta_rule import (
     chunk_delta_rule,
@@ -6,6 +7,7 @@ from .delta_rule import (
     naive_chunk_delta_rule,
     naive_recurrent_delta_rule,
 )
+from .mamba import naive_selective_scan, naive_selective_scan_step, selective_scan, selective_scan_step
 
 __all__ = [
     "ChunkSettings",
@@ -16,4 +18,8 @@ __all__ = [
     "fused_recurrent_delta_rule",
     "naive_chunk_delta_rule",
     "naive_recurrent_delta_rule",
+    "naive_selective_scan",
+    "naive_selective_scan_step",
+    "selective_scan",
+    "selective_scan_step",
 ]
