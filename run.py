@@ -6,11 +6,17 @@
     python run.py task=train_fast experiment=mqar     # MQAR in the fast loop (lit_modules/fast_loop.py)
     python run.py task=prepare data=slimpajama_local data.source.root=/path/to/SlimPajama
     python run.py task=generate ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt prompt="The delta rule"
+    python run.py ckpt_path=logs/train/runs/<run>                     # resume a run from its directory alone
+
+A user error (bad config value, data file or checkpoint path) prints one paragraph and exits with status 1;
+`DELTANET_DEBUG=1` (or `debug=true`) shows the traceback. A run stopped by SIGTERM exits with status 143 once saved.
 """
 from __future__ import annotations
 
 import logging
 import os
+import sys
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -18,9 +24,15 @@ os.environ.setdefault("DELTANET_ROOT", str(ROOT))
 
 import hydra  # noqa: E402
 import torch  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
 
 log = logging.getLogger("run")
+
+
+def info(msg: str) -> None:
+    """Log once per run, not once per DDP process (rank from the launcher's environment, as Lightning reads it)."""
+    if all(int(os.environ.get(k, 0) or 0) == 0 for k in ("RANK", "LOCAL_RANK", "SLURM_PROCID")):
+        log.info(msg)
 
 
 def resolve_precision(precision: str | int, accelerator: str) -> str | int:
@@ -32,31 +44,65 @@ def resolve_precision(precision: str | int, accelerator: str) -> str | int:
 
 
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:
-    """`ckpt_path=last` means the run directory's checkpoints/last.ckpt (to resume a run, reuse its hydra.run.dir)."""
+    """The checkpoint file to resume from: `ckpt_path` is a run directory (its checkpoints/last.ckpt), a .ckpt file,
+    or `last` (this run directory's checkpoints/last.ckpt, with hydra.run.dir=<run dir>)."""
+    from lit_modules.resume import ResumeError, find_run
+
     if cfg.ckpt_path is None:
         return None
-    path = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt" if cfg.ckpt_path == "last" else Path(cfg.ckpt_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path!r}: no checkpoint file at {path}")
-    return str(path)
+    if cfg.ckpt_path == "last":
+        path = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        if not path.is_file():
+            raise ResumeError(f"ckpt_path=last: no checkpoint file at {path}")
+        return str(path)
+    return str(find_run(cfg.ckpt_path)[1])
+
+
+RESUME_OVERRIDES: list[str] | None = None  # set by __main__ from the command line (lit_modules.resume.resume_argv)
+
+
+def restore_run_config(cfg: DictConfig) -> DictConfig:
+    """On `ckpt_path=<run dir or its last.ckpt>`: the run's own config with this command line's overrides on top."""
+    from lit_modules.resume import restore_config
+
+    if cfg.get("ckpt_path") is None or RESUME_OVERRIDES is None:
+        return cfg  # a DDP process started for rank > 0 reads the config rank 0 wrote (its argv has no overrides)
+    restored = restore_config(cfg, RESUME_OVERRIDES)
+    if restored is None:
+        return cfg
+    cfg, line = restored
+    info(line)
+    with open_dict(cfg):
+        cfg.resumed_config = OmegaConf.to_yaml(cfg)  # written back to the run directory once it fits the checkpoint
+    return cfg
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
+    from lit_modules.console import quiet_lightning
+    from lit_modules.devices import check_devices
+
+    check_devices(cfg.trainer)  # before anything is built or started
+    quiet_lightning()
     import lightning as L
     from hydra.utils import instantiate
 
     from lit_modules.recipe import apply_recipe, write_metrics
+    from lit_modules.resume import check_model_matches, write_run_config
 
     plan = apply_recipe(cfg)  # token budget -> accumulation / steps / warm-up; fails here on configs that cannot work
-    log.info(plan.describe())
-    print(plan.describe())
-    L.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.data)
+    info(plan.describe())
+    ckpt_path = resolve_ckpt_path(cfg)
     model_config = instantiate(cfg.model)
+    if ckpt_path is not None:
+        check_model_matches(ckpt_path, model_config)  # a short list of differing keys, not a state_dict dump
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")  # it is ours
+        if cfg.get("resumed_config"):
+            write_run_config(cfg.resumed_config, cfg.paths.output_dir)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = instantiate(cfg.data)
     lit_module = instantiate(cfg.lit_module, model_config=model_config)
     n_params = lit_module.model.num_parameters()
-    log.info("model: %s, %.2fM parameters", type(lit_module.model).__name__, n_params / 1e6)
-    print(f"Model parameters: {n_params / 1e6:.2f}M")
+    info(f"Model parameters: {n_params / 1e6:.2f}M ({type(lit_module.model).__name__}, {model_config.family})")
 
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
@@ -64,7 +110,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer_cfg["precision"] = resolve_precision(trainer_cfg.get("precision", "auto"), str(trainer_cfg.get("accelerator", "auto")))
     trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=loggers)
 
-    trainer.fit(lit_module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg))
+    trainer.fit(lit_module, datamodule=datamodule, ckpt_path=ckpt_path)  # Preempted (SIGTERM) after saving
     final_train_loss = float(trainer.callback_metrics.get("train/loss", float("nan")))  # validate() clears it
     metrics: dict[str, float] = {}
     if cfg.get("run_final_validation", True):
@@ -72,12 +118,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
         if "val/loss" in metrics:
             acc = f", accuracy {metrics['val/acc']:.4f}" if "val/acc" in metrics else ""  # MQAR: recall on the queries
-            print(f"Final validation: loss {metrics['val/loss']:.4f}, perplexity {metrics['val/ppl']:.2f}{acc}")
+            info(f"Final validation: loss {metrics['val/loss']:.4f}, perplexity {metrics['val/ppl']:.2f}{acc}")
     metrics["train/loss"] = final_train_loss
     if trainer.is_global_zero:
         summary = write_metrics(f"{cfg.paths.output_dir}/metrics.json", metrics, plan, lit_module, trainer)["summary"]
-        print("Run summary: " + ", ".join(f"{k} {v:.4g}" for k, v in summary.items()))
-    print(f"Run directory: {cfg.paths.output_dir}")
+        log.info("Run summary: " + ", ".join(f"{k} {v:.4g}" for k, v in summary.items()))
+        log.info(f"Run directory: {cfg.paths.output_dir}")
     return metrics
 
 
@@ -141,10 +187,26 @@ TASKS = {"train": train, "train_fast": train_fast, "prepare": prepare, "generate
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig):
-    if cfg.task not in TASKS:
-        raise ValueError(f"task={cfg.task!r} is not one of {sorted(TASKS)}")
-    return TASKS[cfg.task](cfg)
+    from lit_modules.console import debug_enabled, format_user_error, user_error
+
+    try:
+        if cfg.task not in TASKS:
+            raise ValueError(f"task={cfg.task!r} is not one of {sorted(TASKS)}")
+        if cfg.task == "train":
+            cfg = restore_run_config(cfg)
+        return TASKS[cfg.task](cfg)
+    except Exception as e:  # a user error: one paragraph, no traceback (unless debugging); a bug: the traceback
+        err = user_error(e)
+        if err is None or debug_enabled(cfg):
+            raise
+        from lit_modules.callbacks import PREEMPTED_EXIT_CODE, Preempted
+
+        print(format_user_error(err), file=sys.stderr, flush=True)
+        sys.exit(PREEMPTED_EXIT_CODE if isinstance(err, Preempted) else 1)
 
 
 if __name__ == "__main__":
+    from lit_modules.resume import resume_argv
+
+    sys.argv[1:], RESUME_OVERRIDES = resume_argv(sys.argv[1:])  # ckpt_path=<run dir>: the run's config, its directory
     main()

@@ -12,12 +12,27 @@ from tests.helpers import ROOT, read_scalars, run_py
 FAMILIES = sorted(p.stem for p in (ROOT / "conf" / "model").glob("*.yaml"))
 
 
+def check_console(proc) -> None:
+    """Each message once, no advertisement, no epoch counters, the progress bar within 100 columns."""
+    out = proc.stdout + proc.stderr
+    assert "litlogger" not in out and "Epoch" not in out and "Traceback" not in out, out[-3000:]
+    lines = [l.strip() for chunk in out.split("\n") for l in chunk.split("\r") if l.strip()]
+    bars = [l for l in lines if l.startswith("step ") and "|" in l]
+    assert bars and max(len(l) for l in bars) <= 100, max(bars, key=len)
+    assert any("loss" in l and "tok/s" in l and "val/loss" in l for l in bars), bars[-3:]
+    messages = [l for l in lines if "|" not in l and not l.startswith("[") and "\x1b" not in l
+                and not l.startswith(("tokenizing", "corpus already prepared", "train:", "validation:"))]
+    repeated = {l for l in messages if messages.count(l) > 1}
+    assert not repeated, repeated  # (the data module's lines repeat: it is set up again for the final validation)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_smoke_run_trains_each_family(family, tmp_path, shared_data_dir):
     run_dir = tmp_path / "run"
     proc = run_py("experiment=smoke", f"model={family}", "trainer.accelerator=cpu",
                   f"hydra.run.dir={run_dir}", f"paths.data_dir={shared_data_dir}")
     assert "Model parameters:" in proc.stdout
+    check_console(proc)
     line = next(l for l in proc.stdout.splitlines() if l.startswith("Final validation:"))
     val_loss = float(line.split("loss")[1].split(",")[0])
     assert math.isfinite(val_loss) and val_loss < math.log(32000), line
@@ -62,3 +77,20 @@ def test_loss_falls_on_a_repeated_tiny_batch():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_user_errors_print_one_paragraph(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    for override, says in [("optim.scheduler.min_lr=1.0", "optim.scheduler.min_lr=1.0 must lie in"),
+                           ("data=local_files", "data.source.train")]:
+        proc = subprocess.run([sys.executable, str(ROOT / "run.py"), "experiment=smoke", "trainer.accelerator=cpu",
+                               override, f"hydra.run.dir={tmp_path / 'run'}", f"paths.data_dir={tmp_path / 'data'}"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        assert proc.returncode == 1, (override, proc.stderr[-3000:])
+        assert "Traceback" not in proc.stderr + proc.stdout and says in proc.stderr, (override, proc.stderr[-3000:])
+        error = [l for l in proc.stderr.splitlines() if l.strip()]
+        assert len(error) <= 3 and error[0].startswith("Error ("), error
