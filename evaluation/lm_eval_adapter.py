@@ -102,6 +102,21 @@ class DeltaNetLM(TemplateLM):
             raise ValueError(f"need max_length >= 2 and max_gen_toks >= 1, got {max_length}, {max_gen_toks}")
         self.progress = str(progress).lower() not in ("false", "0", "no")
 
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict[str, Any], additional_config: dict[str, Any] | None = None):
+        """lm-eval's constructor path: ``--model_args`` win over the command line's ``--batch_size`` / ``--device``
+        (whose default is ``cuda:0`` even without a GPU; without CUDA that default falls back to the CPU)."""
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in arg_dict}
+        if str(extra.get("device", "")).startswith("cuda") and not torch.cuda.is_available():
+            log.warning("device %s requested but CUDA is not available: using the CPU", extra["device"])
+            extra["device"] = "cpu"
+        return cls(**arg_dict, **extra)
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict[str, Any] | None = None):
+        from lm_eval.utils import simple_parse_args_string
+        return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
+
     # ------------------------------------------------------------------ lm-eval's properties
     @property
     def eot_token_id(self) -> int:

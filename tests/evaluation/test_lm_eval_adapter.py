@@ -152,3 +152,21 @@ def test_tiny_local_tasks_end_to_end_through_lm_eval(tokenizer, tmp_path):
     assert res["tiny_rolling"]["word_perplexity,none"] == pytest.approx(math.exp(-sum(lls) / words), rel=1e-4)
     assert 0.0 <= res["tiny_gen"]["exact_match,none"] <= 1.0
     assert out["config"]["max_length"] == 2048
+
+
+@pytest.mark.slow  # ~40 s: lm-eval's command line indexes all of its 14K task configs
+def test_lm_eval_command_line_with_the_deltanet_model(tmp_path, monkeypatch, capsys):
+    """`lm-eval-deltanet --model deltanet --model_args pretrained=<dir>` (lm-eval's own CLI, our model registered)."""
+    import sys
+
+    from evaluation.cli import main
+
+    tiny_model(seed=8).save_pretrained(tmp_path / "model")
+    tasks = write_tasks(tmp_path / "tasks")
+    monkeypatch.setattr(sys, "argv", ["lm-eval-deltanet", "--model", "deltanet", "--model_args",
+                                      f"pretrained={tmp_path / 'model'},progress=false",
+                                      "--tasks", "tiny_choice", "--include_path", str(tasks), "--batch_size", "4",
+                                      "--output_path", str(tmp_path / "out")])
+    main()
+    assert "tiny_choice" in capsys.readouterr().out
+    assert list((tmp_path / "out").rglob("results_*.json"))
