@@ -1,25 +1,34 @@
 """Where does our chunkwise delta-rule kernel spend its time, and which launch settings are best on this GPU?
 
-1. Per-kernel breakdown (do_bench medians, bf16) of the kernels of kernels/delta_rule/chunk.py at each shape.
+1. Per-kernel breakdown (do_bench medians, bf16) of the stages of kernels/common (through their public launchers)
+   at each shape.
 2. Sweep of (num_warps, num_stages) per kernel, and of the V block of the two sequential kernels, at the shapes given
    by --sweep-shapes; prints the best setting per kernel and shape.
 3. Totals forward and forward+backward: ours (defaults, then with the best swept settings) vs fla's chunk_delta_rule.
 
 With --tiles the chunk-parallel kernels are swept over (BK, BV) tiles as well, each setting's output is checked
-against the default setting's, and the totals are timed again with the best of everything applied (the entries one
-would put into LAUNCH_WIDE / TILES_WIDE).  --isolate runs each kernel's sweep in its own process: a setting that
-faults loses the process's CUDA context, and then only that kernel's remaining settings.
+against the default setting's, and the totals are timed again with the best of everything applied (the
+kernels.ChunkSettings entries one would make the defaults).  --isolate runs each kernel's sweep in its own process:
+a setting that faults loses the process's CUDA context, and then only that kernel's remaining settings.  Every
+setting is applied through kernels.chunk_settings.
 
 Writes bench_chunk_tuning.json (+ .md) to --out and prints the summary last.
 
-    python benchmarks/bench_chunk_tuning.py --out /tmp/res
-    python benchmarks/bench_chunk_tuning.py --shapes 4,4096,8,256 --sweep-shapes 4,4096,8,256 --tiles --isolate
-    python benchmarks/bench_chunk_tuning.py --diag          # per-stage error against float64 at several K, V
+    python benchmarks/bench_chunk_tuning.py --out DIR
+    python benchmarks/bench_chunk_tuning.py --out DIR --shapes 4,4096,8,256 --sweep-shapes 4,4096,8,256 \
+        --tiles --isolate
+
+--diag instead writes bench_chunk_tuning_diag.json (+ .md): the error of every forward stage against float64 at
+several K, V, with a few settings changed one at a time (it localises a wrong kernel).  It also runs on CPU under
+the Triton interpreter (float32 only: the interpreter's bfloat16 dots are not exact):
+
+    python benchmarks/bench_chunk_tuning.py --out DIR --diag
+    TRITON_INTERPRET=1 python benchmarks/bench_chunk_tuning.py --out DIR --diag --diag-shapes 32,16 --dtypes float32
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
+import dataclasses
 import json
 import os
 import subprocess
@@ -37,9 +46,13 @@ if str(ROOT) not in sys.path:
 import triton  # noqa: E402
 from triton.testing import do_bench  # noqa: E402
 
-import kernels.delta_rule.chunk as ck  # noqa: E402
-
-ck.AUTOTUNE = False  # this script sets (num_warps, num_stages) itself through ck.LAUNCH
+from kernels import (  # noqa: E402
+    ChunkSettings, KernelSettings, chunk_delta_rule, chunk_settings, current_chunk_settings,
+)
+from kernels.common.chunk_h import bwd_dhu, bwd_dv_local, fwd_h  # noqa: E402
+from kernels.common.chunk_o import bwd_dqkw, fwd_o  # noqa: E402
+from kernels.common.launch import KERNELS as ALL_KERNELS, ChunkMeta  # noqa: E402
+from kernels.common.wy import wy_bwd, wy_fwd  # noqa: E402
 
 SHAPES = [(8, 2048, 16, 128), (2, 8192, 16, 128), (1, 32768, 16, 128), (8, 2048, 32, 64), (4, 4096, 8, 256)]
 KERNELS = ["bwd_dhu", "fwd_h", "bwd_dqkw", "wy_bwd", "fwd_o", "bwd_dv_local", "wy_fwd"]  # sweep order: largest first
@@ -68,28 +81,37 @@ def make(B, T, H, D, seed=0):
     return q, k, v, beta, do
 
 
+def meta_of(q, v):
+    """ChunkMeta of (q, v) under the settings active when it is called (one per settings object)."""
+    metas = {}
+
+    def meta():
+        s = current_chunk_settings()
+        if s not in metas:
+            metas[s] = ChunkMeta(q, v, None, 64, s)
+        return metas[s]
+    return meta
+
+
 def stage_fns(q, k, v, beta, do):
-    """Closures launching each kernel once on realistic intermediates (computed once here)."""
+    """Closures launching each stage once, under the active settings, on realistic intermediates (computed once)."""
     scale = q.shape[-1] ** -0.5
-    m = ck._Meta(q, v, None, 64)
-    A, w, u = ck._wy_fwd(m, k, v, beta)
-    h, v_new, _ = ck._fwd_h(m, k, w, u, None, False)
-    dv_new, dh, _ = ck._bwd_dhu(m, q, k, w, do, None, scale, False)
-    dq, dk_part, dw = ck._bwd_dqkw(m, q, k, v_new, do, h, dh, dv_new, scale)
-
-    def seq_meta():  # the sequential kernels read SEQ_BV when _Meta is built
-        return ck._Meta(q, v, None, 64)
-
+    meta = meta_of(q, v)
+    m = meta()
+    A, w, u = wy_fwd(m, k, v, beta)
+    h, v_new, _ = fwd_h(m, k, w, u, None, False)
+    dv_new, dh, _ = bwd_dhu(m, q, k, w, do, None, scale, False)
+    dq, dk_part, dw = bwd_dqkw(m, q, k, v_new, do, h, dh, dv_new, scale)
     fns = {
-        "wy_fwd": lambda: ck._wy_fwd(m, k, v, beta),
-        "fwd_h": lambda: ck._fwd_h(seq_meta(), k, w, u, None, False),
-        "fwd_o": lambda: ck._fwd_o(m, q, k, v_new, h, scale),
-        "bwd_dhu": lambda: ck._bwd_dhu(seq_meta(), q, k, w, do, None, scale, False),
-        "bwd_dqkw": lambda: ck._bwd_dqkw(m, q, k, v_new, do, h, dh, dv_new, scale),
-        "wy_bwd": lambda: ck._wy_bwd(m, k, v, beta, A, dw, dv_new, dk_part),
+        "wy_fwd": lambda: wy_fwd(meta(), k, v, beta),
+        "fwd_h": lambda: fwd_h(meta(), k, w, u, None, False),
+        "fwd_o": lambda: fwd_o(meta(), q, k, v_new, h, scale),
+        "bwd_dhu": lambda: bwd_dhu(meta(), q, k, w, do, None, scale, False),
+        "bwd_dqkw": lambda: bwd_dqkw(meta(), q, k, v_new, do, h, dh, dv_new, scale),
+        "wy_bwd": lambda: wy_bwd(meta(), k, v, beta, A, dw, dv_new, dk_part),
     }
     if m.BKs < m.K:  # K > 128: dv_local is its own kernel (and included in bwd_dhu's time)
-        fns["bwd_dv_local"] = lambda: ck._bwd_dv_local(m, q, k, do, scale)
+        fns["bwd_dv_local"] = lambda: bwd_dv_local(meta(), q, k, do, scale)
     return fns
 
 
@@ -107,9 +129,9 @@ def totals(q, k, v, beta, do, fn):
     return bench(fwd), bench(fwdbwd)
 
 
-def diag_stages(K, V, dtype=torch.bfloat16, B=1, T=256, H=2, BT=64, device="cuda", tweak=None):
-    """Relative error of every forward intermediate (A, w, u, h, v_new, o, final state) of our kernels against the
-    same stage computed in float64 from the same (rounded) inputs: localises a wrong kernel."""
+def diag_stages(K, V, dtype=torch.bfloat16, B=1, T=256, H=2, BT=64, device="cuda"):
+    """Relative error of every forward intermediate (A, w, u, h, v_new, o, final state) of our kernels, under the
+    active settings, against the same stage computed in float64 from the same (rounded) inputs."""
     torch.manual_seed(K * 1000 + V)
     q = F.normalize(torch.randn(B, T, H, K, device=device, dtype=torch.float64), dim=-1).to(dtype)
     k = F.normalize(torch.randn(B, T, H, K, device=device, dtype=torch.float64), dim=-1).to(dtype)
@@ -117,12 +139,10 @@ def diag_stages(K, V, dtype=torch.bfloat16, B=1, T=256, H=2, BT=64, device="cuda
     beta = torch.rand(B, T, H, device=device, dtype=torch.float64).to(dtype)
     h0 = torch.randn(B, H, K, V, device=device, dtype=torch.float64).to(dtype)
     scale = K ** -0.5
-    m = ck._Meta(q, v, None, BT)
-    if tweak is not None:
-        tweak(m)
-    A, w, u = ck._wy_fwd(m, k, v, beta)
-    h, v_new, ht = ck._fwd_h(m, k, w, u, h0, True)
-    o = ck._fwd_o(m, q, k, v_new, h, scale)
+    m = ChunkMeta(q, v, None, BT)
+    A, w, u = wy_fwd(m, k, v, beta)
+    h, v_new, ht = fwd_h(m, k, w, u, h0, True)
+    o = fwd_o(m, q, k, v_new, h, scale)
     qd, kd, vd, bd, S = (x.double() for x in (q, k, v, beta, h0))
     ref = {n: [] for n in ("A", "w", "u", "h", "v_new", "o")}
     NT = T // BT
@@ -162,24 +182,9 @@ class _ContextLost(RuntimeError):
     pass
 
 
-@contextlib.contextmanager
-def _tables_restored():
-    """Restore chunk.py's launch tables (LAUNCH, LAUNCH_WIDE, TILES, TILES_WIDE, SEQ_BV) on exit."""
-    tables = (ck.LAUNCH, ck.LAUNCH_WIDE, ck.TILES, ck.TILES_WIDE)
-    saved, seq_bv = [dict(d) for d in tables], ck.SEQ_BV
-    try:
-        yield
-    finally:
-        for d, old in zip(tables, saved):
-            d.clear(), d.update(old)
-        ck.SEQ_BV = seq_bv
-
-
-def _cfg(name, tile, nw, ns):
-    """Set one chunk-parallel kernel's tile and launch settings (the wide tables are cleared for it)."""
-    ck.LAUNCH_WIDE.pop(name, None), ck.TILES_WIDE.pop(name, None)
-    ck.LAUNCH[name] = (nw, ns)
-    ck.TILES[name] = tile
+def _cfg(name, tile, nw, ns) -> dict:
+    """chunk_settings changes giving one kernel this launch setting and tile at every shape (no wide entries)."""
+    return {name: KernelSettings(launch=(nw, ns), tile=tile)}
 
 
 def _max_rel(out, ref) -> float:
@@ -196,59 +201,57 @@ WRONG = 3e-2  # a setting whose stage output differs more than this from the def
 
 def sweep_tiles(name, fn):
     """Time fn over TILE_CANDS x TILE_CFGS, then TILE_CFGS2 at the best tile, checking each setting's output against
-    the default setting's (errs; above WRONG it is not a candidate).  Restores every table afterwards.  A setting
-    that loses the CUDA context ends the sweep: the result then names it under "lost"."""
+    the default setting's (errs; above WRONG it is not a candidate).  A setting that loses the CUDA context ends the
+    sweep: the result then names it under "lost"."""
     ref = fn()
     ref = tuple(x.clone() if isinstance(x, torch.Tensor) else x for x in (ref if isinstance(ref, tuple) else (ref,)))
     torch.cuda.synchronize()
     times, errs, res = {}, {}, {}
+    trying = [None]
 
     def one(tile, nw, ns):
-        key = f"{tile[0]}x{tile[1]},{nw},{ns}"
+        key = trying[0] = f"{tile[0]}x{tile[1]},{nw},{ns}"
         print(f"  try {name} {key}", flush=True)
-        _cfg(name, tile, nw, ns)
-        try:
-            out = fn()
-            torch.cuda.synchronize()  # a fault shows up here, attributed to this setting
-            errs[key] = _max_rel(out, ref)
-            del out
-            times[key] = bench(fn, rep=30)
-        except _ContextLost:
-            raise
-        except Exception as e:  # noqa: BLE001 (out of resources etc.)
-            times[key] = failed(e)
+        with chunk_settings(**_cfg(name, tile, nw, ns)):
+            try:
+                out = fn()
+                torch.cuda.synchronize()  # a fault shows up here, attributed to this setting
+                errs[key] = _max_rel(out, ref)
+                del out
+                times[key] = bench(fn, rep=30)
+            except _ContextLost:
+                raise
+            except Exception as e:  # noqa: BLE001 (out of resources etc.)
+                times[key] = failed(e)
 
     def best_of():
         ok = {c: t for c, t in times.items() if isinstance(t, float) and errs.get(c, 1.0) <= WRONG}
         return (min(ok, key=ok.get), ok) if ok else (None, ok)
 
-    with _tables_restored():
-        try:
-            for tile in TILE_CANDS:
-                for nw, ns in TILE_CFGS:
-                    one(tile, nw, ns)
-            best, _ = best_of()
-            if best is not None:
-                tile = tuple(int(x) for x in best.split(",")[0].split("x"))
-                for nw, ns in TILE_CFGS2:
-                    one(tile, nw, ns)
-        except _ContextLost as e:
-            res["lost"] = str(e)
-            times[f"{ck.TILES[name][0]}x{ck.TILES[name][1]},{ck.LAUNCH[name][0]},{ck.LAUNCH[name][1]}"] = "context lost"
+    try:
+        for tile in TILE_CANDS:
+            for nw, ns in TILE_CFGS:
+                one(tile, nw, ns)
+        best, _ = best_of()
+        if best is not None:
+            tile = tuple(int(x) for x in best.split(",")[0].split("x"))
+            for nw, ns in TILE_CFGS2:
+                one(tile, nw, ns)
+    except _ContextLost as e:
+        res["lost"] = str(e)
+        times[trying[0]] = "context lost"
     best, ok = best_of()
     res.update({"times": times, "errs": errs, "best": best, "best_ms": ok.get(best)})
     return res
 
 
 def sweep_launch(name, fn):
-    """Time fn over the (num_warps, num_stages) settings (and, for the two walks, the V block SEQ_BV)."""
+    """Time fn over the (num_warps, num_stages) settings (and, for the two walks, the state V block seq_bv); the
+    swept setting applies at every shape (no wide entry)."""
     cands = SEQ_CFGS if name in SEQ else [(None, nw, ns) for nw, ns in CHUNK_CFGS]
     times = {}
-    with _tables_restored():
-        ck.LAUNCH_WIDE.pop(name, None)  # the swept setting applies at every shape
-        for bv, nw, ns in cands:
-            ck.LAUNCH[name] = (nw, ns)
-            ck.SEQ_BV = bv
+    for bv, nw, ns in cands:
+        with chunk_settings(seq_bv=bv, **{name: KernelSettings(launch=(nw, ns))}):
             try:
                 fn()
                 times[f"{bv},{nw},{ns}"] = bench(fn, rep=30)
@@ -280,8 +283,8 @@ def sweep_in_child(name, spec, args, out):
 
 
 def tuned_totals(sw, q, k, v, beta, do, fn):
-    """Apply the best swept setting of every kernel (one SEQ_BV for both walks: the V block with the least summed
-    time) and time fwd and fwd+bwd; returns the totals and the settings as chunk.py table entries."""
+    """Apply the best swept setting of every kernel (one seq_bv for both walks: the V block with the least summed
+    time) and time fwd and fwd+bwd; returns the totals and the settings as kernels.ChunkSettings fields."""
     launch, tiles = {}, {}
     for name, r in sw.items():
         if name in SEQ or r["best"] is None:
@@ -300,73 +303,113 @@ def tuned_totals(sw, q, k, v, beta, do, fn):
         ts = {c: t for c, t in sw[name]["times"].items() if c.startswith(f"{seq_bv},") and isinstance(t, float)}
         if ts:
             launch[name] = tuple(int(x) for x in min(ts, key=ts.get).split(",")[1:])
-    with _tables_restored():
-        ck.LAUNCH.update(launch), ck.LAUNCH_WIDE.update(launch), ck.TILES.update(tiles)
-        ck.SEQ_BV = seq_bv
+    changes = {n: KernelSettings(launch=c, launch_wide=c, tile=tiles.get(n)) for n, c in launch.items()}
+    with chunk_settings(seq_bv=seq_bv, **changes) as tuned:
         f, fb = totals(q, k, v, beta, do, fn)
-    return {"fwd": f, "fwdbwd": fb, "LAUNCH_WIDE": {n: list(c) for n, c in launch.items()},
-            "TILES_WIDE": {n: list(t) for n, t in tiles.items()}, "SEQ_BV": seq_bv}
+    return {"fwd": f, "fwdbwd": fb, "settings": {n: dataclasses.asdict(getattr(tuned, n)) for n in changes},
+            "seq_bv": seq_bv}
+
+
+def command(argv) -> str:
+    """The command line as run from the repository root, with the output directory written relative to it (or as
+    DIR when it lies outside)."""
+    argv = list(argv)
+    for i, a in enumerate(argv[:-1]):
+        if a == "--out":
+            p = Path(argv[i + 1]).resolve()
+            argv[i + 1] = os.path.relpath(p, ROOT) if p.is_relative_to(ROOT) else "DIR"
+    return "python benchmarks/bench_chunk_tuning.py " + " ".join(argv)
+
+
+def diag_variants() -> dict:
+    """Settings changed one at a time (chunk_settings keyword arguments), to localise a wrong stage."""
+    d = ChunkSettings()
+    def with_launch(f):  # f applied to every kernel's launch and launch_wide entries
+        return {n: dataclasses.replace(ks, launch=f(ks.launch), launch_wide=ks.launch_wide and f(ks.launch_wide))
+                for n, ks in ((n, d.kernel(n)) for n in ALL_KERNELS)}
+
+    parallel = [n for n in ALL_KERNELS if n not in SEQ]
+    return {
+        "defaults": {},
+        "all stages=1": with_launch(lambda c: (c.num_warps, 1)),
+        "all warps=8": with_launch(lambda c: (8, c.num_stages)),
+        "row-by-row inverse": {"blocked_inv": False},
+        "tiles 128x128": {n: KernelSettings(tile=(128, 128)) for n in parallel},
+        "2-D grids": {"fold_blocks": False},
+    }
+
+
+def run_diag(args, out: Path):
+    """Per-stage errors against float64 for every (variant, dtype, K, V); writes bench_chunk_tuning_diag.json/.md."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    shapes = [tuple(int(x) for x in sp.split(",")) for sp in args.diag_shapes.split(";")]
+    dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
+    res = {"command": command(sys.argv[1:]), "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+           "torch": torch.__version__, "triton": triton.__version__, "rows": []}
+    lines = ["| variant | dtype | K, V | " + " | ".join(DIAG_STAGES) + " |", "|---" * (len(DIAG_STAGES) + 3) + "|"]
+    for name, changes in diag_variants().items():
+        for dt in dtypes:
+            for K, V in shapes:
+                row = {"variant": name, "dtype": str(dt)[6:], "K": K, "V": V}
+                try:
+                    with chunk_settings(**changes):
+                        row["err"] = diag_stages(K, V, dt, T=args.diag_T, device=device)
+                    cells = [f"{row['err'][n]:.1e}" for n in DIAG_STAGES]
+                except Exception as ex:  # noqa: BLE001 - a variant that does not compile is reported, the rest run
+                    row["error"] = f"{type(ex).__name__}: {str(ex)[:200]}"
+                    cells = [row["error"][:60]] + [""] * (len(DIAG_STAGES) - 1)
+                res["rows"].append(row)
+                lines.append(f"| {name} | {row['dtype']} | {K}, {V} | " + " | ".join(cells) + " |")
+                print(lines[-1], flush=True)
+    (out / "bench_chunk_tuning_diag.json").write_text(json.dumps(res, indent=1))
+    (out / "bench_chunk_tuning_diag.md").write_text(
+        f"`{res['command']}`  \n{res['device']}, torch {res['torch']}, triton {res['triton']}\n\n"
+        "Relative error of each forward stage against float64 from the same rounded inputs.\n\n"
+        + "\n".join(lines) + "\n")
+
+
+DIAG_STAGES = ("A", "w", "u", "h", "v_new", "o", "final")
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", required=True, help="directory for bench_chunk_tuning.json/.md")
     ap.add_argument("--sweep-shapes", default="8,2048,16,128;1,32768,16,128")
     ap.add_argument("--budget-s", type=float, default=240.0, help="stop sweeping after this many seconds")
     ap.add_argument("--shapes", default=";".join(",".join(map(str, s)) for s in SHAPES))
     ap.add_argument("--no-fla", action="store_true", help="skip the fla totals")
     ap.add_argument("--no-sweep", action="store_true", help="skip the (num_warps, num_stages) sweep")
-    ap.add_argument("--diag", action="store_true", help="only: per-stage errors vs float64 at several K, V; exit")
+    ap.add_argument("--diag", action="store_true",
+                    help="only: per-stage errors vs float64 (bench_chunk_tuning_diag.json/.md), then exit")
+    ap.add_argument("--diag-shapes", default="128,128;256,256;256,64;64,256;192,64", help="K,V;K,V;... of --diag")
+    ap.add_argument("--diag-T", type=int, default=256, 
+                    help="tokens of --diag's inputs, a multiple of 64 (B = 1, H = 2)")
+    ap.add_argument("--dtypes", default="bfloat16,float32", help="dtypes of --diag")
     ap.add_argument("--tiles", action="store_true",
                     help="sweep also the (BK, BV) tiles of the chunk-parallel kernels, then time the totals with the "
-                         "best settings applied (as LAUNCH_WIDE / TILES_WIDE / SEQ_BV would)")
+                         "best settings applied")
     ap.add_argument("--isolate", action="store_true",
                     help="sweep each kernel in its own process: a setting that faults (and so loses the CUDA "
                          "context) ends only that kernel's sweep")
     ap.add_argument("--kernels", default=",".join(KERNELS), help="comma-separated kernels to sweep (default: all)")
     ap.add_argument("--only-kernel", default=None, help=argparse.SUPPRESS)  # used by --isolate: sweep only this
     args = ap.parse_args()
-    if args.diag:
-        for dt in (torch.bfloat16, torch.float32):
-            for K, V in ((128, 128), (256, 256), (256, 64), (64, 256), (192, 64)):
-                e = diag_stages(K, V, dt)
-                print("diag", str(dt)[6:], K, V, {n: f"{x:.1e}" for n, x in e.items()}, flush=True)
-        # the same without software pipelining of the chunk-parallel kernels' K/V loops (num_stages=1)
-        saved = dict(ck.LAUNCH)
-        for name in ("wy_fwd", "fwd_o"):
-            ck.LAUNCH[name] = (ck.LAUNCH[name][0], 1)
-        for K, V in ((256, 256), (256, 64), (64, 256)):
-            e = diag_stages(K, V, torch.bfloat16)
-            print("diag stages=1 bfloat16", K, V, {n: f"{x:.1e}" for n, x in e.items()}, flush=True)
-        ck.LAUNCH.update(saved)
-        # one setting changed at a time at K = V = 256 (bf16), to localise the fault
-        variants = {
-            "all stages=1": (lambda: ck.LAUNCH.update({n: (w, 1) for n, (w, _) in saved.items()}), None),
-            "all warps=8": (lambda: ck.LAUNCH.update({n: (8, s) for n, (_, s) in saved.items()}), None),
-            "row-by-row inverse": (lambda: setattr(ck, "BLOCKED_INV", False), None),
-            "prec=ieee": (None, lambda m: setattr(m, "prec", "ieee")),
-            "BK=32": (None, lambda m: setattr(m, "BK", 32)),
-            "BV=32": (None, lambda m: setattr(m, "BV", 32)),
-            "BK=BV=128": (None, lambda m: (setattr(m, "BK", 128), setattr(m, "BV", 128))),
-        }
-        for name, (setup, tweak) in variants.items():
-            if setup is not None:
-                setup()
-            try:
-                for K, V in ((256, 256), (128, 128)):
-                    e = diag_stages(K, V, torch.bfloat16, tweak=tweak)
-                    print(f"diag [{name}] bfloat16", K, V, {n: f"{x:.1e}" for n, x in e.items()}, flush=True)
-            except Exception as ex:  # noqa: BLE001 - a variant that does not compile is reported, the rest run
-                print(f"diag [{name}] failed: {type(ex).__name__}: {str(ex)[:200]}", flush=True)
-            ck.LAUNCH.update(saved)
-            ck.BLOCKED_INV = True
-        return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    with chunk_settings(autotune=False):  # this script chooses the launch settings itself
+        if args.diag:
+            run_diag(args, out)
+        else:
+            if not torch.cuda.is_available():
+                sys.exit("bench_chunk_tuning.py needs a CUDA GPU (only --diag runs under TRITON_INTERPRET=1 on CPU)")
+            run(args, out)
+
+
+def run(args, out: Path):
     t_start = time.time()
     res = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-           "command": "python benchmarks/bench_chunk_tuning.py " + " ".join(sys.argv[1:]),
-           "default_launch": dict(ck.LAUNCH), "breakdown": {}, "sweep": {}, "totals": {}, "tuned": {}}
+           "command": command(sys.argv[1:]), "default_settings": ChunkSettings(autotune=False).as_dict(),
+           "breakdown": {}, "sweep": {}, "totals": {}, "tuned": {}}
     try:
         from fla.ops.delta_rule import chunk_delta_rule as fla_chunk
         import fla
@@ -378,21 +421,21 @@ def main():
     def save():
         (out / "bench_chunk_tuning.json").write_text(json.dumps(res, indent=1))
 
-    ours = lambda q, k, v, b: ck.chunk_delta_rule(q, k, v, b)  # noqa: E731
+    ours = lambda q, k, v, b: chunk_delta_rule(q, k, v, b)  # noqa: E731
     # 1. breakdown at every shape, both inverse variants for wy_fwd
     for spec in ([] if args.only_kernel else args.shapes.split(";")):
         shape = tuple(int(x) for x in spec.split(","))
         q, k, v, beta, do = make(*shape)
         fns = stage_fns(q, k, v, beta, do)
         row = {name: bench(f) for name, f in fns.items()}
-        row["seq_bv_heuristic"] = ck._Meta(q, v, None, 64).BVs
+        row["seq_bv_default"] = ChunkMeta(q, v, None, 64).BVs
         for bv in (16, 32, 64):  # the sequential kernels at each V block
-            ck.SEQ_BV = bv
-            for name in SEQ:
-                row[f"{name}_bv{bv}"] = bench(fns[name])
-        ck.SEQ_BV = None
+            with chunk_settings(seq_bv=bv):
+                for name in SEQ:
+                    row[f"{name}_bv{bv}"] = bench(fns[name])
         res["breakdown"][str(shape)] = row
-        print("breakdown", shape, {n: round(t, 4) for n, t in row.items()}, f"t={time.time() - t_start:.0f}s", flush=True)
+        print("breakdown", shape, {n: round(t, 4) for n, t in row.items()}, f"t={time.time() - t_start:.0f}s",
+              flush=True)
         f0, fb0 = totals(q, k, v, beta, do, ours)
         res["totals"][str(shape)] = {"ours_default": [f0, fb0]}
         if fla_chunk is not None and not args.no_fla:

@@ -2,8 +2,8 @@
 
 Providers (bf16, inputs [B, T, H, D], K = V = D):
   ours_chunk      kernels.chunk_delta_rule             (chunkwise WY/UT, Triton)
-  ours_chunk_plain  the same with KEEP_STATES=False, FOLD_BLOCKS=False (the backward recomputes the chunk states,
-                  2-D grids: the settings of the session-2 table), to measure those two switches side by side
+  ours_chunk_plain  the same under kernels.chunk_settings(keep_states=False, fold_blocks=False) (the backward
+                  recomputes the chunk states; 2-D grids), to measure those two switches side by side
   ours_recurrent  kernels.fused_recurrent_delta_rule   (token by token, Triton)
   fla_chunk       fla.ops.delta_rule.chunk_delta_rule           (if fla is installed)
   fla_recurrent   fla.ops.delta_rule.fused_recurrent_delta_rule (if fla is installed)
@@ -14,17 +14,15 @@ forward with grad-requiring inputs and backward of a fixed random do.  Recurrent
 where one forward+backward run takes longer than --max-run-s (1 s).  A failing cell (OOM, missing kernel, ...)
 is reported in the table and the run goes on.
 
-Writes bench_delta_rule.md (table + ratios), bench_delta_rule.json (command, GPU, versions, all cells) and
-bench_delta_rule.png (ms vs T, when matplotlib is available) to --out; prints the ratios last.
+Writes bench_delta_rule.md (table + ratios), bench_delta_rule.json (command, GPU, versions, our chunk settings, all
+cells) and bench_delta_rule.png (ms vs T, when matplotlib is available) to --out; prints the ratios last.
 
-    python benchmarks/bench_delta_rule.py                       # all shapes, all providers
-    python benchmarks/bench_delta_rule.py --shapes 8,2048,16,128 --providers ours_chunk,fla_chunk
+    python benchmarks/bench_delta_rule.py --out benchmarks/results          # all shapes, all providers
+    python benchmarks/bench_delta_rule.py --out DIR --shapes 8,2048,16,128 --providers ours_chunk,fla_chunk
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime
 import json
 import math
 import os
@@ -41,12 +39,26 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from kernels import chunk_settings, current_chunk_settings  # noqa: E402
+from kernels.common.launch import tuned_configs  # noqa: E402
+
 DEFAULT_SHAPES = [(8, 2048, 16, 128), (2, 8192, 16, 128), (1, 32768, 16, 128), (8, 2048, 32, 64), (4, 4096, 8, 256)]
 PROVIDERS = ["ours_chunk", "ours_recurrent", "fla_chunk", "fla_recurrent", "sdpa_flash"]
-# chunk.py module switches set while a provider is timed (forward and backward), restored afterwards
-PROVIDER_FLAGS = {"ours_chunk_plain": {"KEEP_STATES": False, "FOLD_BLOCKS": False}}
+# kernels.chunk_settings changes in force while a provider is timed (forward and backward)
+PROVIDER_SETTINGS = {"ours_chunk_plain": {"keep_states": False, "fold_blocks": False}}
 RECURRENT = {"ours_recurrent", "fla_recurrent"}
 MODES = ["fwd", "fwdbwd"]
+
+
+def command(argv) -> str:
+    """The command line as run from the repository root, with the output directory written relative to it (or as
+    DIR when it lies outside)."""
+    argv = list(argv)
+    for i, a in enumerate(argv[:-1]):
+        if a == "--out":
+            p = Path(argv[i + 1]).resolve()
+            argv[i + 1] = os.path.relpath(p, ROOT) if p.is_relative_to(ROOT) else "DIR"
+    return "python benchmarks/bench_delta_rule.py " + " ".join(argv)
 
 
 def load_providers():
@@ -54,8 +66,8 @@ def load_providers():
     out = {}
     try:
         from kernels import chunk_delta_rule
-        out["ours_chunk"] = (lambda q, k, v, b: chunk_delta_rule(q, k, v, b)[0]) if chunk_delta_rule else "not importable"
-        out["ours_chunk_plain"] = out["ours_chunk"]  # with PROVIDER_FLAGS set around its timing
+        out["ours_chunk"] = lambda q, k, v, b: chunk_delta_rule(q, k, v, b)[0]
+        out["ours_chunk_plain"] = out["ours_chunk"]  # with PROVIDER_SETTINGS in force around its timing
     except Exception as e:  # noqa: BLE001 - the chunk kernel may be missing or broken; the others still run
         out["ours_chunk"] = f"import failed: {type(e).__name__}: {e}"
     try:
@@ -116,23 +128,6 @@ def time_cell(fn, inputs, do, mode, warmup, rep, max_run_s, recurrent):
     return triton.testing.do_bench(run, warmup=warmup, rep=rep, grad_to_none=inputs, return_mode="median")
 
 
-@contextlib.contextmanager
-def chunk_flags(flags: dict):
-    """Set module-level switches of kernels.delta_rule.chunk for the duration (forward and backward)."""
-    if not flags:
-        yield
-        return
-    import kernels.delta_rule.chunk as ck
-    saved = {n: getattr(ck, n) for n in flags}
-    try:
-        for n, v in flags.items():
-            setattr(ck, n, v)
-        yield
-    finally:
-        for n, v in saved.items():
-            setattr(ck, n, v)
-
-
 class _Skip(Exception):
     pass
 
@@ -147,7 +142,7 @@ def ratio(a, b):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--out", required=True, help="directory for bench_delta_rule.md/.json/.png")
     ap.add_argument("--shapes", nargs="*", default=None, help="B,T,H,D ... (default: the five issue shapes)")
     ap.add_argument("--providers", default=",".join(PROVIDERS))
     ap.add_argument("--warmup", type=int, default=25, help="do_bench warm-up, ms")
@@ -167,12 +162,13 @@ def main(argv=None):
         except Exception:  # noqa: BLE001
             versions[mod] = None
     meta = {
-        "command": "python " + " ".join([os.path.relpath(__file__, ROOT)] + (argv if argv is not None else sys.argv[1:])),
+        "command": command(argv if argv is not None else sys.argv[1:]),
         "gpu": torch.cuda.get_device_name(),
         "versions": versions,
         "dtype": "bfloat16",
         "timing": f"triton.testing.do_bench median, warmup={args.warmup} ms, rep={args.rep} ms",
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        "chunk_settings": current_chunk_settings().as_dict(),
+        "provider_settings": {p: PROVIDER_SETTINGS[p] for p in wanted if p in PROVIDER_SETTINGS},
     }
     print(json.dumps(meta), flush=True)
 
@@ -194,7 +190,7 @@ def main(argv=None):
                     row[m][p] = fn
                     continue
                 try:
-                    with chunk_flags(PROVIDER_FLAGS.get(p, {})):
+                    with chunk_settings(**PROVIDER_SETTINGS.get(p, {})):
                         row[m][p] = time_cell(fn, inputs, do, m, args.warmup, args.rep, args.max_run_s,
                                               p in RECURRENT)
                 except _Skip as e:
@@ -250,22 +246,19 @@ def write_outputs(out: Path, meta, results, providers):
     out.mkdir(parents=True, exist_ok=True)
     md = [f"# Delta-rule kernel benchmark ({meta['gpu']})", "",
           f"Command: `{meta['command']}`  ", f"Versions: {meta['versions']}  ",
-          f"dtype {meta['dtype']}; {meta['timing']}; {meta['date_utc']} UTC. Times in ms.", ""]
+          f"dtype {meta['dtype']}; {meta['timing']}. Times in ms.", ""]
     for m, title in (("fwd", "Forward"), ("fwdbwd", "Forward + backward")):
         md += [f"## {title}", "", "| B, T, H, D | " + " | ".join(providers) + " |", "|---" * (len(providers) + 1) + "|"]
         for r in results:
-            md.append(f"| {', '.join(map(str, r['shape']))} | " + " | ".join(fmt(r[m].get(p, "-")) for p in providers) + " |")
+            md.append(f"| {', '.join(map(str, r['shape']))} | "
+                      + " | ".join(fmt(r[m].get(p, "-")) for p in providers) + " |")
         md.append("")
     ratios = summary_lines(results)
     md += ["## Ratios (ours/fla < 1 means ours is faster; speed-up = recurrent time / chunk time)", ""] + ratios + [""]
     png = plot(out / "bench_delta_rule.png", results, providers)
     if png:
         md += ["![fwd+bwd time vs T](bench_delta_rule.png)", ""]
-    try:  # the launch settings our chunk kernels' autotuner picked at each shape
-        from kernels.delta_rule.chunk import tuned_configs
-        tuned = tuned_configs()
-    except Exception:  # noqa: BLE001
-        tuned = {}
+    tuned = tuned_configs()  # the launch settings our chunk kernels' autotuner picked, when it is on
     if tuned:
         md += ["## Launch settings picked by our chunk kernels' autotuner", ""]
         md += [f"- `{name}`: " + "; ".join(f"{k} -> {c}" for k, c in picks.items()) for name, picks in tuned.items()]

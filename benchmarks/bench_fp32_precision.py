@@ -1,23 +1,31 @@
-"""Float32 calls of chunk_delta_rule under each tl.dot precision (chunk.FP32_PREC): compile time, accuracy, speed.
+"""Float32 calls of chunk_delta_rule under each tl.dot precision (ChunkSettings.fp32_prec): compile time, accuracy,
+speed.
 
 For every precision given (tf32x3, ieee, tf32) and every shape, in this order, printed as soon as known:
-  1. the first launch of each Triton kernel, forward and backward, timed with a CUDA sync on both sides, so the
-     compile time of each kernel shows (and the kernel a stuck run is in: the last "start" line without an "end");
-  2. relative errors of o, final_state and the gradients of q, k, v, beta, initial_state against the float64 recurrence
-     (kernels.naive, float64), on L2-normalised q, k, beta in (0, 1), a random initial state;
-  3. do_bench median ms of forward+backward.
+  1. the first launch of each stage of a forward and backward call, through the public stage launchers of
+     kernels/common, with a device sync on both sides, so each kernel's compile time shows (and the kernel a stuck
+     run is in: the last "start" line without an "end");
+  2. relative errors of o, final_state and the gradients of q, k, v, beta, initial_state against the float64
+     recurrence (kernels.naive_recurrent_delta_rule), on L2-normalised q, k, beta in (0, 1), a random initial state;
+  3. do_bench median ms of forward+backward (GPU only).
 
-    python benchmarks/bench_fp32_precision.py --prec tf32x3 ieee              # the two shapes below
-    python benchmarks/bench_fp32_precision.py --prec ieee --shapes wide       # one shape
+Writes bench_fp32_precision.json and .md (command, GPU, torch and triton versions, one row per precision and shape)
+to --out after every shape.
 
-Shapes: "wide" = the GPU test's packed sequences (cu_seqlens [0, 70, 70, 333, 450], H 2, K 200, V 256);
-"k128" = (B, T, H, K, V) (2, 333, 2, 128, 100), the GPU float32 test; "bench" = (2, 2048, 4, 128, 128).
-Run each precision in its own process (the shell's `timeout` then bounds a stuck compile):
-    for p in tf32x3 ieee; do timeout 200 python benchmarks/bench_fp32_precision.py --prec $p; done
+    python benchmarks/bench_fp32_precision.py --out DIR --prec tf32x3 ieee              # the k128 and wide shapes
+    python benchmarks/bench_fp32_precision.py --out DIR --prec ieee --shapes wide       # one shape
+
+Shapes: "wide" = packed sequences (cu_seqlens [0, 70, 70, 333, 450], H 2, K 200, V 256); "k128" = (B, T, H, K, V)
+(2, 333, 2, 128, 100); "bench" = (2, 2048, 4, 128, 128); "tiny" = (1, 40, 1, 32, 16) packed as [0, 17, 40], which
+also runs on CPU under TRITON_INTERPRET=1 (no timing there).  Run each precision in its own process when a compile
+may hang (the shell's `timeout` then bounds it):
+    for p in tf32x3 ieee; do timeout 200 python benchmarks/bench_fp32_precision.py --out DIR/$p --prec $p; done
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -29,39 +37,41 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import kernels.delta_rule.chunk as ck  # noqa: E402
-from kernels import chunk_delta_rule  # noqa: E402
-from kernels.delta_rule.naive import naive_recurrent_delta_rule  # noqa: E402
+import triton  # noqa: E402
+
+from kernels import chunk_delta_rule, chunk_settings, naive_recurrent_delta_rule  # noqa: E402
+from kernels.common.chunk_h import bwd_dhu, bwd_dv_local, fwd_h  # noqa: E402
+from kernels.common.chunk_o import bwd_dqkw, fwd_o  # noqa: E402
+from kernels.common.launch import ChunkMeta  # noqa: E402
+from kernels.common.wy import wy_bwd, wy_fwd  # noqa: E402
 
 SHAPES = {  # name -> (B, T, H, K, V, cu_seqlens)
     "wide": (1, 450, 2, 200, 256, [0, 70, 70, 333, 450]),
     "k128": (2, 333, 2, 128, 100, None),
     "bench": (2, 2048, 4, 128, 128, None),
+    "tiny": (1, 40, 1, 32, 16, [0, 17, 40]),
 }
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def log(*a):
     print(*a, flush=True)
 
 
-def timed_launches():
-    """Wrap chunk._launch: the first launch of each kernel name is timed (compile + run) and logged."""
-    seen = set()
-    inner = ck._launch
-
-    def launch(name, kernel, grid, *args, **consts):
-        if name in seen:
-            return inner(name, kernel, grid, *args, **consts)
-        seen.add(name)
+def sync():
+    if DEVICE == "cuda":
         torch.cuda.synchronize()
-        log(f"  start {name}")
-        t0 = time.perf_counter()
-        inner(name, kernel, grid, *args, **consts)
-        torch.cuda.synchronize()
-        log(f"  end   {name}: {time.perf_counter() - t0:.1f} s (first launch: compile + run)")
 
-    ck._launch = launch
-    return lambda: setattr(ck, "_launch", inner)
+
+def command(argv) -> str:
+    """The command line as run from the repository root, with the output directory written relative to it (or as
+    DIR when it lies outside)."""
+    argv = list(argv)
+    for i, a in enumerate(argv[:-1]):
+        if a == "--out":
+            p = Path(argv[i + 1]).resolve()
+            argv[i + 1] = os.path.relpath(p, ROOT) if p.is_relative_to(ROOT) else "DIR"
+    return "python benchmarks/bench_fp32_precision.py " + " ".join(argv)
 
 
 def rel(a, b):
@@ -78,55 +88,113 @@ def inputs(B, T, H, K, V, N, seed=0):
     h0 = torch.randn(N, H, K, V, generator=g, dtype=torch.float64)
     do = torch.randn(B, T, H, V, generator=g, dtype=torch.float64)
     dht = torch.randn(N, H, K, V, generator=g, dtype=torch.float64)
-    return [x.cuda() for x in (q, k, v, beta, h0)], do.cuda(), dht.cuda()
+    return [x.to(DEVICE) for x in (q, k, v, beta, h0)], do.to(DEVICE), dht.to(DEVICE)
 
 
-def run_shape(name, prec, rep):
+def first_launches(q, k, v, beta, h0, do, dht, cu) -> dict:
+    """Seconds of the first launch (compile + run) of each stage, in the order a forward and backward call runs
+    them under the active settings."""
+    secs = {}
+
+    def timed(label, fn):
+        sync()
+        log(f"  start {label}")
+        t0 = time.perf_counter()
+        r = fn()
+        sync()
+        secs[label] = time.perf_counter() - t0
+        log(f"  end   {label}: {secs[label]:.1f} s (first launch: compile + run)")
+        return r
+
+    scale = q.shape[-1] ** -0.5
+    m = ChunkMeta(q, v, cu, 64)
+    keep = m.settings.keeps_states(m.K)
+    A, w, u = timed("wy_fwd", lambda: wy_fwd(m, k, v, beta))
+    h, v_new, _ = timed("fwd_h", lambda: fwd_h(m, k, w, u, h0, True))
+    timed("fwd_o", lambda: fwd_o(m, q, k, v_new, h, scale))
+    _, w, u = timed("wy_fwd (backward, A loaded)", lambda: wy_fwd(m, k, v, beta, A=A, need_u=not keep))
+    if not keep:
+        h, v_new, _ = timed("fwd_h (backward)", lambda: fwd_h(m, k, w, u, h0, False))
+    if m.BKs < m.K:
+        timed("bwd_dv_local", lambda: bwd_dv_local(m, q, k, do, scale))
+    dv_new, dh, _ = timed("bwd_dhu", lambda: bwd_dhu(m, q, k, w, do, dht, scale, True))
+    dq, dk_part, dw = timed("bwd_dqkw", lambda: bwd_dqkw(m, q, k, v_new, do, h, dh, dv_new, scale))
+    timed("wy_bwd", lambda: wy_bwd(m, k, v, beta, A, dw, dv_new, dk_part))
+    return secs
+
+
+def run_shape(name, prec, rep) -> dict:
     B, T, H, K, V, cs = SHAPES[name]
-    cu = None if cs is None else torch.tensor(cs, dtype=torch.int32, device="cuda")
+    cu = None if cs is None else torch.tensor(cs, dtype=torch.int32, device=DEVICE)
     N = B if cs is None else len(cs) - 1
     ins64, do, dht = inputs(B, T, H, K, V, N)
     log(f"[{prec}] {name}: B={B} T={T} H={H} K={K} V={V} cu_seqlens={cs}")
     ours = [x.float().requires_grad_() for x in ins64]
     grads = [do.float(), dht.float()]  # cast once, outside the timed function
+    row = {"prec": prec, "shape": name, "B, T, H, K, V": [B, T, H, K, V], "cu_seqlens": cs}
+    row["first_launch_s"] = first_launches(*(x.detach() for x in ours), *grads, cu)
 
     def fwdbwd():
         o, s = chunk_delta_rule(*ours[:4], initial_state=ours[4], output_final_state=True, cu_seqlens=cu)
         torch.autograd.backward([o, s], grads)
         return o, s
 
-    restore = timed_launches()
-    try:
-        o, s = fwdbwd()
-        torch.cuda.synchronize()
-    finally:
-        restore()
+    o, s = fwdbwd()
+    sync()
     refs = [x.clone().requires_grad_() for x in ins64]
     ro, rs = naive_recurrent_delta_rule(*refs[:4], initial_state=refs[4], output_final_state=True, cu_seqlens=cu)
     torch.autograd.backward([ro, rs], [do, dht])
     err = {"o": rel(o, ro), "final_state": rel(s, rs)}
     err.update({f"d{n}": rel(a.grad, b.grad) for n, a, b in zip(("q", "k", "v", "beta", "h0"), ours, refs)})
+    row["rel_err_vs_float64"] = err
     log("  rel. error vs float64: " + ", ".join(f"{n} {e:.2e}" for n, e in err.items()))
+    if DEVICE == "cuda":
+        import triton.testing
 
-    import triton.testing
+        row["fwdbwd_ms"] = triton.testing.do_bench(fwdbwd, rep=rep, grad_to_none=ours, return_mode="median")
+        log(f"  fwd+bwd median {row['fwdbwd_ms']:.3f} ms")
+    return row
 
-    ms = triton.testing.do_bench(fwdbwd, rep=rep, grad_to_none=ours, return_mode="median")
-    log(f"  fwd+bwd median {ms:.3f} ms")
+
+def write(out: Path, meta: dict, rows: list) -> None:
+    (out / "bench_fp32_precision.json").write_text(json.dumps({**meta, "rows": rows}, indent=1))
+    md = [f"# Float32 chunk_delta_rule per tl.dot precision ({meta['gpu']})", "",
+          f"Command: `{meta['command']}`  ", f"torch {meta['torch']}, triton {meta['triton']}", ""]
+    for key, title in (("first_launch_s", "First launch per stage (compile + run), s"),
+                       ("rel_err_vs_float64", "Relative error against the float64 recurrence")):
+        cols = list(dict.fromkeys(c for r in rows for c in r[key]))  # first-seen order
+        md += [f"## {title}", "", "| precision | shape | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
+        fmt = "{:.1f}" if key == "first_launch_s" else "{:.1e}"
+        for r in rows:
+            md.append(f"| {r['prec']} | {r['shape']} | "
+                      + " | ".join(fmt.format(r[key][c]) if c in r[key] else "-" for c in cols) + " |")
+        md.append("")
+    md += ["## Forward + backward, do_bench median ms", "", "| precision | shape | ms |", "|---|---|---|"]
+    md += [f"| {r['prec']} | {r['shape']} | " + (f"{r['fwdbwd_ms']:.3f}" if "fwdbwd_ms" in r else "not timed (CPU)")
+           + " |" for r in rows]
+    (out / "bench_fp32_precision.md").write_text("\n".join(md) + "\n")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, help="directory for bench_fp32_precision.json/.md")
     ap.add_argument("--prec", nargs="+", default=["tf32x3"], choices=["tf32x3", "ieee", "tf32"])
     ap.add_argument("--shapes", nargs="+", default=["k128", "wide"], choices=list(SHAPES))
     ap.add_argument("--rep", type=int, default=200, help="do_bench rep (ms)")
     a = ap.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("bench_fp32_precision.py needs a CUDA GPU")
-    log(f"torch {torch.__version__}, GPU {torch.cuda.get_device_name()}")
+    if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+        sys.exit("bench_fp32_precision.py needs a CUDA GPU, or TRITON_INTERPRET=1 on CPU (shape 'tiny')")
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"command": command(sys.argv[1:]), "gpu": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu",
+            "torch": torch.__version__, "triton": triton.__version__}
+    log(json.dumps(meta))
+    rows = []
     for prec in a.prec:
-        ck.FP32_PREC = prec
-        for name in a.shapes:
-            run_shape(name, prec, a.rep)
+        with chunk_settings(fp32_prec=prec, autotune=False):
+            for name in a.shapes:
+                rows.append(run_shape(name, prec, a.rep))
+                write(out, meta, rows)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Does training scale? Tokens/s per GPU of a paper preset with DDP / FSDP on any number of GPUs, against 1 GPU.
 
-    python benchmarks/bench_scaling.py --out benchmarks/results          # ddp2, ddp1, fsdp2; writes scaling.md/.json
+    python benchmarks/bench_scaling.py --out benchmarks/results          # ddp2, ddp1, fsdp2; writes bench_scaling.md/.json/.png
     python benchmarks/bench_scaling.py --runs ddp1,ddp8,fsdp8 ...         # any <strategy><devices>: ddp4, fsdp8, ...
     python benchmarks/bench_scaling.py --worker --strategy ddp --devices 2 --json r.json   # one run (used by the above)
 
@@ -33,18 +33,15 @@ Every run records its per-optimizer-step training loss on rank 0 (`losses`: the 
 token-weighted mean over all micro-batches and ranks of the step, synced by torchmetrics) and gradient norm
 (`grad_norms`, before clipping). With `--data embedded`, the table compares each run with the 1-device run of the same
 global batch: max and mean |loss - 1-GPU loss| over the steps, the final loss, and a verdict against `--loss-tol`;
-`scaling_loss.png` plots the curves and the differences. Identical batches leave only numerical differences (fp32 on
+`bench_scaling.png` plots the curves and the differences. Identical batches leave only numerical differences (fp32 on
 CPU: ~1e-6 after a few steps; bf16 autocast on GPU: reduction order and FSDP's bf16 parameters, which the chaotic
 dynamics amplify over steps, hence the default tolerance of 0.05 nats, a judgement, not a measurement).
 
-The 8-GPU paper-configuration run (one `nvidia-h200-x8` command, carry `.whl`, timeout_s 600):
+The 8-GPU paper-configuration run, on one host with 8 GPUs:
 
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target .site .whl/*.whl \
-      || exit 1; export PYTHONPATH=$PWD:$PWD/.site PYTHONUNBUFFERED=1; \
-    timeout 570 python3 benchmarks/bench_scaling.py --preset deltanet_hybrid_swa_340m_15b --data embedded \
+    python benchmarks/bench_scaling.py --preset paper_340m_15b --override model=deltanet_hybrid_swa --data embedded \
         --steps 64 --warmup 5 --lr-warmup-steps 6 --micro-batch 8 --global-batch-tokens 131072 \
-        --runs ddp1,ddp8,fsdp8 --timeout 330 --out /tmp/scaling8; \
-    tar czf $OUT/scaling8.tgz -C /tmp scaling8; cp /tmp/scaling8/scaling.md /tmp/scaling8/scaling_loss.png $OUT/
+        --runs ddp1,ddp8,fsdp8 --timeout 330 --out OUT_DIR
 
 Estimated wall time 6-8.5 minutes (benchmarks/README.md has the arithmetic): 64 steps x 131,072 tokens
 (64 sequences of 2048: micro-batch 8 x accumulation 8 on 1 GPU, 8 x 1 on 8) = 8.4M tokens per run; 1 GPU at ~53K
@@ -58,6 +55,7 @@ import json
 import math
 import os
 import platform
+import tempfile
 import re
 import shlex
 import statistics
@@ -240,18 +238,19 @@ def worker(args) -> None:
 
 
 def driver(args) -> None:
-    out = Path(args.out)
+    out, work = Path(args.out), Path(args.run_dir)
     out.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
     results = []
     for strategy, devices in parse_runs(args.runs):
         name = f"{strategy}{devices}"
-        path = out / f"scaling_{name}.json"
+        path = work / f"{name}.json"
         path.unlink(missing_ok=True)  # a stale result must not pass for this run's
         cmd = [sys.executable, __file__, "--worker", "--strategy", strategy, "--devices", str(devices),
                "--json", str(path), "--preset", args.preset, "--data", args.data, "--steps", str(args.steps),
                "--warmup", str(args.warmup), "--lr-warmup-steps", str(args.lr_warmup_steps),
                "--micro-batch", str(args.micro_batch), "--global-batch-tokens", str(args.global_batch_tokens),
-               "--accelerator", args.accelerator, "--run-dir", str(out / f"run_{name}"),
+               "--accelerator", args.accelerator, "--run-dir", str(work / f"run_{name}"),
                *sum((["--override", o] for o in args.override), [])]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if devices == 1:
@@ -259,14 +258,14 @@ def driver(args) -> None:
         print(f"--- {strategy} on {devices} device(s): {' '.join(cmd)}", flush=True)
         try:
             proc = subprocess.run(cmd, env=env, timeout=args.timeout, capture_output=True, text=True)
-            (out / f"scaling_{name}.log").write_text(proc.stdout[-20000:] + proc.stderr[-20000:])
+            (work / f"{name}.log").write_text(proc.stdout[-20000:] + proc.stderr[-20000:])
             ok = proc.returncode == 0 and path.exists()
             if not ok:
                 print(proc.stderr[-3000:], flush=True)
         except subprocess.TimeoutExpired as e:
             ok = False
             tail = "".join(x.decode(errors="replace") if isinstance(x, bytes) else (x or "") for x in (e.stdout, e.stderr))
-            (out / f"scaling_{name}.log").write_text(tail[-40000:] + f"\ntimed out after {args.timeout}s\n")
+            (work / f"{name}.log").write_text(tail[-40000:] + f"\ntimed out after {args.timeout}s\n")
             print(f"timed out after {args.timeout}s", flush=True)
         results.append(json.loads(path.read_text()) if ok else {"strategy": strategy, "devices": devices,
                                                                  "failed": True})
@@ -306,7 +305,7 @@ def write_table(results: list[dict], out: Path, args) -> None:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         if r.get("failed"):
-            lines.append(f"| {r['strategy']} | {r['devices']} | failed (see scaling_{r['strategy']}{r['devices']}.log)"
+            lines.append(f"| {r['strategy']} | {r['devices']} | failed (see {r['strategy']}{r['devices']}.log in the --run-dir)"
                          " | | | | | | | | |")
             continue
         eff = f"{r['tokens_per_s_per_gpu'] / one['tokens_per_s_per_gpu']:.1%}" if one else "-"
@@ -326,10 +325,10 @@ def write_table(results: list[dict], out: Path, args) -> None:
                      f"{eff} | {mfu} | {mem} | {final} | {match} |")
     text = "\n".join(lines) + "\n"
     print(text, flush=True)
-    (out / "scaling.md").write_text(text)
-    (out / "scaling.json").write_text(json.dumps(results, indent=2))
+    (out / "bench_scaling.md").write_text(text)
+    (out / "bench_scaling.json").write_text(json.dumps(results, indent=2))
     if args.data == "embedded":
-        plot_losses(results, out / "scaling_loss.png", args)
+        plot_losses(results, out / "bench_scaling.png", args)
 
 
 def plot_losses(results: list[dict], path: Path, args) -> None:
@@ -374,7 +373,8 @@ def main() -> None:
     p.add_argument("--strategy", default="ddp", choices=list(STRATEGIES))
     p.add_argument("--devices", type=int, default=2)
     p.add_argument("--json", default="scaling_run.json")
-    p.add_argument("--preset", default="deltanet_340m_15b", help="conf/experiment/ name (smoke: toy model, CPU tests)")
+    p.add_argument("--preset", default="paper_340m_15b",
+                   help="conf/experiment/ name (smoke: toy model, CPU tests); the family: --override model=<family>")
     p.add_argument("--data", default="random", choices=["random", "embedded"],
                    help="random ids (throughput only) or the embedded corpus (real text, comparable loss curves)")
     p.add_argument("--steps", type=int, default=30)
@@ -383,7 +383,8 @@ def main() -> None:
     p.add_argument("--micro-batch", type=int, default=8)
     p.add_argument("--global-batch-tokens", type=int, default=2 * 8 * 2048)
     p.add_argument("--accelerator", default="gpu")
-    p.add_argument("--run-dir", default="/tmp/bench_scaling")
+    p.add_argument("--run-dir", default=str(Path(tempfile.gettempdir()) / "bench_scaling"),
+                   help="per-run results, logs and Hydra run directories (the table, JSON and plot go to --out)")
     p.add_argument("--override", action="append", default=[], help="extra Hydra override (repeatable)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--timeout", type=int, default=180, help="seconds per run (the first compiles the Triton kernels)")

@@ -13,8 +13,8 @@ Derived fields (``head_dim``, ``intermediate_size``, ``attn_layers``, ``attn_win
 resolved in ``__post_init__`` so that ``dataclasses.asdict(config)`` round-trips through ``DeltaNetConfig(**d)``.
 Invalid values raise ``ValueError`` naming the field.
 
-Paper sizes are in :data:`PRESETS`; set them with Hydra overrides (``model.hidden_size=1024 model.num_layers=24
-model.num_heads=8``) or ``DeltaNetConfig.from_preset("340M", family="deltanet")``.
+Paper sizes are written once, in ``conf/model/size/<name>.yaml`` (Hydra: ``model/size=340M``); :data:`PRESETS` reads
+them from there for ``DeltaNetConfig.from_preset("340M", family="deltanet")``.
 """
 from __future__ import annotations
 
@@ -22,17 +22,27 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
+
+import yaml
 
 __all__ = ["DeltaNetConfig", "PRESETS", "FAMILIES"]
 
 FAMILIES = ("deltanet", "deltanet_hybrid_swa", "deltanet_hybrid_global", "transformer")
 
-# Paper sizes (vocabulary 32000, Mistral tokenizer). head_dim = hidden_size // num_heads = 128 for both.
-PRESETS: dict[str, dict[str, Any]] = {
-    "340M": {"hidden_size": 1024, "num_layers": 24, "num_heads": 8},
-    "1.3B": {"hidden_size": 2048, "num_layers": 24, "num_heads": 16},
-}
+SIZES_DIR = Path(__file__).resolve().parents[1] / "conf" / "model" / "size"
+
+
+def _read_presets(directory: Path) -> dict[str, dict[str, Any]]:
+    """``{"340M": {"hidden_size": 1024, ...}, ...}`` from ``<directory>/<name>.yaml``: the Hydra size group is the one
+    place the paper sizes are written, and the Python API reads the same files (empty when the repository's conf/
+    is not beside the package, e.g. a non-editable install: then ``from_preset`` says where it looked)."""
+    return {p.stem: yaml.safe_load(p.read_text()) for p in sorted(directory.glob("*.yaml"))}
+
+
+# Paper sizes (vocabulary 32000, Mistral tokenizer): "340M" and "1.3B", head_dim = hidden_size // num_heads = 128.
+PRESETS: dict[str, dict[str, Any]] = _read_presets(SIZES_DIR)
 
 
 def _llama_intermediate_size(hidden_size: int, multiple_of: int = 256) -> int:
@@ -146,8 +156,9 @@ class DeltaNetConfig:
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "DeltaNetConfig":
+        """The paper size ``name`` ("340M" or "1.3B", from conf/model/size/) with ``overrides`` (any other field)."""
         if name not in PRESETS:
-            raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
+            raise ValueError(f"preset must be one of {sorted(PRESETS)} (the files of {SIZES_DIR}), got {name!r}")
         return cls(**{**PRESETS[name], **overrides})
 
     def to_dict(self) -> dict[str, Any]:

@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .utils import check_triton_runnable, validate_inputs
+from ..common.utils import check_triton_runnable, validate_inputs
 
 __all__ = ["fused_recurrent_delta_rule"]
 

@@ -109,23 +109,23 @@ def test_table_compares_each_run_with_the_1_device_run_of_the_same_global_batch(
     args = Namespace(preset="smoke", warmup=1, accelerator="gpu", data="embedded", loss_tol=0.05)
     bench.write_table(results, tmp_path, args)
     rows = {line.split(" | ")[0][2:] + line.split(" | ")[1]: line for line in
-            (tmp_path / "scaling.md").read_text().splitlines() if line.startswith("| ddp") or line.startswith("| fsdp")}
-    assert "max abs(loss - 1-GPU loss) over steps" in (tmp_path / "scaling.md").read_text()
+            (tmp_path / "bench_scaling.md").read_text().splitlines() if line.startswith("| ddp") or line.startswith("| fsdp")}
+    assert "max abs(loss - 1-GPU loss) over steps" in (tmp_path / "bench_scaling.md").read_text()
     assert rows["ddp4"].endswith("| 97.5% | - | 40.0 | 8.0100 | 0.01 at step 2 (mean 0.0033); match (tol 0.05) |")
     assert rows["ddp1"].endswith("| 8.0000 | (reference) |")
     assert "0.2 at step 1 (mean 0.067); DIFFERS (tol 0.05)" in rows["fsdp4"]
     assert rows["ddp2"].endswith("| 9.0000 | - |")  # another global batch: no reference
     assert "failed" in rows["fsdp8"]
-    saved = json.loads((tmp_path / "scaling.json").read_text())
+    saved = json.loads((tmp_path / "bench_scaling.json").read_text())
     assert saved[0]["loss_ref"] == "ddp1" and saved[0]["loss_max_abs_diff"] == pytest.approx(0.01)
-    assert (tmp_path / "scaling_loss.png").stat().st_size > 0
+    assert (tmp_path / "bench_scaling.png").stat().st_size > 0
 
     random = [_result("ddp", 2, [10.4, 10.4], 190.0, data="random"), _result("ddp", 1, [10.4, 10.4], 100.0,
                                                                              data="random")]
     (tmp_path / "r").mkdir()
     bench.write_table(random, tmp_path / "r", Namespace(**{**vars(args), "data": "random"}))
-    assert "| 10.4000 | - |" in (tmp_path / "r" / "scaling.md").read_text()  # random ids differ per rank: no comparison
-    assert not (tmp_path / "r" / "scaling_loss.png").exists()
+    assert "| 10.4000 | - |" in (tmp_path / "r" / "bench_scaling.md").read_text()  # random ids differ per rank: no comparison
+    assert not (tmp_path / "r" / "bench_scaling.png").exists()
 
 
 def test_ddp1_and_ddp2_on_cpu_train_on_the_same_batches(tmp_path):
@@ -142,11 +142,11 @@ def test_ddp1_and_ddp2_on_cpu_train_on_the_same_batches(tmp_path):
     out, steps = tmp_path / "out", 6
     cmd = [sys.executable, str(BENCH), "--preset", "smoke", "--data", "embedded", "--accelerator", "cpu",
            "--steps", str(steps), "--warmup", "1", "--micro-batch", "4", "--global-batch-tokens", "1024",
-           "--runs", "ddp2,ddp1", "--timeout", "240", "--out", str(out),
+           "--runs", "ddp2,ddp1", "--timeout", "240", "--out", str(out), "--run-dir", str(tmp_path / "work"),
            "--override", f"paths.data_dir={tmp_path / 'data'}", "--override", "data.source.val_fraction=0.95"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    runs = {name: json.loads((out / f"scaling_{name}.json").read_text()) for name in ("ddp1", "ddp2")}
+    runs = {name: json.loads((tmp_path / "work" / f"{name}.json").read_text()) for name in ("ddp1", "ddp2")}
     for name, r in runs.items():
         assert len(r["losses"]) == len(r["grad_norms"]) == r["steps"] == steps, name
         assert r["corpus"]["repeats"] > 1 and r["corpus"]["windows"] >= r["corpus"]["windows_used"] == steps * 16
@@ -156,7 +156,7 @@ def test_ddp1_and_ddp2_on_cpu_train_on_the_same_batches(tmp_path):
     assert one[-1] < one[0] - 0.1  # it trains
     assert abs(one[0] - two[0]) < 1e-5
     assert max(abs(a - b) for a, b in zip(one, two)) < 1e-4
-    table = (out / "scaling.md").read_text()
-    assert "match (tol 0.05)" in table and (out / "scaling_loss.png").exists()
-    saved = {f"{r['strategy']}{r['devices']}": r for r in json.loads((out / "scaling.json").read_text())}
+    table = (out / "bench_scaling.md").read_text()
+    assert "match (tol 0.05)" in table and (out / "bench_scaling.png").exists()
+    saved = {f"{r['strategy']}{r['devices']}": r for r in json.loads((out / "bench_scaling.json").read_text())}
     assert saved["ddp2"]["loss_ref"] == "ddp1" and saved["ddp2"]["loss_max_abs_diff"] < 1e-4

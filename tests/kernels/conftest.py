@@ -16,9 +16,9 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def kernels_are_interpreted() -> bool:
-    import kernels.delta_rule.chunk as chunk
+    from kernels.common import wy
 
-    return type(chunk._wy_fwd_kernel).__name__ == "InterpretedFunction"
+    return type(wy.wy_fwd_kernel).__name__ == "InterpretedFunction"
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported (see conftest.py)
 
+from kernels import KernelSettings, chunk_settings  # noqa: E402
 from kernels.delta_rule.chunk import chunk_delta_rule  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -131,96 +132,61 @@ def test_non_power_of_two_head_dims(K, V):
 
 def test_largest_key_dim():
     """K = 256: the sequential kernels hold the state as four 64-row blocks, dv_local runs as its own kernel, and
-    the backward reuses the forward's chunk states (KEEP_STATES="auto")."""
+    the backward reuses the forward's chunk states (keep_states="auto")."""
     check(seed=256, B=1, T=20, H=1, K=256, V=16, chunk_size=16)
 
 
 @pytest.mark.parametrize("keep", [True, False])
-def test_kept_states_equal_recomputed(keep, monkeypatch):
+def test_kept_states_equal_recomputed(keep):
     """The backward gives the same gradients whether it reuses the forward's h, V' or recomputes them."""
-    import kernels.delta_rule.chunk as chunk
-
     ins = make_inputs(7, 1, 37, 2, 32, 16, 1, torch.float32)
     grads = []
     for mode in (keep, "auto"):
-        monkeypatch.setattr(chunk, "KEEP_STATES", mode)
-        xs = [x.clone().requires_grad_() for x in ins]
-        o, s = chunk_delta_rule(*xs[:4], initial_state=xs[4], output_final_state=True, chunk_size=16)
-        (o.square().sum() + s.sum()).backward()
+        with chunk_settings(keep_states=mode):
+            xs = [x.clone().requires_grad_() for x in ins]
+            o, s = chunk_delta_rule(*xs[:4], initial_state=xs[4], output_final_state=True, chunk_size=16)
+        (o.square().sum() + s.sum()).backward()  # outside the block: the backward keeps the forward's settings
         grads.append([x.grad for x in xs])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 
-def test_folded_block_grid_equals_2d_grid(monkeypatch):
+def test_folded_block_grid_equals_2d_grid():
     """fwd_o and bwd_dqkw give the same results on the folded 1-D grid as on the 2-D grid (K = V = 128: two blocks
     each), and folded runs (dv_local too, at K = 256) match float64."""
-    import kernels.delta_rule.chunk as chunk
-
     ins = make_inputs(8, 1, 21, 1, 128, 128, 1, torch.float32)
     res = []
     for fold in (True, False):
-        monkeypatch.setattr(chunk, "FOLD_BLOCKS", fold)
-        monkeypatch.setattr(chunk, "KEEP_STATES", False)  # K = 128: dv_local inline; run the usual path
-        xs = [x.clone().requires_grad_() for x in ins]
-        o, s = chunk_delta_rule(*xs[:4], initial_state=xs[4], output_final_state=True, chunk_size=16)
-        (o.square().sum() + s.sum()).backward()
+        with chunk_settings(fold_blocks=fold, keep_states=False):  # K = 128: dv_local inline; the usual path
+            xs = [x.clone().requires_grad_() for x in ins]
+            o, s = chunk_delta_rule(*xs[:4], initial_state=xs[4], output_final_state=True, chunk_size=16)
+            (o.square().sum() + s.sum()).backward()
         res.append([o, s] + [x.grad for x in xs])
     for a, b in zip(*res):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
-    monkeypatch.setattr(chunk, "FOLD_BLOCKS", True)
-    check(seed=9, B=1, T=21, H=1, K=128, V=128, chunk_size=16)
-    check(seed=10, B=1, T=20, H=1, K=256, V=16, chunk_size=16)  # dv_local (K > 128) on the folded grid too
+    with chunk_settings(fold_blocks=True):
+        check(seed=9, B=1, T=21, H=1, K=128, V=128, chunk_size=16)
+        check(seed=10, B=1, T=20, H=1, K=256, V=16, chunk_size=16)  # dv_local (K > 128) on the folded grid too
 
 
-@pytest.mark.parametrize("K,V,tiles", [(128, 100, (32, 128)), (160, 100, (128, 32))], ids=["bk32-bv128", "bk128-bv32"])
-def test_tile_overrides_match_float64(K, V, tiles, monkeypatch):
-    """Other (BK, BV) tiles of the chunk-parallel kernels (TILES, as the K = 256 tuning sweep sets them), with more or
-    fewer blocks per chunk than the default 64 x 64 and a partial last block (V = 100), still match float64; a tile
-    giving more than four blocks per chunk is refused."""
-    import kernels.delta_rule.chunk as chunk
-
+@pytest.mark.parametrize("K,V,tile", [(128, 100, (32, 128)), (160, 100, (128, 32))], ids=["bk32-bv128", "bk128-bv32"])
+def test_tile_overrides_match_float64(K, V, tile):
+    """Other (BK, BV) tiles of the chunk-parallel kernels, with more or fewer blocks per chunk than the default
+    64 x 64 and a partial last block (V = 100), still match float64; a tile giving more than four blocks per chunk
+    is refused."""
     names = ("wy_fwd", "fwd_o", "bwd_dv_local", "bwd_dqkw", "wy_bwd")
-    monkeypatch.setattr(chunk, "TILES", {n: tiles for n in names})
-    check(seed=11, B=1, T=21, H=1, K=K, V=V, chunk_size=16)
-    monkeypatch.setattr(chunk, "TILES", {"fwd_o": (32, 64)})
+    with chunk_settings(**{n: KernelSettings(tile=tile) for n in names}):
+        check(seed=11, B=1, T=21, H=1, K=K, V=V, chunk_size=16)
     q = torch.randn(1, 16, 1, 160, device=DEVICE)
-    with pytest.raises(ValueError, match="more than 4 blocks per chunk at K=160"):
-        chunk_delta_rule(q, q, q[..., :64], torch.rand(1, 16, 1, device=DEVICE))
+    with chunk_settings(fwd_o=KernelSettings(tile=(32, 64))):
+        with pytest.raises(ValueError, match="more than 4 blocks per chunk at K=160"):
+            chunk_delta_rule(q, q, q[..., :64], torch.rand(1, 16, 1, device=DEVICE))
 
 
-def test_launch_falls_back_when_shared_memory_runs_out(monkeypatch):
-    """A launch setting that needs more shared memory than the GPU has (float32 at K = 256 with 8 warps, 2 stages on
-    the H200) is retried with fewer stages, then 4 warps; the setting that fit is remembered for that kernel and
-    shape, and an error no setting can avoid is raised."""
-    import kernels.delta_rule.chunk as chunk
-    from triton.runtime.errors import OutOfResources
-
-    monkeypatch.setattr(chunk, "_FALLBACK", {})
-    calls = []
-
-    class FakeKernel:
-        def __init__(self, fits):
-            self.fits = fits
-
-        def __getitem__(self, grid):
-            def run(*args, num_warps, num_stages, **consts):
-                calls.append((num_warps, num_stages))
-                if not self.fits(num_warps, num_stages):
-                    raise OutOfResources(245760, 232448, "shared memory")
-            return run
-
-    x = torch.zeros(1, dtype=torch.float32)
-    chunk._launch("bwd_dhu", FakeKernel(lambda w, s: s == 1), (1,), x, K=256, V=256)
-    assert calls == [chunk.LAUNCH_WIDE["bwd_dhu"], (chunk.LAUNCH_WIDE["bwd_dhu"][0], 1)]
-    calls.clear()
-    chunk._launch("bwd_dhu", FakeKernel(lambda w, s: s == 1), (1,), x, K=256, V=256)
-    assert calls == [(chunk.LAUNCH_WIDE["bwd_dhu"][0], 1)]  # remembered
-    calls.clear()
-    chunk._launch("bwd_dhu", FakeKernel(lambda w, s: True), (1,), x.bfloat16(), K=256, V=256)
-    assert calls == [chunk.LAUNCH_WIDE["bwd_dhu"]]  # another dtype is another key
-    with pytest.raises(OutOfResources):
-        chunk._launch("fwd_h", FakeKernel(lambda w, s: False), (1,), x, K=64, V=64)
+def test_row_by_row_inverse_matches_float64():
+    """The row-by-row form of (I + L)^-1 (blocked_inv=False) matches float64 too."""
+    with chunk_settings(blocked_inv=False):
+        check(seed=12, B=1, T=45, H=1, K=32, V=16, chunk_size=32)
 
 
 def test_float16_inputs():
@@ -244,11 +210,12 @@ def test_cpu_path_is_the_triton_interpreter():
     """On CPU the chunk kernels are Triton-interpreted functions: nothing falls back to PyTorch silently."""
     if DEVICE != "cpu":
         pytest.skip("CPU-only check")
-    import kernels.delta_rule.chunk as chunk
+    from kernels.common import chunk_h, chunk_o, wy
 
-    for name in ("_wy_fwd_kernel", "_fwd_h_kernel", "_fwd_o_kernel", "_bwd_dhu_kernel", "_bwd_dqkw_kernel",
-                 "_wy_bwd_kernel"):
-        assert type(getattr(chunk, name)).__name__ == "InterpretedFunction", name
+    for mod, name in ((wy, "wy_fwd_kernel"), (chunk_h, "fwd_h_kernel"), (chunk_o, "fwd_o_kernel"),
+                      (chunk_h, "bwd_dv_local_kernel"), (chunk_h, "bwd_dhu_kernel"), (chunk_o, "bwd_dqkw_kernel"),
+                      (wy, "wy_bwd_kernel")):
+        assert type(getattr(mod, name)).__name__ == "InterpretedFunction", name
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -275,7 +242,7 @@ def test_gpu_bfloat16_varlen_matches_float64():
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype,tol_o,tol_g", [(torch.bfloat16, 1e-2, 2e-2), (torch.float32, 2e-4, 5e-4)])
 def test_gpu_wide_heads_varlen_match_float64(dtype, tol_o, tol_g):
-    """K, V > 128 take their own launch settings (LAUNCH_WIDE), kept chunk states and folded grids: check them with
+    """K, V > 128 take their own launch settings (launch_wide), kept chunk states and folded grids: check them with
     packed sequences, a K that is not a power of two (200: a partial last 64-row state block) and both precisions."""
     cu = torch.tensor([0, 70, 70, 333, 450], dtype=torch.int32)
     check(seed=21, B=1, T=450, H=2, K=200, V=256, chunk_size=64, cu_seqlens=cu, dtype=dtype, tol_o=tol_o,

@@ -1,4 +1,4 @@
-"""Bad inputs raise ValueError naming the problem (kernels/delta_rule/utils.py, through chunk_delta_rule)."""
+"""Bad inputs raise ValueError naming the problem (kernels/common/utils.py, through chunk_delta_rule)."""
 import os
 
 import pytest
@@ -8,7 +8,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported (see conftest.py)
 
 from kernels.delta_rule.chunk import chunk_delta_rule  # noqa: E402
-from kernels.delta_rule.utils import (  # noqa: E402
+from kernels.common.utils import (  # noqa: E402
     check_triton_runnable,
     prepare_chunk_indices,
     prepare_chunk_offsets,

@@ -1,4 +1,4 @@
-"""Input validation and variable-length helpers shared by the Triton delta-rule kernels.
+"""Input validation and variable-length helpers shared by the Triton kernels.
 
 Every public kernel entry point calls :func:`validate_inputs` (shapes, dtypes, devices, ``cu_seqlens``) and
 :func:`check_triton_runnable` (Triton only runs on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1``)
