@@ -11,7 +11,8 @@ evaluated splits).  Each stand-in runs through lm-eval and evaluation.lm_eval_ad
 examples and again with 2: the difference gives the seconds per example (the rest is lm-eval's fixed cost per task),
 and fixed + per-example x full count the expected full-run time of each task.
 The words are random, so the scores mean nothing; only the timings are the result.  Kernel compilation is paid in a
-warm-up pass first and reported apart.  Writes bench_eval.json and bench_eval.md into --out.
+warm-up pass first and reported apart.  Writes bench_eval.json and bench_eval.md into --out (the stand-in tasks go
+to a temporary directory, or --task-dir).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import argparse
 import json
 import random
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -96,7 +98,7 @@ def write_stand_ins(root: Path, tasks: list[str] | None = None, seed: int = 0) -
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, help="output directory (stand-in tasks, bench_eval.json, bench_eval.md)")
+    p.add_argument("--out", required=True, help="output directory (bench_eval.json, bench_eval.md)")
     p.add_argument("--limit", type=int, default=64, help="examples per task that are timed")
     p.add_argument("--preset", default="340M")
     p.add_argument("--family", default="deltanet")
@@ -105,6 +107,7 @@ def main() -> None:
     p.add_argument("--max-batch-tokens", type=int, default=65536)
     p.add_argument("--context-length", type=int, default=2048)
     p.add_argument("--tasks", nargs="+", default=None, choices=sorted(STAND_INS), help="a subset (default: all)")
+    p.add_argument("--task-dir", default=None, help="where the stand-in tasks are written (default: a temp dir)")
     p.add_argument("--tiny", action="store_true", help="2-layer width-64 model, limit 4 (a CPU check of the script)")
     a = p.parse_args()
 
@@ -116,8 +119,9 @@ def main() -> None:
     from evaluation.lm_eval_adapter import DeltaNetLM
 
     out = Path(a.out)
-    names = write_stand_ins(out / "stand_in_tasks", a.tasks)
-    tm = TaskManager(include_path=str(out / "stand_in_tasks"), include_defaults=False)
+    task_dir = Path(a.task_dir) if a.task_dir else Path(tempfile.mkdtemp(prefix="bench_eval_tasks_"))
+    names = write_stand_ins(task_dir, a.tasks)
+    tm = TaskManager(include_path=str(task_dir), include_defaults=False)
     torch.manual_seed(0)
     if a.ckpt:
         from lit_modules.checkpoint import load_model

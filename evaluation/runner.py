@@ -160,9 +160,8 @@ def evaluate_checkpoint(ckpt_path: str, eval_cfg: DictConfig | dict, data_cfg: D
     task_manager = None
     if tasks:  # before loading the model: a missing dataset stops the run at once
         from lm_eval.tasks import TaskManager
-        include = [str(p) for p in (cfg.include_path if OmegaConf.is_list(cfg.include_path) or
-                                    isinstance(cfg.include_path, list) else [cfg.include_path])] \
-            if cfg.include_path else None
+        inc = cfg.include_path
+        include = None if not inc else [str(p) for p in (inc if OmegaConf.is_list(inc) else [inc])]
         task_manager = TaskManager(include_path=include, include_defaults=bool(cfg.include_defaults))
         check_task_datasets(tasks, task_manager)
 

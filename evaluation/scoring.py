@@ -81,7 +81,7 @@ def _hidden(model, input_ids: torch.Tensor) -> torch.Tensor:
 def continuation_logprobs(model, requests: Sequence[tuple[Sequence[int], Sequence[int]]], *, batch_size: int = 32,
                           max_batch_tokens: int = 65536, device: torch.device | None = None,
                           dtype: torch.dtype = torch.float32, progress: bool = False,
-                          desc: str = "scoring") -> list[tuple[float, bool]]:
+                          desc: str = "scoring", head_chunk: int = 8192) -> list[tuple[float, bool]]:
     """Summed log-probability of each request's targets, and whether they are the greedy tokens.
 
     Args:
@@ -93,6 +93,8 @@ def continuation_logprobs(model, requests: Sequence[tuple[Sequence[int], Sequenc
         device: where the model is (default: the model's parameters' device).
         dtype: compute dtype (float32, or bfloat16 / float16 under autocast).
         progress: show a tqdm progress bar over requests.
+        head_chunk: scored positions per LM-head call (bounds the float32 (positions, vocab) logits: 8192 x 32000
+            x 4 bytes = 1 GiB).
 
     Returns:
         ``[(logprob: float, is_greedy: bool)]`` in the order of ``requests``.
@@ -119,12 +121,17 @@ def continuation_logprobs(model, requests: Sequence[tuple[Sequence[int], Sequenc
         ids = ids.to(device)
         with autocast(device, dtype):
             h = _hidden(model, ids)  # (B, T, C)
-            sel = h[torch.as_tensor(rows, device=device), torch.as_tensor(cols, device=device)]  # (n, C)
-            logits = model.lm_head(sel)
-        logp = F.log_softmax(logits.float(), dim=-1)  # (n, V)
+        sel = h[torch.as_tensor(rows, device=device), torch.as_tensor(cols, device=device)]  # (n, C)
         tgt = torch.as_tensor(targets, device=device)
-        tok_lp = logp.gather(-1, tgt[:, None])[:, 0].double().cpu()
-        greedy = (logp.argmax(-1) == tgt).cpu()
+        tok_lp = torch.empty(len(targets), dtype=torch.float64)
+        greedy = torch.empty(len(targets), dtype=torch.bool)
+        for s in range(0, len(targets), head_chunk):  # (head_chunk, vocab) float32 logits at a time
+            with autocast(device, dtype):
+                logits = model.lm_head(sel[s:s + head_chunk])
+            logp = F.log_softmax(logits.float(), dim=-1)
+            t = tgt[s:s + head_chunk]
+            tok_lp[s:s + head_chunk] = logp.gather(-1, t[:, None])[:, 0].double().cpu()
+            greedy[s:s + head_chunk] = (logp.argmax(-1) == t).cpu()
         start = 0
         for i in batch:
             n = len(requests[i][1])

@@ -16,7 +16,8 @@ def test_bench_eval_tiny_writes_the_expected_full_run_time(tmp_path, monkeypatch
     import sys
 
     out = tmp_path / "bench"
-    monkeypatch.setattr(sys, "argv", ["bench_eval.py", "--out", str(out), "--tiny", "--tasks", "piqa", "lambada_openai"])
+    monkeypatch.setattr(sys, "argv", ["bench_eval.py", "--out", str(out), "--tiny", "--tasks", "piqa", "lambada_openai",
+                                      "--task-dir", str(tmp_path / "tasks")])
     runpy.run_path(str(ROOT / "benchmarks" / "bench_eval.py"), run_name="__main__")
     result = json.loads((out / "bench_eval.json").read_text())
     assert [r["task"] for r in result["tasks"]] == ["lambada_openai", "piqa"]
@@ -25,5 +26,5 @@ def test_bench_eval_tiny_writes_the_expected_full_run_time(tmp_path, monkeypatch
         assert r["full_examples"] == {"piqa": 1838, "lambada_openai": 5153}[r["task"]]
     assert result["expected_full_run_s"] == pytest.approx(sum(r["expected_full_s"] for r in result["tasks"]))
     assert "Expected full run" in (out / "bench_eval.md").read_text()
-    rows = (out / "stand_in_tasks" / "standin_piqa.jsonl").read_text().splitlines()
+    rows = (tmp_path / "tasks" / "standin_piqa.jsonl").read_text().splitlines()
     assert len(rows) == 1838 and len(json.loads(rows[0])["choices"]) == 2

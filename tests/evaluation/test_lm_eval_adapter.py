@@ -170,3 +170,26 @@ def test_lm_eval_command_line_with_the_deltanet_model(tmp_path, monkeypatch, cap
     main()
     assert "tiny_choice" in capsys.readouterr().out
     assert list((tmp_path / "out").rglob("results_*.json"))
+
+
+def test_length_batches_respect_both_caps_and_the_head_chunks_change_nothing():
+    from evaluation.scoring import continuation_logprobs, length_batches
+
+    lengths = [5, 40, 3, 17, 17, 60, 1, 9]
+    batches = length_batches(lengths, batch_size=3, max_batch_tokens=64)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for b in batches:
+        assert len(b) <= 3 and (len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 64)
+        assert [lengths[i] for i in b] == sorted((lengths[i] for i in b), reverse=True)
+    with pytest.raises(ValueError, match="batch_size"):
+        length_batches(lengths, 0, 64)
+    model = tiny_model(seed=9)
+    g = torch.Generator().manual_seed(0)
+    reqs = [(torch.randint(3, 32000, (n,), generator=g).tolist(), torch.randint(3, 32000, (k,), generator=g).tolist())
+            for n, k in ((9, 4), (20, 20), (3, 1), (14, 6))]
+    reqs = [(inp, inp[len(inp) - len(t) + 1:] + t[-1:]) for inp, t in reqs]  # targets follow the inputs
+    a = continuation_logprobs(model, reqs, batch_size=4, head_chunk=2)
+    b = continuation_logprobs(model, reqs, batch_size=1)
+    assert [x for x, _ in a] == pytest.approx([x for x, _ in b], abs=1e-4)
+    with pytest.raises(ValueError, match="len\\(targets\\)"):
+        continuation_logprobs(model, [([1, 2], [3, 4, 5])])
