@@ -1,81 +1,365 @@
-"""Question: how fast does a training step (forward + backward) of DeltaNet run against Transformer++ at equal size?
+"""Question: how fast does a training step of our DeltaNet run, against fla's DeltaNet model, our Transformer++ and
+our hybrids, at a fixed number of tokens per step and growing T?  And how much memory does it take?
 
-    python benchmarks/bench_model.py --preset 340M --batch 8 --seq-len 2048 [--families deltanet transformer] [--out f.json]
+    python benchmarks/bench_model.py --preset 340M --out benchmarks/results/bench_model
+    python benchmarks/bench_model.py --preset 1.3B --lengths 2048x8 8192x2 16384x1 --out DIR
+    python benchmarks/bench_model.py --preset 340M --lengths 2048x8 --profile --out DIR     # + top-10 CUDA kernels
+    python benchmarks/bench_model.py --dry-run --out /tmp/bench                             # tiny, on CPU
 
-bf16 autocast over float32 weights (as in training), Triton delta-rule kernels, SDPA (flash) attention; median step time
-by triton.testing.do_bench.  MFU counts 6 * params * tokens (attention-score FLOPs left out) against the bf16 dense
-peak given by --peak-tflops (H100/H200 datasheet: 989).
+Models (``--models``, all by default): ``deltanet`` (ours, fused glue: the default on CUDA), ``deltanet_plain`` (ours,
+``fused=False``: the plain PyTorch glue around the same Triton delta rule), ``deltanet_keepconv`` (fused, but the
+short convolutions' outputs kept for the backward instead of recomputed: ``recompute_conv=False``), ``fla_deltanet``
+(``fla.models.DeltaNetForCausalLM`` with the same sizes, when fla is installed; skipped with a note otherwise),
+``transformer`` (our Transformer++), ``deltanet_hybrid_swa``, ``deltanet_hybrid_global``.  All run in this process,
+one after another, on the same random token ids.
+
+Setup of every step: float32 weights under bf16 autocast, fused AdamW (lr 1e-4), gradient-norm clipping at 1.0; the
+time is the mean of ``--steps`` (10) steps after ``--warmup`` (4) warm-up steps (CUDA-synchronised wall clock);
+peak memory is ``torch.cuda.max_memory_allocated`` over the timed steps (weights, gradients, AdamW state and
+activations).
+
+MFU = model FLOPs / step time / ``--peak-tflops`` (989: H100/H200 bf16 dense).  Model FLOPs per step:
+``6 * (params - embedding) * tokens`` (every matmul weight, the LM head included, forward + backward) plus, per
+mixer layer and batch row, forward + backward (3x the forward):
+softmax attention ``3 * 4 * H * D * sum_t min(t + 1, window)`` (QK^T and PV over the visible keys);
+delta rule ``3 * T * H * (6 * K * V + C * (2 * K + V))`` with chunk C (Q S, W S, K^T U' per token, and the causal
+halves of Q K^T, (Q K^T) U' and K K^T inside the chunk).
+
+Outputs in ``--out``: ``bench_model.md`` (tables + ratios), ``bench_model.json``, ``bench_model.png`` (tokens/s and
+peak memory against T), and with ``--profile`` ``bench_model_profile.md`` (top-10 kernels of one step per model).
+Each records the command, GPU, torch, triton and fla versions.
 """
 from __future__ import annotations
 
 import argparse
+import gc
+import inspect
 import json
+import platform
 import sys
+import time
 from pathlib import Path
+from typing import Any, Callable, Optional
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from deltanet import FAMILIES, PRESETS, DeltaNetConfig, DeltaNetForCausalLM  # noqa: E402
+from deltanet import PRESETS, DeltaNetConfig, DeltaNetForCausalLM  # noqa: E402
+
+OURS = {"deltanet": dict(family="deltanet"), "deltanet_plain": dict(family="deltanet", fused=False),
+        "deltanet_keepconv": dict(family="deltanet", recompute_conv=False),
+        "transformer": dict(family="transformer"), "deltanet_hybrid_swa": dict(family="deltanet_hybrid_swa"),
+        "deltanet_hybrid_global": dict(family="deltanet_hybrid_global")}
+MODELS = ("deltanet", "deltanet_plain", "deltanet_keepconv", "fla_deltanet", "transformer", "deltanet_hybrid_swa",
+          "deltanet_hybrid_global")
+DEFAULT_LENGTHS = ("2048x8", "8192x2", "16384x1")
+DRY_SIZES = dict(vocab_size=97, hidden_size=64, num_layers=2, num_heads=2, chunk_size=16, attn_window=32)
 
 
-def bench(family: str, preset: str, batch: int, seq_len: int, warmup_ms: int, rep_ms: int) -> dict:
-    import triton
+def parse_length(s: str) -> tuple[int, int]:
+    try:
+        T, B = (int(v) for v in s.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a length is TxB, e.g. 2048x8, got {s!r}") from None
+    if T < 2 or B < 1:
+        raise argparse.ArgumentTypeError(f"need T >= 2 and B >= 1, got {s!r}")
+    return T, B
 
-    torch.manual_seed(0)
-    model = DeltaNetForCausalLM(DeltaNetConfig.from_preset(preset, family=family)).cuda()
-    x = torch.randint(0, model.config.vocab_size, (batch, seq_len), device="cuda")
 
-    def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = model(x, labels=x).loss
+# ---------------------------------------------------------------------------------------------------------------------
+# models
+# ---------------------------------------------------------------------------------------------------------------------
+
+def our_config(name: str, preset: Optional[str]) -> DeltaNetConfig:
+    if preset is None:  # dry run
+        return DeltaNetConfig(**{**DRY_SIZES, **OURS[name]})
+    return DeltaNetConfig.from_preset(preset, **OURS[name])
+
+
+def fla_version() -> Optional[str]:
+    try:
+        import fla
+    except Exception:  # not installed, or fails to import on this machine
+        return None
+    return getattr(fla, "__version__", "unknown")
+
+
+def build_fla(cfg: DeltaNetConfig) -> torch.nn.Module:
+    """fla's DeltaNet LM with our sizes: silu + L2 q/k, short conv 4, beta, no gate, output RMSNorm, SwiGLU width."""
+    from fla.models import DeltaNetConfig as FlaConfig, DeltaNetForCausalLM as FlaLM
+    want = dict(attn_mode="chunk", vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
+                num_hidden_layers=cfg.num_layers, num_heads=cfg.num_heads, expand_k=1, expand_v=1,
+                use_gate=cfg.use_output_gate, use_short_conv=cfg.use_short_conv, conv_size=cfg.conv_size,
+                use_beta=cfg.use_beta, use_output_norm=True, qk_norm=cfg.qk_norm, qk_activation=cfg.qk_activation,
+                intermediate_size=cfg.intermediate_size, hidden_act="swish", norm_eps=cfg.norm_eps,
+                tie_word_embeddings=False, initializer_range=cfg.initializer_range)
+    known = set(inspect.signature(FlaConfig.__init__).parameters)
+    return FlaLM(FlaConfig(**{k: v for k, v in want.items() if k in known}))
+
+
+def build(name: str, preset: Optional[str]) -> tuple[torch.nn.Module, int, DeltaNetConfig]:
+    """(model, embedding parameter count, our config of the same sizes)."""
+    if name == "fla_deltanet":
+        cfg = our_config("deltanet", preset)
+        model = build_fla(cfg)
+        return model, model.get_input_embeddings().weight.numel(), cfg
+    cfg = our_config(name, preset)
+    model = DeltaNetForCausalLM(cfg)
+    return model, model.model.embeddings.weight.numel(), cfg
+
+
+def mixer_flops(cfg: DeltaNetConfig, T: int, B: int) -> float:
+    """Forward + backward FLOPs of the token mixers beyond their projections (see the module docstring)."""
+    H, D = cfg.num_heads, cfg.head_dim
+    total = 0.0
+    for i in range(cfg.num_layers):
+        if cfg.is_attention_layer(i):
+            w = cfg.attn_window or T
+            pairs = sum(min(t + 1, w) for t in range(T)) if w < T else T * (T + 1) / 2
+            total += 3 * 4 * H * D * pairs
+        else:
+            total += 3 * T * H * (6 * D * D + cfg.chunk_size * 3 * D)
+    return total * B
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# timing
+# ---------------------------------------------------------------------------------------------------------------------
+
+def make_step(model: torch.nn.Module, ids: torch.Tensor, opt: torch.optim.Optimizer,
+              device: str) -> Callable[[], torch.Tensor]:
+    def step() -> float:
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+            loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
-        model.zero_grad(set_to_none=True)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        return loss.detach()
+    return step
 
-    step()  # compile kernels
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    ms = triton.testing.do_bench(step, warmup=warmup_ms, rep=rep_ms)
-    n = model.num_parameters()
-    tokens = batch * seq_len
-    res = {"family": family, "preset": preset, "params": n, "batch": batch, "seq_len": seq_len, "ms": ms,
-           "tokens_per_s": tokens / (ms / 1e3), "model_tflops": 6 * n * tokens / (ms / 1e3) / 1e12,
-           "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30}
-    del model
-    torch.cuda.empty_cache()
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench_one(name: str, preset: Optional[str], T: int, B: int, warmup: int, steps: int, device: str,
+              peak_tflops: float) -> dict[str, Any]:
+    torch.manual_seed(0)
+    model, n_embed, cfg = build(name, preset)
+    model = model.to(device)
+    n = sum(p.numel() for p in model.parameters())
+    ids = torch.randint(0, cfg.vocab_size, (B, T), device=device, generator=None)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=device == "cuda")
+    step = make_step(model, ids, opt, device)
+    for _ in range(warmup):
+        step()
+    sync(device)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        loss = step()
+    sync(device)
+    sec = (time.perf_counter() - t0) / steps
+    tokens = B * T
+    flops = 6 * (n - n_embed) * tokens + mixer_flops(cfg, T, B)
+    res = {"model": name, "T": T, "B": B, "params": n, "ms": 1e3 * sec, "tokens_per_s": tokens / sec,
+           "model_tflops": flops / sec / 1e12, "mfu": flops / sec / 1e12 / peak_tflops,
+           "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None,
+           "loss": float(loss)}
+    del model, opt, step
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
     return res
 
 
-def main() -> None:
+def profile_one(name: str, preset: Optional[str], T: int, B: int, device: str, top: int = 10) -> list[dict]:
+    """Top ``top`` kernels (device time) of one training step after 3 warm-up steps."""
+    from torch.profiler import ProfilerActivity, profile
+    torch.manual_seed(0)
+    model, _, cfg = build(name, preset)
+    model = model.to(device)
+    ids = torch.randint(0, cfg.vocab_size, (B, T), device=device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
+    step = make_step(model, ids, opt, device)
+    for _ in range(3):
+        step()
+    sync(device)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=acts) as prof:
+        step()
+        sync(device)
+    rows: dict[str, list[float]] = {}
+    if device == "cuda":  # every kernel (and memcpy/memset) the step ran on the GPU, by name
+        for e in prof.events():
+            if e.device_type == torch.autograd.DeviceType.CUDA:
+                r = rows.setdefault(e.name, [0, 0.0])
+                r[0] += 1
+                r[1] += float(e.time_range.elapsed_us())
+    else:  # CPU dry run: self times of the ops, so nested ops are not counted twice
+        rows = {e.key: [e.count, float(e.self_cpu_time_total)] for e in prof.key_averages()}
+    total = sum(v[1] for v in rows.values()) or 1.0
+    out = [{"kernel": k, "calls": int(v[0]), "ms": v[1] / 1e3, "share": v[1] / total}
+           for k, v in sorted(rows.items(), key=lambda kv: -kv[1][1])[:top]]
+    del model, opt, step
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return out + [{"kernel": "(all kernels of the step)", "calls": 0, "ms": total / 1e3, "share": 1.0}]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# reporting
+# ---------------------------------------------------------------------------------------------------------------------
+
+def _get(rows: list[dict], model: str, T: int) -> Optional[dict]:
+    return next((r for r in rows if r["model"] == model and r["T"] == T and "error" not in r), None)
+
+
+def tables(rows: list[dict], models: list[str], lengths: list[tuple[int, int]]) -> str:
+    head = "| (T, B) | " + " | ".join(models) + " |\n|---|" + "---|" * len(models) + "\n"
+    speed, mem = head, head
+    for T, B in lengths:
+        cells_s, cells_m = [], []
+        for m in models:
+            r = _get(rows, m, T)
+            err = next((x["error"] for x in rows if x["model"] == m and x["T"] == T and "error" in x), None)
+            if r is None:
+                cells_s.append(err or "-")
+                cells_m.append("-")
+                continue
+            cells_s.append(f"{r['tokens_per_s'] / 1e3:.1f}K ({100 * r['mfu']:.1f}%)")
+            cells_m.append("-" if r["peak_mem_gib"] is None else f"{r['peak_mem_gib']:.1f}")
+        speed += f"| {T}, {B} | " + " | ".join(cells_s) + " |\n"
+        mem += f"| {T}, {B} | " + " | ".join(cells_m) + " |\n"
+    params = " | ".join(f"{m}: {r['params'] / 1e6:.1f}M" for m in models
+                        if (r := next((x for x in rows if x["model"] == m and "params" in x), None)))
+    text = ("tokens/s (MFU)\n\n" + speed + "\npeak memory (GiB)\n\n" + mem + f"\nparameters: {params}\n")
+    ratios = []
+    for T, B in lengths:
+        ours = _get(rows, "deltanet", T)
+        for other, target in (("fla_deltanet", 1.3), ("transformer", 1.0), ("deltanet_plain", None)):
+            o = _get(rows, other, T)
+            if ours and o:
+                goal = f" (target >= {target})" if target else ""
+                ratios.append(f"- T = {T}: deltanet / {other} tokens/s {ours['tokens_per_s'] / o['tokens_per_s']:.2f}"
+                              f"{goal}")
+        fla, tr = _get(rows, "fla_deltanet", T), _get(rows, "transformer", T)
+        if ours and fla and ours["peak_mem_gib"] is not None:
+            ratios.append(f"- T = {T}: deltanet / fla_deltanet peak memory "
+                          f"{ours['peak_mem_gib'] / fla['peak_mem_gib']:.2f} (target <= 1)")
+        for hyb in ("deltanet_hybrid_swa", "deltanet_hybrid_global"):
+            h = _get(rows, hyb, T)
+            if h and tr:
+                ratios.append(f"- T = {T}: {hyb} / transformer tokens/s {h['tokens_per_s'] / tr['tokens_per_s']:.2f}"
+                              + (" (target >= 1)" if T >= 8192 else ""))
+    return text + ("\nratios\n\n" + "\n".join(ratios) + "\n" if ratios else "")
+
+
+def plot(rows: list[dict], models: list[str], path: Path, title: str) -> bool:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    for m in models:
+        rs = sorted((r for r in rows if r["model"] == m and "error" not in r), key=lambda r: r["T"])
+        if not rs:
+            continue
+        a1.plot([r["T"] for r in rs], [r["tokens_per_s"] / 1e3 for r in rs], marker="o", label=m)
+        if rs[0]["peak_mem_gib"] is not None:
+            a2.plot([r["T"] for r in rs], [r["peak_mem_gib"] for r in rs], marker="o", label=m)
+    for a, y in ((a1, "tokens/s (thousands)"), (a2, "peak memory (GiB)")):
+        a.set_xscale("log", base=2)
+        a.set_xlabel("sequence length T (tokens per step fixed)")
+        a.set_ylabel(y)
+        a.grid(alpha=0.3)
+    a1.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def main(argv: Optional[list[str]] = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="340M", choices=sorted(PRESETS))
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--seq-len", type=int, default=2048)
-    p.add_argument("--families", nargs="+", default=["deltanet", "transformer"], choices=FAMILIES)
-    p.add_argument("--warmup-ms", type=int, default=200)
-    p.add_argument("--rep-ms", type=int, default=1000)
+    p.add_argument("--lengths", nargs="+", type=parse_length, default=None,
+                   help="TxB pairs (default 2048x8 8192x2 16384x1: 16K tokens per step)")
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    p.add_argument("--warmup", type=int, default=4)
+    p.add_argument("--steps", type=int, default=10)
     p.add_argument("--peak-tflops", type=float, default=989.0)
-    p.add_argument("--out", default=None, help="write the results as JSON here")
-    a = p.parse_args()
+    p.add_argument("--profile", action="store_true", help="also write the top-10 kernels of one step per model")
+    p.add_argument("--profile-length", type=parse_length, default=None, help="TxB of the profiled step (default: "
+                   "the first length)")
+    p.add_argument("--dry-run", action="store_true", help="tiny models on CPU (torch path), 1 + 2 steps: checks the "
+                   "script, measures nothing")
+    p.add_argument("--out", required=True, help="directory for bench_model.md/.json/.png")
+    a = p.parse_args(argv)
+    device = "cpu" if a.dry_run else "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        p.error("needs a CUDA device (or --dry-run)")
+    preset = None if a.dry_run else a.preset
+    lengths = a.lengths or ([(64, 2), (128, 1)] if a.dry_run else [parse_length(s) for s in DEFAULT_LENGTHS])
+    warmup, steps = (1, 2) if a.dry_run else (a.warmup, a.steps)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
     import triton
-    meta = {"command": " ".join(sys.argv), "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
-            "triton": triton.__version__}
-    rows = []
-    for fam in a.families:
-        r = bench(fam, a.preset, a.batch, a.seq_len, a.warmup_ms, a.rep_ms)
-        r["mfu"] = r["model_tflops"] / a.peak_tflops
-        rows.append(r)
-        print(json.dumps(r), flush=True)
-        if a.out:  # after every family, so a run cut short by a time limit keeps what it measured
-            Path(a.out).write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
-    print(f"\n{meta}\n| family | params | ms/step | tokens/s | MFU | peak GiB |\n|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['family']} | {r['params'] / 1e6:.0f}M | {r['ms']:.1f} | {r['tokens_per_s']:,.0f} | "
-              f"{100 * r['mfu']:.1f}% | {r['peak_mem_gib']:.1f} |")
-    if len(rows) > 1:
-        base = rows[-1]
-        for r in rows[:-1]:
-            print(f"{r['family']} / {base['family']} tokens/s ratio: {r['tokens_per_s'] / base['tokens_per_s']:.2f}")
+    meta = {"command": "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
+            "preset": "dry-run (tiny, CPU)" if a.dry_run else a.preset,
+            "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
+            "torch": torch.__version__, "triton": triton.__version__, "fla": fla_version(),
+            "setup": ("fp32 weights, " + ("no autocast, AdamW" if a.dry_run else "bf16 autocast, fused AdamW")
+                      + f", clip 1.0, mean of {steps} steps after {warmup} warm-up"), "peak_tflops": a.peak_tflops}
+    models = [m for m in a.models if m != "fla_deltanet" or meta["fla"] is not None]
+    notes = [] if len(models) == len(a.models) else ["fla is not installed here: fla_deltanet skipped"]
+    rows: list[dict] = []
+    res = {"meta": meta, "notes": notes, "results": rows}
+
+    def write() -> None:  # after every measurement, so a run cut short keeps what it measured
+        (out / "bench_model.json").write_text(json.dumps(res, indent=2))
+        md = [f"# bench_model.py: training step, {meta['preset']}", "", "    " + meta["command"], "",
+              f"{meta['device']}; torch {meta['torch']}, triton {meta['triton']}, fla {meta['fla'] or '-'}; "
+              f"{meta['setup']}; MFU against {a.peak_tflops:g} TFLOP/s (FLOPs: see the script's docstring).", ""]
+        md += [f"Note: {n}" for n in notes] + ([""] if notes else [])
+        md.append(tables(rows, models, lengths))
+        (out / "bench_model.md").write_text("\n".join(md))
+
+    for T, B in lengths:
+        for m in models:
+            try:
+                r = bench_one(m, preset, T, B, warmup, steps, device, a.peak_tflops)
+            except torch.cuda.OutOfMemoryError as e:
+                r = {"model": m, "T": T, "B": B, "error": "OOM"}
+                print(f"{m} T={T}: {e}", file=sys.stderr)
+                gc.collect()
+                torch.cuda.empty_cache()
+            rows.append(r)
+            print(json.dumps(r), flush=True)
+            write()
+    if plot(rows, models, out / "bench_model.png", f"training step, {meta['preset']}, {meta['device']}"):
+        res["plot"] = "bench_model.png"
+    if a.profile:
+        T, B = a.profile_length or lengths[0]
+        prof = {m: profile_one(m, preset, T, B, device) for m in models}
+        res["profile"] = {"T": T, "B": B, "kernels": prof}
+        lines = [f"# Top-10 kernels of one training step, {meta['preset']}, T = {T}, B = {B}", "",
+                 "    " + meta["command"], "", f"{meta['device']}; torch {meta['torch']}, triton {meta['triton']}", ""]
+        for m, ks in prof.items():
+            lines += [f"## {m}", "", "| kernel | calls | ms | share |", "|---|---|---|---|"]
+            lines += [f"| `{k['kernel'][:90]}` | {k['calls']} | {k['ms']:.2f} | {100 * k['share']:.1f}% |" for k in ks]
+            lines.append("")
+        (out / "bench_model_profile.md").write_text("\n".join(lines))
+    write()
+    print((out / "bench_model.md").read_text())
+    return res
 
 
 if __name__ == "__main__":

@@ -7,9 +7,18 @@ Families (``family``):
   window ``attn_window`` (default 2048); DeltaNet elsewhere.
 - ``deltanet_hybrid_global``: global softmax attention at layers ``attn_layers`` (counted from 1; default
   ``[2, N // 2 + 1]``); DeltaNet elsewhere.
+- ``gated_deltanet``: every layer a Gated DeltaNet mixer (the delta rule with a Mamba2-style decay, output gate).
+- ``gated_deltanet_hybrid_swa``: sliding-window attention every other layer as in ``deltanet_hybrid_swa``, Gated
+  DeltaNet elsewhere.
+- ``retnet``: every layer RetNet's multi-scale retention (fixed decay per head, RoPE, output gate).
 - ``transformer``: Transformer++ (RoPE, SwiGLU, RMSNorm, causal attention) in every layer.
+- ``mamba``: Mamba (selective state space, S6) with no MLP.  Each of the ``num_layers`` layers holds two residual
+  Mamba blocks ``x = x + Mamba(RMSNorm(x))`` (in the places of the mixer and of the MLP), as the Mamba paper pairs
+  two of its blocks to match one Transformer layer's 12 d^2 parameters: a size preset of 24 layers is the paper's
+  48-block Mamba.  Its fields: ``ssm_state_size`` (N, 16), ``ssm_expand`` (2), ``dt_rank`` (ceil(hidden / 16)),
+  ``dt_min``/``dt_max`` (the dt initialisation range), ``conv_size`` (4); the head and attention fields are unused.
 
-Derived fields (``head_dim``, ``intermediate_size``, ``attn_layers``, ``attn_window``) may be left ``None``; they are
+Derived fields (``head_dim``, ``intermediate_size``, ``attn_layers``, ``attn_window``, ``dt_rank``) may be left ``None``; they are
 resolved in ``__post_init__`` so that ``dataclasses.asdict(config)`` round-trips through ``DeltaNetConfig(**d)``.
 Invalid values raise ``ValueError`` naming the field.
 
@@ -20,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +39,8 @@ import yaml
 
 __all__ = ["DeltaNetConfig", "PRESETS", "FAMILIES"]
 
-FAMILIES = ("deltanet", "deltanet_hybrid_swa", "deltanet_hybrid_global", "transformer")
+FAMILIES = ("deltanet", "deltanet_hybrid_swa", "deltanet_hybrid_global", "transformer", "mamba", "gated_deltanet",
+            "gated_deltanet_hybrid_swa", "retnet")
 
 SIZES_DIR = Path(__file__).resolve().parents[1] / "conf" / "model" / "size"
 
@@ -74,6 +85,18 @@ class DeltaNetConfig:
     use_output_gate: bool = False  # o = RMSNorm(o) * silu(W_g x)
     chunk_size: int = 64  # 16 | 32 | 64
     backend: str = "auto"  # "auto" (triton on CUDA, torch on CPU) | "triton" | "torch"
+    # Fused Triton glue (short conv + activation + L2 norm, RMSNorm with residual add / output gate, SwiGLU tail)
+    # wherever the backend resolves to triton; False keeps the plain PyTorch layers there too (same math).
+    fused: bool = True
+    # With the fused glue: the backward recomputes the short convolutions' outputs (q, k, v) from the projection
+    # instead of keeping them (three activations per layer less); False keeps them.
+    recompute_conv: bool = True
+    # --- Mamba (family "mamba") ---
+    ssm_state_size: int = 16  # N, the state size per channel
+    ssm_expand: int = 2  # inner channels = ssm_expand * hidden_size
+    dt_rank: Optional[int] = None  # rank of the dt projection; default ceil(hidden_size / 16)
+    dt_min: float = 0.001  # initial dt is log-uniform in [dt_min, dt_max]
+    dt_max: float = 0.1
     # --- misc ---
     norm_eps: float = 1e-6
     initializer_range: float = 0.02
@@ -95,7 +118,7 @@ class DeltaNetConfig:
             self.head_dim = self.hidden_size // self.num_heads
         if isinstance(self.head_dim, bool) or not isinstance(self.head_dim, int) or self.head_dim < 1:
             raise ValueError(f"head_dim must be a positive int, got {self.head_dim!r}")
-        if self.family != "deltanet" and self.head_dim % 2:
+        if self.family not in ("deltanet", "mamba", "gated_deltanet") and self.head_dim % 2:
             raise ValueError(f"head_dim must be even for RoPE attention, got {self.head_dim}")
         if self.intermediate_size is None:
             self.intermediate_size = _llama_intermediate_size(self.hidden_size)
@@ -103,13 +126,14 @@ class DeltaNetConfig:
                 or self.intermediate_size < 1:
             raise ValueError(f"intermediate_size must be a positive int, got {self.intermediate_size!r}")
         self._resolve_attention()
+        self._resolve_mamba()
         if self.qk_norm not in ("l2", "l1"):
             raise ValueError(f"qk_norm must be 'l2' or 'l1', got {self.qk_norm!r}")
         if self.qk_activation not in ("silu", "relu", "elu", "identity"):
             raise ValueError(f"qk_activation must be one of silu, relu, elu, identity, got {self.qk_activation!r}")
         if self.backend not in ("auto", "triton", "torch"):
             raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {self.backend!r}")
-        for name in ("use_short_conv", "use_beta", "use_output_gate"):
+        for name in ("use_short_conv", "use_beta", "use_output_gate", "fused", "recompute_conv"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         for name in ("norm_eps", "initializer_range", "rope_theta"):
@@ -120,11 +144,11 @@ class DeltaNetConfig:
     def _resolve_attention(self) -> None:
         n = self.num_layers
         if self.attn_layers is None:
-            if self.family == "deltanet":
+            if self.family in ("deltanet", "mamba", "gated_deltanet", "retnet"):
                 layers: list[int] = []
             elif self.family == "transformer":
                 layers = list(range(1, n + 1))
-            elif self.family == "deltanet_hybrid_swa":
+            elif self.family in ("deltanet_hybrid_swa", "gated_deltanet_hybrid_swa"):
                 layers = list(range(2, n + 1, 2))  # every other layer: 2, 4, ...
             else:  # deltanet_hybrid_global: layers 2 and N/2 + 1, kept within the model
                 layers = sorted({i for i in (2, n // 2 + 1) if i <= n})
@@ -138,18 +162,42 @@ class DeltaNetConfig:
             if len(set(layers)) != len(layers):
                 raise ValueError(f"attn_layers has duplicates: {layers}")
             layers = sorted(layers)
-            if self.family == "deltanet" and layers:
-                raise ValueError(f"attn_layers must be empty for family 'deltanet', got {layers}")
+            if self.family in ("deltanet", "mamba", "gated_deltanet", "retnet") and layers:
+                raise ValueError(f"attn_layers must be empty for family {self.family!r}, got {layers}")
             if self.family == "transformer" and layers != list(range(1, n + 1)):
                 raise ValueError(f"attn_layers must be all layers for family 'transformer', got {layers}")
         self.attn_layers = layers
-        if self.family == "deltanet_hybrid_swa" and self.attn_window is None:
+        if self.family in ("deltanet_hybrid_swa", "gated_deltanet_hybrid_swa") and self.attn_window is None:
             self.attn_window = 2048
         if self.attn_window is not None:
             if isinstance(self.attn_window, bool) or not isinstance(self.attn_window, int) or self.attn_window < 1:
                 raise ValueError(f"attn_window must be a positive int or None, got {self.attn_window!r}")
 
+    def _resolve_mamba(self) -> None:
+        if self.dt_rank is None:
+            self.dt_rank = math.ceil(self.hidden_size / 16)
+        for name in ("ssm_state_size", "ssm_expand", "dt_rank"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if self.ssm_state_size > 256:
+            raise ValueError(f"ssm_state_size must be at most 256 (the scan kernel's limit), got {self.ssm_state_size}")
+        for name in ("dt_min", "dt_max"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                raise ValueError(f"{name} must be a positive number, got {v!r}")
+        if self.dt_min > self.dt_max:
+            raise ValueError(f"dt_min must be <= dt_max, got dt_min={self.dt_min}, dt_max={self.dt_max}")
+
     # --- helpers ---
+    def resolve_backend(self, on_cuda: bool) -> str:
+        """'triton' or 'torch': ``backend`` with 'auto' resolved by the device of the inputs."""
+        return ("triton" if on_cuda else "torch") if self.backend == "auto" else self.backend
+
+    def use_fused(self, on_cuda: bool) -> bool:
+        """True when the fused Triton glue runs: ``fused`` and a backend that resolves to triton."""
+        return self.fused and self.resolve_backend(on_cuda) == "triton"
+
     def is_attention_layer(self, layer_idx: int) -> bool:
         """0-based ``layer_idx``: True when that layer is softmax attention."""
         return (layer_idx + 1) in self.attn_layers

@@ -1,18 +1,22 @@
-"""DeltaNet language model (and its hybrids / the Transformer++ baseline), one file top to bottom.
+"""DeltaNet language model (and its hybrids / the Transformer++ and Mamba baselines), one file top to bottom.
 
     x = Embedding(input_ids)                                   # (B, T, C)
-    for each layer:  x = x + Mixer(RMSNorm(x))                 # DeltaNet, or softmax attention (family)
-                     x = x + SwiGLU(RMSNorm(x))
+    for each layer:  x = x + Mixer(RMSNorm(x))                 # (Gated) DeltaNet, retention, or attention (family)
+                     x = x + SwiGLU(RMSNorm(x))                # family mamba: x = x + Mamba(RMSNorm(x)) here too
     logits = LMHead(RMSNorm(x))                                # untied, (B, T, vocab)
 
 Init: normal(0, 0.02) for embeddings and linears; the residual output projections (mixer ``o_proj``, MLP
-``down_proj``) use std 0.02 / sqrt(2 * num_layers).
+``down_proj``, Mamba ``out_proj``) use std 0.02 / sqrt(2 * num_layers); Mamba's own parameters (dt_proj, A_log, D,
+conv bias) then get the published S6 initialisation (``Mamba.reset_ssm_parameters``).
 
 Loss: with ``labels`` the model never builds the float32 logits of the whole batch.  It gathers the hidden states
 of the positions that have a label, and computes the cross-entropy over chunks of ``config.loss_chunk_size``
 tokens under activation checkpointing: each chunk's logits (in the compute dtype, upcast to float32 inside
 the chunk) exist only while that chunk is processed, in the forward and again in the backward pass.  Peak
-logits memory is loss_chunk_size * vocab floats instead of B * T * vocab.
+logits memory is loss_chunk_size * vocab floats instead of B * T * vocab.  With the fused glue
+(``config.use_fused``) the loss is ``kernels.cross_entropy.linear_cross_entropy`` instead: the same chunks, but each
+chunk's gradient is formed in the forward over its logits in place, so nothing is recomputed and no float32 logits
+exist.
 """
 from __future__ import annotations
 
@@ -27,9 +31,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from kernels.cross_entropy import linear_cross_entropy
+
 from .config import DeltaNetConfig
 from .generation import GenerationMixin
-from .layers import Attention, DeltaNet, RMSNorm, SwiGLU
+from .layers import Attention, DeltaNet, GatedDeltaNet, Mamba, MultiScaleRetention, RMSNorm, SwiGLU
 
 __all__ = ["DeltaNetForCausalLM", "DeltaNetModel", "Block", "Cache", "CausalLMOutput", "chunked_cross_entropy",
            "left_padding"]
@@ -40,7 +46,8 @@ WEIGHTS_NAME = "model.safetensors"
 
 @dataclass
 class Cache:
-    """Generation state: one dict per layer (delta-rule + conv states, or a KV cache / ring buffer)."""
+    """Generation state: one dict per layer (delta-rule + conv states, a KV cache / ring buffer, or for Mamba
+    {"mixer": ..., "mixer2": ...} with each block's conv and SSM states)."""
     layers: list = field(default_factory=list)
     seen_tokens: int = 0
 
@@ -56,19 +63,39 @@ class Block(nn.Module):
     def __init__(self, config: DeltaNetConfig, layer_idx: int):
         super().__init__()
         self.attn_norm = RMSNorm(config.hidden_size, config.norm_eps)
+        self.is_mamba = config.family == "mamba"
+        if self.is_mamba:  # two residual Mamba blocks, no MLP (config.py: the paper's 48 blocks for 24 layers)
+            self.mixer: nn.Module = Mamba(config, 2 * layer_idx)
+            self.mixer2_norm = RMSNorm(config.hidden_size, config.norm_eps)
+            self.mixer2 = Mamba(config, 2 * layer_idx + 1)
+            return
         if config.is_attention_layer(layer_idx):
-            self.mixer: nn.Module = Attention(config, layer_idx, window=config.attn_window)
+            self.mixer = Attention(config, layer_idx, window=config.attn_window)
+        elif config.family.startswith("gated_deltanet"):
+            self.mixer = GatedDeltaNet(config, layer_idx)
+        elif config.family == "retnet":
+            self.mixer = MultiScaleRetention(config, layer_idx)
         else:
             self.mixer = DeltaNet(config, layer_idx)
         self.mlp_norm = RMSNorm(config.hidden_size, config.norm_eps)
         self.mlp = SwiGLU(config.hidden_size, config.intermediate_size)
 
     def forward(self, x: torch.Tensor, state: Optional[dict] = None, use_cache: bool = False,
-                cu_seqlens: Optional[torch.Tensor] = None, offset: int = 0, pad: Optional[torch.Tensor] = None):
-        h, new_state = self.mixer(self.attn_norm(x), state=state, use_cache=use_cache, cu_seqlens=cu_seqlens,
-                                  offset=offset, pad=pad)
-        x = x + h
-        x = x + self.mlp(self.mlp_norm(x))
+                cu_seqlens: Optional[torch.Tensor] = None, offset: int = 0, pad: Optional[torch.Tensor] = None,
+                fused: bool = False):
+        """fused: Triton RMSNorms (the residual add folded into the MLP norm) and SwiGLU tail; same math."""
+        if self.is_mamba:
+            state = state or {}
+            h, s1 = self.mixer(self.attn_norm(x), state=state.get("mixer"), use_cache=use_cache,
+                               cu_seqlens=cu_seqlens, pad=pad)
+            x = x + h
+            h, s2 = self.mixer2(self.mixer2_norm(x), state=state.get("mixer2"), use_cache=use_cache,
+                                cu_seqlens=cu_seqlens, pad=pad)
+            return x + h, ({"mixer": s1, "mixer2": s2} if use_cache else None)
+        h, new_state = self.mixer(self.attn_norm(x, fused=fused), state=state, use_cache=use_cache,
+                                  cu_seqlens=cu_seqlens, offset=offset, pad=pad)
+        n, x = self.mlp_norm(x, residual=h, fused=fused)  # x + h, and its norm
+        x = x + self.mlp(n, fused=fused)
         return x, new_state
 
 
@@ -86,12 +113,14 @@ class DeltaNetModel(nn.Module):
         x = self.embeddings(input_ids)  # (B, T, C)
         offset = cache.seen_tokens if cache is not None else 0
         new_cache = Cache(seen_tokens=offset + input_ids.shape[1]) if use_cache else None
+        fused = self.config.use_fused(input_ids.is_cuda)
         for i, layer in enumerate(self.layers):
             state = cache.layers[i] if cache is not None else None
-            x, s = layer(x, state=state, use_cache=use_cache, cu_seqlens=cu_seqlens, offset=offset, pad=pad)
+            x, s = layer(x, state=state, use_cache=use_cache, cu_seqlens=cu_seqlens, offset=offset, pad=pad,
+                         fused=fused)
             if use_cache:
                 new_cache.layers.append(s)
-        return self.norm(x), new_cache
+        return self.norm(x, fused=fused), new_cache
 
 
 def left_padding(attention_mask: Optional[torch.Tensor], input_ids: torch.Tensor, cache: Optional[Cache] = None,
@@ -175,8 +204,12 @@ class DeltaNetForCausalLM(GenerationMixin, nn.Module):
                 if getattr(m, "bias", None) is not None:
                     nn.init.zeros_(m.bias)
         for name, p in self.named_parameters():
-            if name.endswith("mixer.o_proj.weight") or name.endswith("mlp.down_proj.weight"):
+            if name.endswith("mixer.o_proj.weight") or name.endswith("mlp.down_proj.weight") \
+                    or name.endswith("out_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=std / math.sqrt(2 * self.config.num_layers))
+        for m in self.modules():
+            if isinstance(m, Mamba):
+                m.reset_ssm_parameters()
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())
@@ -211,8 +244,13 @@ class DeltaNetForCausalLM(GenerationMixin, nn.Module):
                 shift = shift.clone()
                 ends = cu_seqlens[1:-1].to(shift.device).long() - 1
                 shift[0, ends[(ends >= 0) & (ends < shift.shape[1])]] = -100
-            loss = chunked_cross_entropy(h[:, :-1].reshape(-1, h.shape[-1]), self.lm_head.weight,
-                                         shift.reshape(-1), self.config.loss_chunk_size)
+            if self.config.use_fused(input_ids.is_cuda):  # gradient formed in the forward (kernels/cross_entropy)
+                shift = F.pad(shift, (0, 1), value=-100)  # the last position predicts nothing: h needs no copy
+                loss = linear_cross_entropy(h.reshape(-1, h.shape[-1]), self.lm_head.weight, shift.reshape(-1),
+                                            chunk_size=self.config.loss_chunk_size)
+            else:
+                loss = chunked_cross_entropy(h[:, :-1].reshape(-1, h.shape[-1]), self.lm_head.weight,
+                                             shift.reshape(-1), self.config.loss_chunk_size)
         logits = self.lm_head(h) if return_logits else None
         return CausalLMOutput(loss=loss, logits=logits, cache=new_cache)
 

@@ -1,4 +1,5 @@
-"""Triton kernels for the delta rule (imports nothing else of the project); see kernels/README.md."""
+"""Triton kernels for the delta rule, the gated delta rule, scalar-decay linear attention and Mamba's selective scan
+(imports nothing else of the project); see kernels/README.md."""
 from .common.launch import ChunkSettings, KernelSettings, chunk_settings, current_chunk_settings
 from .delta_rule import (
     chunk_delta_rule,
@@ -6,14 +7,39 @@ from .delta_rule import (
     naive_chunk_delta_rule,
     naive_recurrent_delta_rule,
 )
+from .gated_delta_rule import (
+    chunk_gated_delta_rule,
+    fused_recurrent_gated_delta_rule,
+    naive_chunk_gated_delta_rule,
+    naive_recurrent_gated_delta_rule,
+)
+from .simple_gla import (
+    chunk_simple_gla,
+    fused_recurrent_simple_gla,
+    naive_chunk_simple_gla,
+    naive_recurrent_simple_gla,
+)
+from .mamba import naive_selective_scan, naive_selective_scan_step, selective_scan, selective_scan_step
 
 __all__ = [
     "ChunkSettings",
     "KernelSettings",
     "chunk_delta_rule",
+    "chunk_gated_delta_rule",
     "chunk_settings",
+    "chunk_simple_gla",
     "current_chunk_settings",
     "fused_recurrent_delta_rule",
+    "fused_recurrent_gated_delta_rule",
+    "fused_recurrent_simple_gla",
     "naive_chunk_delta_rule",
+    "naive_chunk_gated_delta_rule",
+    "naive_chunk_simple_gla",
     "naive_recurrent_delta_rule",
+    "naive_recurrent_gated_delta_rule",
+    "naive_recurrent_simple_gla",
+    "naive_selective_scan",
+    "naive_selective_scan_step",
+    "selective_scan",
+    "selective_scan_step",
 ]

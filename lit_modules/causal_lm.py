@@ -73,7 +73,9 @@ class CausalLMModule(L.LightningModule):
         self.max_bad_steps = int(max_bad_steps)
         self.peak_flops_per_device = peak_flops_per_device
         # Decided on the unwrapped model: under FSDP (use_orig_params) the sharded parameters are 1-D views.
-        self._decay_names = {n for n, p in self.model.named_parameters() if p.dim() >= 2}
+        # Mamba's A_log [E, N] is 2-D but, as published, is not decayed (it says so by `_no_weight_decay`).
+        self._decay_names = {n for n, p in self.model.named_parameters()
+                             if p.dim() >= 2 and not getattr(p, "_no_weight_decay", False)}
         self._n_params = sum(p.numel() for p in self.model.parameters())
         self.train_loss = MeanMetric(nan_strategy="disable")  # NaN must reach the fault check, not be dropped
         self.val_loss = MeanMetric()

@@ -71,12 +71,19 @@ RECORDED_BASE = {
     "num_layers": 4, "num_heads": 4, "head_dim": None, "intermediate_size": None, "attn_layers": None,
     "attn_window": None, "rope_theta": 10000.0, "qk_norm": "l2", "qk_activation": "silu", "use_short_conv": True,
     "conv_size": 4, "use_beta": True, "use_output_gate": False, "chunk_size": 64, "backend": "auto", "norm_eps": 1e-6,
-    "initializer_range": 0.02, "loss_chunk_size": 4096}
+    "initializer_range": 0.02, "loss_chunk_size": 4096,
+    "ssm_state_size": 16, "ssm_expand": 2, "dt_rank": None, "dt_min": 0.001, "dt_max": 0.1,  # Mamba's fields (new)
+    "fused": True, "recompute_conv": True}  # the fused-glue switches (new)
 RECORDED_FAMILY = {
     "deltanet": {},
     "deltanet_hybrid_swa": {"family": "deltanet_hybrid_swa", "attn_window": 2048},
     "deltanet_hybrid_global": {"family": "deltanet_hybrid_global"},
     "transformer": {"family": "transformer"},
+    "mamba": {"family": "mamba"},  # new family
+    # families added after the move, written as a few lines from the start
+    "gated_deltanet": {"family": "gated_deltanet"},
+    "gated_deltanet_hybrid_swa": {"family": "gated_deltanet_hybrid_swa", "attn_window": 2048},
+    "retnet": {"family": "retnet"},
 }
 # The paper sizes as the old experiment YAMLs and deltanet/config.py PRESETS wrote them.
 RECORDED_SIZES = {"340M": {"hidden_size": 1024, "num_layers": 24, "num_heads": 8},

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels.conv import short_conv
+
 __all__ = ["ShortConvolution", "varlen_positions"]
 
 
@@ -54,6 +56,12 @@ class ShortConvolution(nn.Module):
         y = F.conv1d(xp, self.weight, groups=D)  # (B, D, T)
         new_cache = xp[..., xp.shape[-1] - (W - 1):] if output_final_state else None
         return y.transpose(1, 2), new_cache
+
+    def fused(self, x: torch.Tensor, activation: str = "identity", norm_dim: Optional[int] = None,
+              cu_seqlens: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Training path on CUDA: convolution, ``activation`` and (with ``norm_dim``) the per-head L2 norm in one
+        Triton kernel that saves only x (kernels/conv); no cache.  x: (B, T, D) -> (B, T, D) in x's dtype."""
+        return short_conv(x, self.weight, activation, norm_dim, cu_seqlens)
 
     def _varlen(self, x: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
         """Packed sequences (B = 1): y_t = sum_j w[W-1-j] x_{t-j}, taps that cross a sequence start are dropped."""

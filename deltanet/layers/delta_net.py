@@ -22,6 +22,8 @@ from torch import nn
 import kernels
 
 from ..config import DeltaNetConfig
+from kernels.conv import conv_chunk_delta_rule, short_conv_multi
+
 from .conv import ShortConvolution
 from .norm import RMSNorm
 
@@ -90,8 +92,14 @@ class DeltaNet(nn.Module):
         self.o_proj = nn.Linear(H * D, C, bias=False)
 
     def resolve_backend(self, x: torch.Tensor) -> str:
-        b = self.config.backend
-        return ("triton" if x.is_cuda else "torch") if b == "auto" else b
+        return self.config.resolve_backend(x.is_cuda)
+
+    def _beta(self, x: torch.Tensor, pad: Optional[torch.Tensor]) -> torch.Tensor:
+        """(B, T, H) writing strengths: sigmoid(W_beta x), or 1 without `use_beta`; 0 at padding, so that padding
+        writes nothing into the state (S_t = S_{t-1})."""
+        B, T, _ = x.shape
+        beta = torch.sigmoid(self.b_proj(x)) if self.b_proj is not None else x.new_ones(B, T, self.num_heads)
+        return beta if pad is None else beta.masked_fill(pad[..., None], 0.0)
 
     def forward(
         self,
@@ -109,37 +117,49 @@ class DeltaNet(nn.Module):
         if cu_seqlens is not None and (state is not None or use_cache):
             raise NotImplementedError("DeltaNet: cu_seqlens with a generation cache is not supported")
         state = state or {}
-        if pad is not None:  # padding enters the convolutions as zeros (as before a sequence's start) ...
+        if pad is not None:  # padding enters the convolutions as zeros (as before a sequence's start), beta = 0
             x = x.masked_fill(pad[..., None], 0.0)
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # (B, T, H*D)
         new_state: dict = {}
-        if cfg.use_short_conv:
-            q, new_state["conv_q"] = self.q_conv(q, state.get("conv_q"), use_cache, cu_seqlens)
-            k, new_state["conv_k"] = self.k_conv(k, state.get("conv_k"), use_cache, cu_seqlens)
-            v, new_state["conv_v"] = self.v_conv(v, state.get("conv_v"), use_cache, cu_seqlens)
-        q = _normalize(_feature_map(q, cfg.qk_activation).view(B, T, H, D), cfg.qk_norm)  # (B, T, H, D)
-        k = _normalize(_feature_map(k, cfg.qk_activation).view(B, T, H, D), cfg.qk_norm)
-        v = F.silu(v).view(B, T, H, D)
-        if self.b_proj is not None:
-            beta = torch.sigmoid(self.b_proj(x))  # (B, T, H)
-        else:
-            beta = v.new_ones(B, T, H)
-        if pad is not None:  # ... and writes nothing into the state (beta = 0: S_t = S_{t-1})
-            beta = beta.masked_fill(pad[..., None], 0.0)
-        # The kernels take one dtype for all four; under autocast F.normalize returns float32 while v is bf16.
-        dt = v.dtype
-        q, k, beta = q.to(dt), k.to(dt), beta.to(dt)
+        fused = cfg.use_fused(x.is_cuda)
         if mode is None:
             mode = "recurrent" if (not self.training and T <= RECURRENT_MAX_LEN) else "chunk"
         if mode not in ("chunk", "recurrent"):
             raise ValueError(f"mode must be 'chunk' or 'recurrent', got {mode!r}")
-        o, s = delta_rule(
-            q, k, v, beta, backend=self.resolve_backend(x), mode=mode, chunk_size=cfg.chunk_size,
-            initial_state=state.get("recurrent_state"), output_final_state=use_cache, cu_seqlens=cu_seqlens,
-        )  # (B, T, H, D), (B, H, D, D) fp32
+        s = None
+        if fused and cfg.use_short_conv and cfg.qk_norm == "l2" and not use_cache and "conv_q" not in state:
+            # One matmul for q, k, v (and beta's logits: the weights concatenated, same parameters, same init), then
+            # conv + feature map + per-head L2 norm in one kernel per part, saving only the projection (kernels/conv)
+            joint = mode == "chunk" and cfg.recompute_conv  # the backward recomputes q, k, v from the projection
+            beta_in = joint and self.b_proj is not None and pad is None  # sigmoid inside the joint function
+            w = [self.q_proj.weight, self.k_proj.weight, self.v_proj.weight] + ([self.b_proj.weight] if beta_in else [])
+            qkv = F.linear(x, torch.cat(w))  # (B, T, 3HD [+ H])
+            beta = None if beta_in else self._beta(x, pad).to(qkv.dtype)
+            convs = ([self.q_conv.weight, self.k_conv.weight, self.v_conv.weight],
+                     [cfg.qk_activation, cfg.qk_activation, "silu"], [D, D, None])
+            if joint:
+                o = conv_chunk_delta_rule(qkv, beta, *convs, H, cu_seqlens, chunk_size=cfg.chunk_size)
+            else:
+                q, k, v = (t.view(B, T, H, D) for t in short_conv_multi(qkv, *convs, cu_seqlens))
+                o, s = delta_rule(q, k, v, beta, backend="triton", mode=mode, chunk_size=cfg.chunk_size,
+                                  cu_seqlens=cu_seqlens)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # (B, T, H*D)
+            if cfg.use_short_conv:
+                q, new_state["conv_q"] = self.q_conv(q, state.get("conv_q"), use_cache, cu_seqlens)
+                k, new_state["conv_k"] = self.k_conv(k, state.get("conv_k"), use_cache, cu_seqlens)
+                v, new_state["conv_v"] = self.v_conv(v, state.get("conv_v"), use_cache, cu_seqlens)
+            q = _normalize(_feature_map(q, cfg.qk_activation).view(B, T, H, D), cfg.qk_norm)  # (B, T, H, D)
+            k = _normalize(_feature_map(k, cfg.qk_activation).view(B, T, H, D), cfg.qk_norm)
+            v = F.silu(v).view(B, T, H, D)
+            # The kernels take one dtype for all four; under autocast F.normalize returns float32 while v is bf16.
+            dt = v.dtype
+            q, k, beta = q.to(dt), k.to(dt), self._beta(x, pad).to(dt)
+            o, s = delta_rule(
+                q, k, v, beta, backend=self.resolve_backend(x), mode=mode, chunk_size=cfg.chunk_size,
+                initial_state=state.get("recurrent_state"), output_final_state=use_cache, cu_seqlens=cu_seqlens,
+            )  # (B, T, H, D), (B, H, D, D) fp32
         new_state["recurrent_state"] = s
-        o = self.o_norm(o)
-        if self.g_proj is not None:
-            o = o * F.silu(self.g_proj(x).view(B, T, H, D))
+        g = self.g_proj(x).view(B, T, H, D) if self.g_proj is not None else None
+        o = self.o_norm(o, gate=g, fused=fused)  # RMSNorm(o) [* silu(g)], per head
         y = self.o_proj(o.reshape(B, T, H * D))
         return y, (new_state if use_cache else None)

@@ -1,10 +1,25 @@
-"""RMSNorm (computed in float32, cast back to the input dtype)."""
+"""RMSNorm (computed in float32, cast back to the input dtype), optionally with a residual add or an output gate.
+
+``fused=True`` runs the Triton kernel of ``kernels/norm`` (one pass, saves the sum and one rstd per row); the plain
+form below is the CPU path and the reference the tests hold it to.
+"""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["RMSNorm"]
+from kernels.norm import rms_norm
+
+__all__ = ["RMSNorm", "autocast_dtype"]
+
+
+def autocast_dtype(x: torch.Tensor) -> Optional[torch.dtype]:
+    """The dtype autocast casts matmul inputs to on x's device, or None outside autocast."""
+    dev = x.device.type
+    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
 
 
 class RMSNorm(nn.Module):
@@ -13,10 +28,21 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., dim)
-        xf = x.float()
-        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (y * self.weight.float()).to(x.dtype)
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None, gate: Optional[torch.Tensor] = None,
+                fused: bool = False):
+        """x: (..., dim).  With ``residual`` (..., dim): normalises s = x + residual and returns (y, s).  With
+        ``gate`` (..., dim): returns RMSNorm(x) * silu(gate).  Fused, y comes out in the autocast dtype when autocast
+        is on (the same numbers as the float32 result cast by the next matmul)."""
+        if fused:
+            out = autocast_dtype(x) if gate is None else None
+            return rms_norm(x, self.weight, self.eps, residual=residual, gate=gate, out_dtype=out)
+        s = x if residual is None else x + residual
+        sf = s.float()
+        y = sf * torch.rsqrt(sf.pow(2).mean(-1, keepdim=True) + self.eps)
+        y = (y * self.weight.float()).to(s.dtype)
+        if gate is not None:
+            y = y * F.silu(gate)
+        return y if residual is None else (y, s)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"

@@ -9,7 +9,7 @@ folded into axis 0 with the chunk index, so no grid axis limited to 65535 grows 
 import triton
 import triton.language as tl
 
-__all__ = ["block_ids", "chunk_coords", "load_tile", "seq_coords", "store_tile"]
+__all__ = ["block_ids", "chunk_coords", "decay_tril", "load_tile", "seq_coords", "store_tile"]
 
 
 @triton.jit
@@ -77,3 +77,17 @@ def seq_coords(i_n, T, cu_seqlens, chunk_offsets, BT: tl.constexpr, IS_VARLEN: t
         NT_seq = tl.cdiv(T, BT)
         boh = i_n.to(tl.int64) * NT_seq
     return bos, T_seq, NT_seq, boh
+
+
+@triton.jit
+def decay_tril(b_g, n, BT: tl.constexpr, STRICT: tl.constexpr):
+    """Gamma [BT, BT] of a chunk with cumulative log decays b_g [BT] (float32) and n valid tokens:
+    Gamma_ij = exp(G_i - G_j) for j <= i < n (j < i when STRICT), else 0.  The exponent is masked before the exp,
+    so it is always <= 0 (G is non-increasing): no overflow for long chunks of strong decay, and no inf * 0 at
+    padded tokens."""
+    o_t = tl.arange(0, BT)
+    if STRICT:
+        m = (o_t[:, None] > o_t[None, :]) & (o_t[:, None] < n)
+    else:
+        m = (o_t[:, None] >= o_t[None, :]) & (o_t[:, None] < n)
+    return tl.exp(tl.where(m, b_g[:, None] - b_g[None, :], float("-inf")))

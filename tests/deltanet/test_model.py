@@ -27,6 +27,10 @@ FAMILY_CONFIGS = {
     "deltanet_hybrid_swa": dict(family="deltanet_hybrid_swa", attn_window=6),  # window << T: the ring buffer wraps
     "deltanet_hybrid_global": dict(family="deltanet_hybrid_global", num_layers=4),  # attention at layers 2 and 3
     "transformer": dict(family="transformer"),
+    "mamba": dict(family="mamba", ssm_state_size=4),
+    "gated_deltanet": dict(family="gated_deltanet"),
+    "gated_deltanet_hybrid_swa": dict(family="gated_deltanet_hybrid_swa", attn_window=6),
+    "retnet": dict(family="retnet"),
 }
 
 
@@ -158,7 +162,8 @@ def test_loss_is_shifted_mean_ce_and_chunking_is_exact():
     assert all(rel_err(a, b) < 1e-5 for a, b in zip(g1, g2))
 
 
-@pytest.mark.parametrize("family", ["deltanet", "deltanet_hybrid_swa", "transformer"])
+@pytest.mark.parametrize("family", ["deltanet", "deltanet_hybrid_swa", "transformer", "mamba", "gated_deltanet",
+                                    "retnet"])
 def test_varlen_packed_equals_separate_sequences(family):
     torch.manual_seed(14)
     model = DeltaNetForCausalLM(tiny(**FAMILY_CONFIGS[family]))
@@ -230,7 +235,7 @@ def test_ablation_switches_build_train_and_decode(switch):
 
 
 @pytest.mark.parametrize("field,value", [
-    ("hidden_size", 0), ("num_heads", 3), ("family", "mamba"), ("qk_norm", "l3"), ("qk_activation", "tanh"),
+    ("hidden_size", 0), ("num_heads", 3), ("family", "rwkv"), ("qk_norm", "l3"), ("qk_activation", "tanh"),
     ("backend", "cuda"), ("attn_window", 0), ("use_beta", "yes"), ("conv_size", -1), ("head_dim", 0),
 ])
 def test_bad_config_raises_value_error_naming_field(field, value):

@@ -1,0 +1,115 @@
+"""RetNet's multi-scale retention (Sun et al., 2023) as a token mixer: linear attention with a fixed decay per head.
+
+Per head h, with state S ([K, V]) and gamma_h = 1 - 2^(-5 - h) (the paper's multi-scale decays):
+S_t = gamma_h S_{t-1} + k_t v_t^T,  o_t = K^-0.5 S_t^T q_t.
+
+    q, k, v = W_q x, W_k x, W_v x                      (no bias)
+    q, k    = RoPE(q), RoPE(k)                         (relative positions, as the paper's xPos without its decay)
+    o       = retention(q, k, v, log gamma)            (kernels.chunk_simple_gla for training, recurrent for decoding)
+    o       = RMSNorm_head(o) * silu(W_g x)            (per-head normalisation and the swish output gate)
+    y       = W_o o
+
+The paper normalises each head with GroupNorm; here each head is RMS-normalised (a GroupNorm without the mean, as
+fla's retention layer does).  Decoding state: the retention state [B, H, K, V] float32 in the model's Cache; RoPE
+takes its positions from the tokens already seen.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import kernels
+
+from ..config import DeltaNetConfig
+from .attention import RotaryEmbedding, apply_rotary
+from .conv import varlen_positions
+from .norm import RMSNorm
+
+__all__ = ["MultiScaleRetention", "retention"]
+
+# Inputs at most this long run through the recurrent kernel outside training (decoding, short prompts).
+RECURRENT_MAX_LEN = 64
+
+
+def retention(q, k, v, g, *, backend: str, mode: str, chunk_size: int = 64, initial_state=None,
+              output_final_state: bool = False, cu_seqlens=None):
+    """Dispatch to kernels.  q, k: (B, T, H, K); v: (B, T, H, V); g: (B, T, H) float32 log decays.  The Triton
+    recurrent kernel is forward-only: when gradients are needed the chunk kernel runs instead."""
+    kw = dict(initial_state=initial_state, output_final_state=output_final_state, cu_seqlens=cu_seqlens)
+    if backend == "triton":
+        needs_grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad
+                                                     for x in (q, k, v, g, initial_state))
+        if mode == "chunk" or needs_grad:
+            return kernels.chunk_simple_gla(q, k, v, g, chunk_size=chunk_size, **kw)
+        return kernels.fused_recurrent_simple_gla(q, k, v, g, **kw)
+    if backend == "torch":
+        if mode == "chunk":
+            return kernels.naive_chunk_simple_gla(q, k, v, g, chunk_size=chunk_size, **kw)
+        return kernels.naive_recurrent_simple_gla(q, k, v, g, **kw)
+    raise ValueError(f"backend must be 'triton' or 'torch' here, got {backend!r}")
+
+
+class MultiScaleRetention(nn.Module):
+    def __init__(self, config: DeltaNetConfig, layer_idx: int = 0):
+        super().__init__()
+        self.config, self.layer_idx = config, layer_idx
+        C, H, D = config.hidden_size, config.num_heads, config.head_dim
+        self.num_heads, self.head_dim = H, D
+        self.q_proj = nn.Linear(C, H * D, bias=False)
+        self.k_proj = nn.Linear(C, H * D, bias=False)
+        self.v_proj = nn.Linear(C, H * D, bias=False)
+        self.g_proj = nn.Linear(C, H * D, bias=False)  # output gate
+        self.o_norm = RMSNorm(D, eps=config.norm_eps)
+        self.o_proj = nn.Linear(H * D, C, bias=False)
+        self.rotary = RotaryEmbedding(D, config.rope_theta)
+        log_gamma = torch.tensor([math.log(1 - 2.0 ** (-5 - h)) for h in range(H)], dtype=torch.float32)
+        self.register_buffer("log_gamma", log_gamma, persistent=False)  # (H,), fixed
+
+    def resolve_backend(self, x: torch.Tensor) -> str:
+        b = self.config.backend
+        return ("triton" if x.is_cuda else "torch") if b == "auto" else b
+
+    def forward(
+        self,
+        x: torch.Tensor,  # (B, T, C)
+        state: Optional[dict] = None,
+        use_cache: bool = False,
+        cu_seqlens: Optional[torch.Tensor] = None,
+        offset: int = 0,  # position of x[:, 0] (tokens already in the cache)
+        mode: Optional[str] = None,
+        pad: Optional[torch.Tensor] = None,  # (B, T) bool, True at left padding
+        **_: Any,
+    ) -> Tuple[torch.Tensor, Optional[dict]]:
+        B, T, _ = x.shape
+        H, D = self.num_heads, self.head_dim
+        if cu_seqlens is not None and (state is not None or use_cache):
+            raise NotImplementedError("MultiScaleRetention: cu_seqlens with a generation cache is not supported")
+        state = state or {}
+        q = self.q_proj(x).view(B, T, H, D)
+        k = self.k_proj(x).view(B, T, H, D)
+        v = self.v_proj(x).view(B, T, H, D)
+        if cu_seqlens is not None:
+            pos = varlen_positions(cu_seqlens.to(x.device), T)[1]  # RoPE restarts in every sequence
+        else:
+            pos = torch.arange(offset, offset + T, device=x.device)
+        cos, sin = self.rotary(pos)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        g = self.log_gamma.to(x.device)[None, None, :].expand(B, T, H)  # (B, T, H) float32
+        if pad is not None:  # padding writes nothing (k = 0) and does not decay the state (g = 0)
+            k = k.masked_fill(pad[..., None, None], 0.0)
+            g = g.masked_fill(pad[..., None], 0.0)
+        g = g.contiguous()
+        if mode is None:
+            mode = "recurrent" if (not self.training and T <= RECURRENT_MAX_LEN) else "chunk"
+        if mode not in ("chunk", "recurrent"):
+            raise ValueError(f"mode must be 'chunk' or 'recurrent', got {mode!r}")
+        o, s = retention(q, k, v, g, backend=self.resolve_backend(x), mode=mode, chunk_size=self.config.chunk_size,
+                         initial_state=state.get("recurrent_state"), output_final_state=use_cache,
+                         cu_seqlens=cu_seqlens)  # (B, T, H, D), (B, H, D, D) fp32
+        o = self.o_norm(o) * F.silu(self.g_proj(x).view(B, T, H, D))
+        y = self.o_proj(o.reshape(B, T, H * D))
+        return y, ({"recurrent_state": s} if use_cache else None)

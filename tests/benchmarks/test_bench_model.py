@@ -1,0 +1,37 @@
+"""bench_model.py runs end to end in its CPU dry-run mode and writes its table, JSON, plot and profile."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_bench_model_dry_run_writes_outputs(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_model", ROOT / "benchmarks" / "bench_model.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    res = mod.main(["--dry-run", "--profile", "--lengths", "32x2", "48x1", "--models", "deltanet", "transformer",
+                    "deltanet_hybrid_swa", "--out", str(tmp_path)])
+    assert {r["model"] for r in res["results"]} == {"deltanet", "transformer", "deltanet_hybrid_swa"}
+    assert all(r["tokens_per_s"] > 0 and r["mfu"] > 0 and r["loss"] > 0 for r in res["results"])
+    assert json.loads((tmp_path / "bench_model.json").read_text())["results"] == res["results"]
+    md = (tmp_path / "bench_model.md").read_text()
+    assert "| 32, 2 |" in md and "| 48, 1 |" in md and "deltanet / transformer tokens/s" in md
+    assert (tmp_path / "bench_model.png").stat().st_size > 0
+    prof = (tmp_path / "bench_model_profile.md").read_text()
+    assert prof.count("## ") == 3 and "aten::" in prof
+
+
+def test_mixer_flops_counts_window_and_chunk():
+    spec = importlib.util.spec_from_file_location("bench_model", ROOT / "benchmarks" / "bench_model.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    from deltanet import DeltaNetConfig
+    c = DeltaNetConfig(family="transformer", hidden_size=64, num_heads=2, num_layers=1)
+    assert mod.mixer_flops(c, 4, 1) == 3 * 4 * 2 * 32 * (1 + 2 + 3 + 4)
+    w = DeltaNetConfig(family="transformer", hidden_size=64, num_heads=2, num_layers=1, attn_window=2)
+    assert mod.mixer_flops(w, 4, 1) == 3 * 4 * 2 * 32 * (1 + 2 + 2 + 2)
+    d = DeltaNetConfig(hidden_size=64, num_heads=2, num_layers=1, chunk_size=16)
+    assert mod.mixer_flops(d, 10, 3) == 3 * 3 * 10 * 2 * (6 * 32 * 32 + 16 * 3 * 32)
