@@ -182,7 +182,17 @@ def train_fast(cfg: DictConfig) -> dict[str, float]:
     return fast(cfg)["metrics"]
 
 
-TASKS = {"train": train, "train_fast": train_fast, "prepare": prepare, "generate": generate}
+
+def evaluate(cfg: DictConfig) -> dict:
+    """The paper's table (lm-eval tasks) and perplexities of a checkpoint, written beside it (evaluation/runner.py)."""
+    from evaluation.runner import evaluate_checkpoint
+
+    if cfg.ckpt_path is None:
+        raise ValueError("task=eval needs ckpt_path=<a .ckpt file or a save_pretrained directory>")
+    return evaluate_checkpoint(str(cfg.ckpt_path), cfg.eval, data_cfg=cfg.get("data"))
+
+
+TASKS = {"train": train, "train_fast": train_fast, "prepare": prepare, "generate": generate, "eval": evaluate}
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

@@ -215,14 +215,16 @@ class DeltaNetConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DeltaNetConfig":
         names = {f.name for f in dataclasses.fields(cls)}
+        if d.get("model_type") == "deltanet":  # a config.json for transformers (deltanet/hf.py): keep our fields
+            d = {k: v for k, v in d.items() if k in names}
         unknown = sorted(set(d) - names - {"_target_"})
         if unknown:
             raise ValueError(f"unknown DeltaNetConfig fields: {unknown}")
         return cls(**{k: v for k, v in d.items() if k in names})
 
     def save(self, path: str | os.PathLike) -> None:
-        with open(path, "w") as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+        with open(path, "w") as f:  # model_type: transformers' AutoConfig reads it (deltanet/hf.py)
+            json.dump({"model_type": "deltanet", **self.to_dict()}, f, indent=2, sort_keys=True)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "DeltaNetConfig":
