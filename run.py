@@ -81,11 +81,31 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 def prepare(cfg: DictConfig) -> None:
-    """Tokenize and pack the configured corpus into its memory-mapped token files (idempotent)."""
+    """Tokenize the configured corpus into its sharded token files (resumable: finished shards are kept).
+
+    Split over nodes or jobs: `+shard_index=I +shard_count=N` takes every N-th input file from the I-th; without them
+    the job's RANK/WORLD_SIZE (torchrun) or SLURM_PROCID/SLURM_NTASKS are used, else the whole corpus. Each share
+    writes only its own shards; the share that completes the corpus writes its manifest (meta.json).
+    """
     from hydra.utils import instantiate
 
+    env = os.environ
+    index, count = cfg.get("shard_index"), cfg.get("shard_count")
+    if index is None and count is None:
+        for rank_var, world_var in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
+            if rank_var in env and world_var in env:
+                index, count = env[rank_var], env[world_var]
+                break
+    if (index is None) != (count is None):
+        raise ValueError(f"task=prepare needs both shard_index and shard_count, got {index} and {count}")
+    index, count = int(index or 0), int(count or 1)
     datamodule = instantiate(cfg.data)
-    datamodule.prepare_data()
+    meta = datamodule.prepare_shards(shard_index=index, shard_count=count)
+    if meta is None:
+        print(f"prepared share {index} of {count} into {datamodule.cache_dir}; other shares still missing")
+    else:
+        print(f"corpus complete in {datamodule.cache_dir}: " + ", ".join(
+            f"{s} {v['n_tokens']:,} tokens" for s, v in meta["splits"].items()))
 
 
 def generate(cfg: DictConfig) -> str:

@@ -171,13 +171,14 @@ def _write_repeated(src: str, dst: str, meta: dict, repeats: int) -> None:
     (dst_dir / "meta.json").unlink(missing_ok=True)
     train = meta["splits"]["train"]
     n = int(train["n_tokens"])
-    tokens = np.fromfile(src_dir / "train.bin", dtype=np.dtype(meta["dtype"]), count=n)
-    offsets = np.load(src_dir / "train.idx.npy")
-    np.tile(tokens, repeats).tofile(dst_dir / "train.bin")
+    from datamodules.packed import TokenFile, write_token_split
+
+    source = TokenFile(src_dir, "train", meta=meta)
+    tokens, offsets = np.asarray(source.tokens), source.offsets
     starts = (offsets[:-1][None, :] + n * np.arange(repeats, dtype=np.int64)[:, None]).reshape(-1)
-    np.save(dst_dir / "train.idx.npy", np.concatenate([starts, [repeats * n]]).astype(np.int64))
-    out = {**meta, "splits": {"train": {**train, "n_tokens": repeats * n, "n_docs": repeats * int(train["n_docs"]),
-                                        "repeats": repeats}},
+    split = write_token_split(dst_dir, "train", np.tile(tokens, repeats),
+                              np.concatenate([starts, [repeats * n]]).astype(np.int64))
+    out = {**meta, "splits": {"train": {**train, **split, "repeats": repeats}},
            "note": f"bench_scaling.py: the train split of {src} repeated {repeats} times"}
     tmp = dst_dir / f"meta.json.tmp{os.getpid()}"
     tmp.write_text(json.dumps(out, indent=1))

@@ -1,7 +1,14 @@
 """LightningDataModule for language-model pre-training on a tokenized, packed, memory-mapped corpus.
 
-``prepare_data`` tokenizes the source once (processes, progress bar, tokens/s; skipped at once when already done),
-``setup`` maps the token files, the dataloaders yield packed batches (see ``datamodules/packed.py``).
+``prepare_data`` tokenizes the source once (processes, progress bar, tokens/s; resumes an interrupted preparation) on
+global rank 0 only (``prepare_data_per_node = False``: several nodes never write one shared directory), ``setup`` maps
+the token files, the dataloaders yield packed batches (see ``datamodules/packed.py``).
+
+A prepared corpus is used as it is: when its manifest is there, ``prepare_data`` only checks it against the source.
+Raw files absent (the tokenized corpus shipped alone): a warning, and training goes on from the corpus. Inputs or
+settings changed (a file's name or size, the tokenizer, BOS, the cap): a :class:`CorpusError` that names what changed,
+instead of re-tokenizing inside ``fit`` while the other ranks wait; ``python run.py task=prepare`` re-tokenizes the
+changed shards.
 
 Resume: the datamodule counts training batches where they are consumed (``on_after_batch_transfer`` while the trainer is
 training, i.e. after the DataLoader's prefetching), saves ``{"epoch", "batch"}`` in the checkpoint through
@@ -19,7 +26,8 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
 from datamodules.packed import PackedBatches, TokenFile
-from datamodules.prepare import load_meta, prepare_corpus
+from datamodules.prepare import corpus_settings, describe_changes, input_listing, load_meta, prepare_corpus
+from datamodules.sources import CorpusError
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +43,7 @@ class PackedLMDataModule(LightningDataModule):
 
     Args:
         source: a document source (``datamodules.sources``: ``EmbeddedCorpus``, ``SlimPajamaLocal``, ``LocalFiles``,
-            ``HFDataset``).
+            ``HFDataset``), or None to train from a prepared ``cache_dir`` alone.
         cache_dir: where the tokenized corpus lives (``{split}.bin``, ``{split}.idx.npy``, ``meta.json``).
         tokenizer: None for Mistral's 32K SentencePiece model, or a ``.model`` / ``tokenizer.json`` path.
         seq_len: tokens per packed sequence.
@@ -50,13 +58,17 @@ class PackedLMDataModule(LightningDataModule):
         pin_memory: pin host memory of batches (useful with CUDA).
         progress: show a progress bar while tokenizing.
         max_tokens: per-split token cap for preparation (``{"train": 15e9}``): a prefix of the source's order.
+        tokenizer_backend: ``"sentencepiece"`` or ``"hf"`` (the same ids; see ``datamodules/tokenizer.py``).
     """
 
     def __init__(self, source, cache_dir: str, tokenizer: str | None = None, seq_len: int = 2048,
                  batch_size: int = 8, val_batch_size: int | None = None, num_workers: int = 2, seed: int = 1234,
                  shuffle: bool = True, varlen: bool = False, add_bos: bool = True, num_proc: int | None = None,
-                 pin_memory: bool = False, progress: bool = True, max_tokens: dict | None = None):
+                 pin_memory: bool = False, progress: bool = True, max_tokens: dict | None = None,
+                 tokenizer_backend: str = "sentencepiece"):
         super().__init__()
+        self.prepare_data_per_node = False  # global rank 0 prepares; a shared filesystem has one writer
+        self.tokenizer_backend = tokenizer_backend
         self.source = source
         self.cache_dir = str(cache_dir)
         self.tokenizer = tokenizer
@@ -80,11 +92,51 @@ class PackedLMDataModule(LightningDataModule):
         self.position = {"epoch": 0, "batch": 0}
 
     # ----------------------------------------------------------------------------------------------------- preparation
+    def _caps(self) -> dict:
+        return {"max_tokens": {k: int(v) for k, v in (self.max_tokens or {}).items() if v is not None},
+                "max_docs": {k: int(v) for k, v in (getattr(self.source, "max_docs", None) or {}).items()
+                             if v is not None}}
+
     def prepare_data(self) -> None:
-        """Tokenize the corpus into ``cache_dir`` (idempotent; returns at once when it is already there)."""
-        self.meta = prepare_corpus(self.source, self.cache_dir, tokenizer_path=self.tokenizer,
-                                   add_bos=self.add_bos, add_eos=True, num_proc=self.num_proc, progress=self.progress,
-                                   max_tokens=self.max_tokens)
+        """Tokenize the corpus into ``cache_dir`` unless it is prepared; a prepared one is checked (module docstring)."""
+        meta = load_meta(self.cache_dir)
+        if meta is not None:
+            if self.source is None:
+                self.meta = meta
+                return
+            try:
+                listing = input_listing(self.source)
+            except OSError as e:  # FileNotFoundError, or no network for a Hub dataset's file list
+                log.warning("raw input not found (%s): training from the prepared corpus in %s as recorded (inputs "
+                            "sha256 %s)", e, self.cache_dir, meta["inputs_sha256"][:16])
+                self.meta = meta
+                return
+            settings = corpus_settings(self.source, self.tokenizer, self.add_bos, True)
+            changes = describe_changes(meta, settings, listing, self._caps())
+            if changes:
+                raise CorpusError(
+                    f"the corpus prepared in {self.cache_dir} does not match data.source and its settings:\n  "
+                    + "\n  ".join(changes[:20]) + (f"\n  ... {len(changes) - 20} more" if len(changes) > 20 else "")
+                    + "\nRe-tokenize the changed shards with `python run.py task=prepare <the same data overrides>`, "
+                    "or point data.cache_dir at another directory.")
+            self.meta = meta
+            return
+        if self.source is None:
+            raise FileNotFoundError(f"data.source is null and {self.cache_dir} holds no complete prepared corpus")
+        self.meta = self.prepare_shards()
+        if self.meta is None:
+            raise CorpusError(f"{self.cache_dir}: preparation is not complete (shards written by another process: "
+                              "see the log); run again when it has finished")
+
+    def prepare_shards(self, shard_index: int = 0, shard_count: int = 1) -> dict | None:
+        """Prepare this process's share of the input files (``task=prepare`` on several nodes); the manifest when the
+        corpus is complete, else None."""
+        if self.source is None:
+            raise ValueError("data.source is null: nothing to prepare")
+        return prepare_corpus(self.source, self.cache_dir, tokenizer_path=self.tokenizer, add_bos=self.add_bos,
+                              add_eos=True, num_proc=self.num_proc, progress=self.progress,
+                              max_tokens=self.max_tokens, shard_index=shard_index, shard_count=shard_count,
+                              tokenizer_backend=self.tokenizer_backend)
 
     @property
     def vocab_size(self) -> int:
@@ -109,13 +161,13 @@ class PackedLMDataModule(LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         meta = self._meta()
         rank, world = self._rank_world()
-        self.train_set = PackedBatches(TokenFile(self.cache_dir, "train", meta["dtype"]), self.seq_len,
+        self.train_set = PackedBatches(TokenFile(self.cache_dir, "train", meta=meta), self.seq_len,
                                        self.batch_size, seed=self.seed, shuffle=self.shuffle, rank=rank,
                                        world_size=world, varlen=self.varlen, position=self.position, name="train")
         for split in ("validation", "test"):
             if split not in meta["splits"]:
                 continue
-            token_file = TokenFile(self.cache_dir, split, meta["dtype"])
+            token_file = TokenFile(self.cache_dir, split, meta=meta)
             # a small held-out split still gets evaluated: smaller batches when it cannot fill val_batch_size per rank
             batch_size = min(self.val_batch_size, token_file.n_tokens // self.seq_len // world)
             if batch_size == 0:

@@ -22,6 +22,7 @@ Batches are dicts:
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -30,38 +31,117 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PackedBatches", "TokenFile", "epoch_batches"]
+__all__ = ["PackedBatches", "TokenFile", "epoch_batches", "write_token_split"]
 
 
 class TokenFile:
-    """A prepared split: ``{split}.bin`` (memory-mapped lazily, per process) and ``{split}.idx.npy``."""
+    """A prepared split: the token stream of its shards back to back (``datamodules/prepare.py``), each shard
+    memory-mapped lazily, per process (at most ``MAX_OPEN`` maps open at once: a corpus may have ~60K shards).
 
-    def __init__(self, directory: str | Path, split: str, dtype: str = "uint16"):
-        self.bin_path = Path(directory) / f"{split}.bin"
-        self.idx_path = Path(directory) / f"{split}.idx.npy"
-        self.dtype = np.dtype(dtype)
-        self.n_tokens = self.bin_path.stat().st_size // self.dtype.itemsize
-        self._tokens = None
-        self._offsets = None
+    ``read(start, stop)`` returns tokens ``[start, stop)`` of the split's stream (across shard boundaries);
+    ``doc_starts(start, stop)`` the stream offsets of the documents that start in ``[start, stop)``. ``tokens`` and
+    ``offsets`` give the whole stream and all document offsets as arrays (a memory map for a single shard, a copy
+    otherwise: for tests and small corpora).
+    """
+
+    MAX_OPEN = 64
+
+    def __init__(self, directory: str | Path, split: str, dtype: str | None = None, meta: dict | None = None):
+        from datamodules.prepare import load_meta
+
+        self.directory = Path(directory)
+        meta = meta if meta is not None else load_meta(directory)
+        if meta is None:
+            raise FileNotFoundError(f"no complete prepared corpus (meta.json) in {directory}")
+        if split not in meta["splits"]:
+            raise KeyError(f"{directory}: no {split!r} split (has {sorted(meta['splits'])})")
+        self.dtype = np.dtype(dtype or meta["dtype"])
+        shards = meta["splits"][split]["shards"]
+        self.bin_path = self.directory / split  # where the split's shards live (for messages)
+        self.files = [s["file"] for s in shards]
+        self.shard_tokens = np.array([s["n_tokens"] for s in shards], dtype=np.int64)
+        self.shard_docs = np.array([s["n_docs"] for s in shards], dtype=np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(self.shard_tokens)]).astype(np.int64)  # (n_shards + 1,)
+        self.n_tokens = int(self.starts[-1])
+        self.n_docs = int(self.shard_docs.sum())
+        self._maps: OrderedDict = OrderedDict()
+
+    def _shard(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(tokens, document offsets) of shard ``k``, as used (a cut shard's first part)."""
+        hit = self._maps.get(k)
+        if hit is None:
+            base = self.directory / self.files[k]
+            n, d = int(self.shard_tokens[k]), int(self.shard_docs[k])
+            tokens = np.memmap(f"{base}.bin", dtype=self.dtype, mode="r")[:n]
+            offsets = np.load(f"{base}.idx.npy", mmap_mode="r")[:d + 1]
+            hit = self._maps[k] = (tokens, offsets)
+            if len(self._maps) > self.MAX_OPEN:
+                self._maps.popitem(last=False)
+        else:
+            self._maps.move_to_end(k)
+        return hit
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Tokens ``[start, stop)`` of the stream, int64."""
+        out = np.empty(stop - start, dtype=np.int64)
+        k = int(np.searchsorted(self.starts, start, side="right")) - 1
+        pos = start
+        while pos < stop:
+            lo = pos - int(self.starts[k])
+            take = min(stop, int(self.starts[k + 1])) - pos
+            out[pos - start:pos - start + take] = self._shard(k)[0][lo:lo + take]
+            pos += take
+            k += 1
+        return out
+
+    def doc_starts(self, start: int, stop: int) -> np.ndarray:
+        """Stream offsets of the documents starting in ``[start, stop)``, int64, ascending."""
+        parts = []
+        k = int(np.searchsorted(self.starts, start, side="right")) - 1
+        while k < len(self.files) and self.starts[k] < stop:
+            base = int(self.starts[k])
+            offsets = self._shard(k)[1]
+            lo, hi = np.searchsorted(offsets[:-1], [start - base, stop - base], side="left")
+            parts.append(np.asarray(offsets[lo:hi], dtype=np.int64) + base)
+            k += 1
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
     @property
     def tokens(self) -> np.ndarray:
-        if self._tokens is None:
-            self._tokens = np.memmap(self.bin_path, dtype=self.dtype, mode="r", shape=(self.n_tokens,))
-        return self._tokens
+        if len(self.files) == 1:
+            return self._shard(0)[0]
+        return self.read(0, self.n_tokens).astype(self.dtype)
 
     @property
     def offsets(self) -> np.ndarray:
         """Document start offsets, int64[n_docs + 1] (last = n_tokens)."""
-        if self._offsets is None:
-            self._offsets = np.load(self.idx_path, mmap_mode="r")
-        return self._offsets
+        return np.concatenate([self.doc_starts(0, self.n_tokens), [self.n_tokens]]).astype(np.int64)
 
-    def __getstate__(self):  # never pickle the mapped arrays (spawned workers open their own map)
+    def __getstate__(self):  # never pickle the mapped arrays (spawned workers open their own maps)
         state = self.__dict__.copy()
-        state["_tokens"] = None
-        state["_offsets"] = None
+        state["_maps"] = OrderedDict()
         return state
+
+
+def write_token_split(directory: str | Path, split: str, tokens: np.ndarray, offsets: np.ndarray) -> dict:
+    """Write a token stream as a one-shard split of a prepared corpus (for benchmarks and derived corpora).
+
+    Args:
+        tokens: ``[n_tokens]`` uint16/uint32, documents back to back.
+        offsets: ``int64[n_docs + 1]`` document offsets (0 first, ``n_tokens`` last).
+    Returns the split's manifest entry (``meta["splits"][split]``); the caller writes ``meta.json``.
+    """
+    directory = Path(directory)
+    (directory / split).mkdir(parents=True, exist_ok=True)
+    offsets = np.asarray(offsets, dtype=np.int64)
+    if offsets[0] != 0 or offsets[-1] != len(tokens) or (np.diff(offsets) < 0).any():
+        raise ValueError(f"offsets must rise from 0 to len(tokens)={len(tokens)}, got {offsets[:3]}...{offsets[-3:]}")
+    np.asarray(tokens).tofile(directory / split / "000000.bin")
+    np.save(directory / split / "000000.idx.npy", offsets)
+    n_docs = len(offsets) - 1
+    return {"n_tokens": int(len(tokens)), "n_docs": n_docs, "shards": [
+        {"file": f"{split}/000000", "input": None, "n_docs": n_docs, "n_tokens": int(len(tokens)),
+         "file_docs": n_docs, "file_tokens": int(len(tokens))}]}
 
 
 def epoch_batches(n_windows: int, batch_size: int, epoch: int, seed: int, shuffle: bool, rank: int,
@@ -119,19 +199,15 @@ class PackedBatches(IterableDataset):
     def batch(self, windows: np.ndarray) -> dict[str, torch.Tensor]:
         """The batch made of the given window indices."""
         L = self.seq_len
-        tokens = self.file.tokens
         x = np.empty((len(windows), L), dtype=np.int64)
         for j, w in enumerate(windows):
-            x[j] = tokens[w * L:(w + 1) * L]
+            x[j] = self.file.read(int(w) * L, (int(w) + 1) * L)
         if not self.varlen:
             return {"input_ids": torch.from_numpy(x)}
-        offsets = self.file.offsets
         cu = []
         for j, w in enumerate(windows):
             s = int(w) * L
-            lo, hi = np.searchsorted(offsets, [s, s + L], side="right")
-            starts = np.asarray(offsets[lo:hi], dtype=np.int64) - s
-            starts = starts[(starts > 0) & (starts < L)]  # document starts strictly inside the window
+            starts = self.file.doc_starts(s + 1, s + L) - s  # document starts strictly inside the window
             cu.append(j * L)
             cu.extend((starts + j * L).tolist())
         cu.append(len(windows) * L)

@@ -83,16 +83,18 @@ def test_embedded_corpus_is_repeated_to_stay_in_one_epoch(shared_data_dir):
     assert info == {"source": "embedded", "train_tokens": n, "repeats": repeats, "seq_len": 2048,
                     "windows": repeats * n // 2048, "windows_used": steps * sequences}
     assert info["windows"] >= info["windows_used"] and Path(dm.cache_dir).name == f"embedded_x{repeats}"
-    base = np.fromfile(Path(shared_data_dir) / "tokenized" / "embedded" / "train.bin", dtype=np.uint16)
-    repeated = np.fromfile(Path(dm.cache_dir) / "train.bin", dtype=np.uint16)
+    from datamodules.packed import TokenFile
+
+    base = np.asarray(TokenFile(Path(shared_data_dir) / "tokenized" / "embedded", "train").tokens)
+    repeated = np.asarray(TokenFile(dm.cache_dir, "train").tokens)
     np.testing.assert_array_equal(repeated, np.tile(base, repeats))
-    offsets = np.load(Path(dm.cache_dir) / "train.idx.npy")
+    offsets = TokenFile(dm.cache_dir, "train").offsets
     assert offsets[0] == 0 and offsets[-1] == repeats * n and np.all(np.diff(offsets) > 0)
     dm.setup("fit")  # the configured datamodule reads it: one epoch holds every window the run needs
     assert dm.train_set.n_windows == info["windows"] and len(dm.train_set) * dm.batch_size >= steps * sequences
-    mtime = (Path(dm.cache_dir) / "train.bin").stat().st_mtime_ns
+    mtime = (Path(dm.cache_dir) / "train" / "000000.bin").stat().st_mtime_ns
     bench.embedded_datamodule(cfg(2048), steps=steps, sequences_per_step=sequences)  # second run: reused as is
-    assert (Path(dm.cache_dir) / "train.bin").stat().st_mtime_ns == mtime
+    assert (Path(dm.cache_dir) / "train" / "000000.bin").stat().st_mtime_ns == mtime
 
 
 def _result(strategy, devices, losses, tps, gbt=1024, data="embedded"):

@@ -47,3 +47,31 @@ def write_slimpajama(root: Path, train_docs: list[str], val_docs: list[str], n_c
     write_jsonl(root / "validation" / "chunk1" / "example_holdout_0.jsonl", val)
     train_order = [r for p in sorted(files, key=str) for r in files[p]]
     return {"train": train_order, "validation": val}
+
+
+def write_many(root: Path, n_files: int, docs_per_file: int, seed: int) -> list[list[dict]]:
+    """SlimPajama layout with `n_files` train files (two chunks) and one validation file; the records per train file."""
+    out = []
+    for i in range(n_files):
+        recs = records(random_docs(docs_per_file, seed=seed + i), seed=seed + i)
+        write_jsonl(root / "train" / f"chunk{i % 2 + 1}" / f"example_train_{i:03d}.jsonl.zst", recs)
+        out.append(recs)
+    write_jsonl(root / "validation" / "chunk1" / "example_holdout_0.jsonl", records(random_docs(9, seed=seed - 1)))
+    order = sorted(range(n_files), key=lambda i: (i % 2, i))  # sorted paths: chunk1 files, then chunk2
+    return [out[i] for i in order]
+
+
+class SlowSource:
+    """Wraps a source; sleeps `delay` seconds before each file (to interrupt a preparation midway)."""
+
+    def __init__(self, inner, delay: float):
+        self.inner, self.delay, self.max_docs = inner, delay, {}
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def read(self, inp, stats):
+        import time
+
+        time.sleep(self.delay)
+        yield from self.inner.read(inp, stats)

@@ -108,3 +108,33 @@ def test_config_files_compose_and_embedded_trains_through_the_same_path(tmp_path
     dm = instantiate(cfg, seq_len=16384, batch_size=1, num_workers=0, progress=False)
     dm.setup("fit")
     assert n_val < 16384 and dm.val_dataloader() == [] and len(dm.train_dataloader()) > 0  # too short: not evaluated
+
+
+def test_training_from_the_tokenized_corpus_alone_and_changed_inputs_named(tmp_path):
+    import shutil
+
+    from datamodules.sources import CorpusError
+
+    dm = make_dm(tmp_path, num_workers=0)
+    dm.prepare_data()
+    dm.setup("fit")
+    first = next(iter(dm.train_dataloader()))["input_ids"]
+    assert dm.prepare_data_per_node is False  # global rank 0 alone prepares
+    # the raw files changed: named, not re-tokenized inside fit
+    write_jsonl(tmp_path / "c" / "val.jsonl", records(random_docs(13, seed=8)))
+    src = LocalFiles(train=str(tmp_path / "c" / "train.jsonl"), validation=str(tmp_path / "c" / "val.jsonl"))
+    with pytest.raises(CorpusError, match=r"(?s)validation: val.jsonl changed size: \d+ -> \d+ bytes.*task=prepare"):
+        PackedLMDataModule(src, cache_dir=str(tmp_path / "tok"), progress=False).prepare_data()
+    with pytest.raises(CorpusError, match=r"setting add_bos: prepared with True, now False"):
+        PackedLMDataModule(LocalFiles(train=str(tmp_path / "c" / "train.jsonl")), cache_dir=str(tmp_path / "tok"),
+                           add_bos=False, progress=False).prepare_data()
+    # the raw corpus gone: training goes on from the tokenized one (also with no source at all)
+    shutil.rmtree(tmp_path / "c")
+    for source in (LocalFiles(train=str(tmp_path / "c" / "train.jsonl")), None):
+        dm2 = PackedLMDataModule(source, cache_dir=str(tmp_path / "tok"), seq_len=32, batch_size=4, num_workers=0,
+                                 progress=False, seed=3)
+        dm2.prepare_data()
+        dm2.setup("fit")
+        assert torch.equal(next(iter(dm2.train_dataloader()))["input_ids"], first)
+    with pytest.raises(FileNotFoundError, match="data.source is null"):
+        PackedLMDataModule(None, cache_dir=str(tmp_path / "nothing")).prepare_data()

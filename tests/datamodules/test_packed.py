@@ -3,18 +3,34 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from datamodules.packed import PackedBatches, TokenFile
+from datamodules.packed import PackedBatches, TokenFile, write_token_split
+from datamodules.prepare import FORMAT_VERSION
 
 
-def token_file(tmp_path, seed, n_docs=60, max_len=90):
-    """A random prepared split: documents [BOS] ... [EOS] of random lengths."""
+def token_file(tmp_path, seed, n_docs=60, max_len=90, n_shards=3):
+    """A random prepared split in ``n_shards`` shards, the last one used in part (as at a cap): documents
+    [BOS] ... [EOS] of random lengths. Returns the TokenFile, the split's token stream and its document offsets."""
     rng = np.random.default_rng(seed)
-    docs = [np.concatenate([[1], rng.integers(3, 32000, rng.integers(1, max_len)), [2]]) for _ in range(n_docs)]
-    tokens = np.concatenate(docs).astype(np.uint16)
-    tokens.tofile(tmp_path / "train.bin")
-    offsets = np.concatenate([[0], np.cumsum([len(d) for d in docs])]).astype(np.int64)
-    np.save(tmp_path / "train.idx.npy", offsets)
-    return TokenFile(tmp_path, "train"), tokens.astype(np.int64), offsets
+    n_shards = min(n_shards, n_docs)
+    docs = [np.concatenate([[1], rng.integers(3, 32000, rng.integers(1, max_len)), [2]]) for _ in range(n_docs + 5)]
+    cuts = np.linspace(0, n_docs, n_shards + 1).astype(int)
+    shards = []
+    for k in range(n_shards):
+        part = docs[cuts[k]:cuts[k + 1] + (5 if k == n_shards - 1 else 0)]  # 5 documents past the cap on disk
+        offsets = np.concatenate([[0], np.cumsum([len(d) for d in part])]).astype(np.int64)
+        entry = write_token_split(tmp_path / "train", f"{k:06d}", np.concatenate(part).astype(np.uint16),
+                                  offsets)["shards"][0]
+        entry["file"] = f"train/{entry['file']}"
+        if k == n_shards - 1:
+            entry["n_docs"] -= 5
+            entry["n_tokens"] = int(offsets[-6])
+        shards.append(entry)
+    meta = {"format": FORMAT_VERSION, "dtype": "uint16", "splits": {"train": {"shards": shards}}}
+    tokens = np.concatenate(docs[:n_docs]).astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum([len(d) for d in docs[:n_docs]])]).astype(np.int64)
+    tf = TokenFile(tmp_path, "train", meta=meta)
+    assert tf.n_tokens == len(tokens) and tf.n_docs == n_docs
+    return tf, tokens, offsets
 
 
 def collect(ds, num_workers=0):
@@ -106,3 +122,16 @@ def test_too_small_split_is_a_clear_error(tmp_path):
     tf, tokens, _ = token_file(tmp_path, seed=40, n_docs=2, max_len=5)
     with pytest.raises(ValueError, match="fewer than one batch"):
         PackedBatches(tf, len(tokens), 2)
+
+
+def test_shards_read_as_one_stream(tmp_path):
+    tf, tokens, offsets = token_file(tmp_path, seed=50, n_docs=200, n_shards=7)
+    tf.MAX_OPEN = 2  # fewer open maps than shards: maps are reopened as needed
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        a = int(rng.integers(0, len(tokens)))
+        b = int(rng.integers(a, min(len(tokens), a + 400) + 1))
+        np.testing.assert_array_equal(tf.read(a, b), tokens[a:b])
+        np.testing.assert_array_equal(tf.doc_starts(a, b), offsets[(offsets >= a) & (offsets < b)])
+    np.testing.assert_array_equal(tf.offsets, offsets)
+    assert len(tf._maps) <= 2
