@@ -182,7 +182,6 @@ def train_fast(cfg: DictConfig) -> dict[str, float]:
     return fast(cfg)["metrics"]
 
 
-
 def evaluate(cfg: DictConfig) -> dict:
     """The paper's table (lm-eval tasks) and perplexities of a checkpoint, written beside it (evaluation/runner.py)."""
     from evaluation.runner import evaluate_checkpoint
