@@ -251,7 +251,7 @@ def test_bad_varlen_and_device_raise_value_error():
                             args["C"][:, 0])
 
 
-# ---- GPU: realistic shapes (the lead's H200 runs) ----
+# ---- GPU: realistic shapes ----
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype,T,fused_dt", [(torch.float32, 2048, False), (torch.bfloat16, 2048, False),
