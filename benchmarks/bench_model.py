@@ -177,7 +177,7 @@ def bench_one(name: str, preset: Optional[str], T: int, B: int, warmup: int, ste
 
 
 def profile_one(name: str, preset: Optional[str], T: int, B: int, device: str, top: int = 10) -> list[dict]:
-    """Top ``top`` kernels (device time) of one training step after 3 warm-up steps."""
+    """Top ``top`` kernels (self CUDA time) of one training step after 3 warm-up steps."""
     from torch.profiler import ProfilerActivity, profile
     torch.manual_seed(0)
     model, _, cfg = build(name, preset)

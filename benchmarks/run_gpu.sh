@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Every single-GPU check and benchmark, one after another, each time-boxed, with its log and results in OUT_DIR.
+# Every single-GPU check and benchmark, one after another, each time-boxed, with its log and results in DEST.
 #
-#   bash benchmarks/run_gpu.sh OUT_DIR [part ...]
+#   bash benchmarks/run_gpu.sh DEST [part ...]
 #
 # Parts (default: all but tune, in this order):
 #   kernels        pytest -m gpu tests/kernels          (the kernels against float64 and against fla, when installed)
@@ -14,8 +14,8 @@
 # (extra bench_delta_rule.py arguments), TUNE_ARGS, TAIL_N (log lines shown at the end). A part that fails or runs
 # out of time is logged and the next one still runs. With cold Triton caches the default parts take about 9 minutes.
 set -u
-if [ $# -lt 1 ]; then echo "usage: bash benchmarks/run_gpu.sh OUT_DIR [part ...]"; exit 2; fi
-OUT_DIR=$(mkdir -p "$1" && cd "$1" && pwd); shift
+if [ $# -lt 1 ]; then echo "usage: bash benchmarks/run_gpu.sh DEST [part ...]"; exit 2; fi
+DEST=$(mkdir -p "$1" && cd "$1" && pwd); shift
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 
@@ -26,21 +26,21 @@ parts=("$@")
 run_part() {
   local name=$1; shift
   local start=$SECONDS
-  timeout "${BUDGET[$name]}" "$@" > "$OUT_DIR/$name.log" 2>&1
+  timeout "${BUDGET[$name]}" "$@" > "$DEST/$name.log" 2>&1
   local rc=$?
-  printf '%-14s rc=%-4s %4ss  (%s)\n' "$name" "$rc" "$((SECONDS - start))" "$*" | tee -a "$OUT_DIR/summary.txt"
+  printf '%-14s rc=%-4s %4ss  (%s)\n' "$name" "$rc" "$((SECONDS - start))" "$*" | tee -a "$DEST/summary.txt"
 }
 
-python3 -c "import torch, triton; print(torch.__version__, triton.__version__, torch.cuda.get_device_name())" | tee "$OUT_DIR/summary.txt"
+python3 -c "import torch, triton; print(torch.__version__, triton.__version__, torch.cuda.get_device_name())" | tee "$DEST/summary.txt"
 for part in "${parts[@]}"; do
   case $part in
     kernels)       run_part kernels python3 -m pytest -v -m gpu ${KERNELS_ARGS:-tests/kernels} -p no:cacheprovider ;;
     models)        run_part models python3 -m pytest -v -m gpu tests/deltanet -p no:cacheprovider ;;
-    bench_kernels) run_part bench_kernels python3 benchmarks/bench_delta_rule.py --out "$OUT_DIR" ${BENCH_ARGS:-} ;;
-    bench_model)   run_part bench_model python3 benchmarks/bench_model.py --out "$OUT_DIR" ;;
-    tune)          run_part tune python3 benchmarks/bench_chunk_tuning.py --out "$OUT_DIR" ${TUNE_ARGS:-} ;;
+    bench_kernels) run_part bench_kernels python3 benchmarks/bench_delta_rule.py --out "$DEST" ${BENCH_ARGS:-} ;;
+    bench_model)   run_part bench_model python3 benchmarks/bench_model.py --out "$DEST" ;;
+    tune)          run_part tune python3 benchmarks/bench_chunk_tuning.py --out "$DEST" ${TUNE_ARGS:-} ;;
     *) echo "unknown part: $part (kernels models bench_kernels bench_model tune)"; exit 2 ;;
   esac
 done
-for f in "$OUT_DIR"/*.log; do echo "== $f"; tail -n "${TAIL_N:-6}" "$f"; done
-cat "$OUT_DIR/summary.txt"
+for f in "$DEST"/*.log; do echo "== $f"; tail -n "${TAIL_N:-6}" "$f"; done
+cat "$DEST/summary.txt"
