@@ -42,7 +42,9 @@ if str(ROOT) not in sys.path:
 from kernels import chunk_settings, current_chunk_settings  # noqa: E402
 from kernels.common.launch import tuned_configs  # noqa: E402
 
-DEFAULT_SHAPES = [(8, 2048, 16, 128), (2, 8192, 16, 128), (1, 32768, 16, 128), (8, 2048, 32, 64), (4, 4096, 8, 256)]
+# the five paper-style shapes, then the 340M model's own long-sequence calls (8 heads of 128, one row)
+DEFAULT_SHAPES = [(8, 2048, 16, 128), (2, 8192, 16, 128), (1, 32768, 16, 128), (8, 2048, 32, 64), (4, 4096, 8, 256),
+                  (1, 16384, 8, 128), (1, 65536, 8, 128)]
 PROVIDERS = ["ours_chunk", "ours_recurrent", "fla_chunk", "fla_recurrent", "sdpa_flash"]
 # kernels.chunk_settings changes in force while a provider is timed (forward and backward)
 PROVIDER_SETTINGS = {"ours_chunk_plain": {"keep_states": False, "fold_blocks": False}}
@@ -143,7 +145,7 @@ def ratio(a, b):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, help="directory for bench_delta_rule.md/.json/.png")
-    ap.add_argument("--shapes", nargs="*", default=None, help="B,T,H,D ... (default: the five issue shapes)")
+    ap.add_argument("--shapes", nargs="*", default=None, help="B,T,H,D ... (default: the seven shapes of DEFAULT_SHAPES)")
     ap.add_argument("--providers", default=",".join(PROVIDERS))
     ap.add_argument("--warmup", type=int, default=25, help="do_bench warm-up, ms")
     ap.add_argument("--rep", type=int, default=100, help="do_bench measurement time, ms")

@@ -10,7 +10,7 @@ Models (``--models``, all by default): ``deltanet`` (ours, fused glue: the defau
 ``fused=False``: the plain PyTorch glue around the same Triton delta rule), ``deltanet_keepconv`` (fused, but the
 short convolutions' outputs kept for the backward instead of recomputed: ``recompute_conv=False``), ``fla_deltanet``
 (``fla.models.DeltaNetForCausalLM`` with the same sizes, when fla is installed; skipped with a note otherwise),
-``transformer`` (our Transformer++), ``deltanet_hybrid_swa``, ``deltanet_hybrid_global``.  All run in this process,
+``transformer`` (our Transformer++), ``deltanet_hybrid_swa``, ``deltanet_hybrid_global``, and (named with ``--models``) ``gated_deltanet``, ``retnet``, ``mamba``.  All run in this process,
 one after another, on the same random token ids.
 
 Setup of every step: float32 weights under bf16 autocast, fused AdamW (lr 1e-4), gradient-norm clipping at 1.0; the
@@ -23,7 +23,8 @@ MFU = model FLOPs / step time / ``--peak-tflops`` (989: H100/H200 bf16 dense).  
 mixer layer and batch row, forward + backward (3x the forward):
 softmax attention ``3 * 4 * H * D * sum_t min(t + 1, window)`` (QK^T and PV over the visible keys);
 delta rule ``3 * T * H * (6 * K * V + C * (2 * K + V))`` with chunk C (Q S, W S, K^T U' per token, and the causal
-halves of Q K^T, (Q K^T) U' and K K^T inside the chunk).
+halves of Q K^T, (Q K^T) U' and K K^T inside the chunk), also for Gated DeltaNet and RetNet; Mamba's scan
+``3 * T * 6 * E * N`` per block (inner channels E, state size N; two blocks per layer).
 
 Outputs in ``--out``: ``bench_model.md`` (tables + ratios), ``bench_model.json``, ``bench_model.png`` (tokens/s and
 peak memory against T), and with ``--profile`` ``bench_model_profile.md`` (top-10 kernels of one step per model).
@@ -49,9 +50,12 @@ from deltanet import PRESETS, DeltaNetConfig, DeltaNetForCausalLM  # noqa: E402
 OURS = {"deltanet": dict(family="deltanet"), "deltanet_plain": dict(family="deltanet", fused=False),
         "deltanet_keepconv": dict(family="deltanet", recompute_conv=False),
         "transformer": dict(family="transformer"), "deltanet_hybrid_swa": dict(family="deltanet_hybrid_swa"),
-        "deltanet_hybrid_global": dict(family="deltanet_hybrid_global")}
+        "deltanet_hybrid_global": dict(family="deltanet_hybrid_global"),
+        "gated_deltanet": dict(family="gated_deltanet"), "retnet": dict(family="retnet"), "mamba": dict(family="mamba")}
 MODELS = ("deltanet", "deltanet_plain", "deltanet_keepconv", "fla_deltanet", "transformer", "deltanet_hybrid_swa",
-          "deltanet_hybrid_global")
+          "deltanet_hybrid_global", "gated_deltanet", "retnet", "mamba")
+DEFAULT_MODELS = ("deltanet", "deltanet_plain", "fla_deltanet", "transformer", "deltanet_hybrid_swa",
+                  "deltanet_hybrid_global")
 DEFAULT_LENGTHS = ("2048x8", "8192x2", "16384x1")
 DRY_SIZES = dict(vocab_size=97, hidden_size=64, num_layers=2, num_heads=2, chunk_size=16, attn_window=32)
 
@@ -113,11 +117,13 @@ def mixer_flops(cfg: DeltaNetConfig, T: int, B: int) -> float:
     H, D = cfg.num_heads, cfg.head_dim
     total = 0.0
     for i in range(cfg.num_layers):
-        if cfg.is_attention_layer(i):
+        if cfg.family == "mamba":  # two blocks per layer; the scan: ~6 FLOPs per inner channel and state entry
+            total += 2 * 3 * T * 6 * cfg.ssm_expand * cfg.hidden_size * cfg.ssm_state_size
+        elif cfg.is_attention_layer(i):
             w = cfg.attn_window or T
             pairs = sum(min(t + 1, w) for t in range(T)) if w < T else T * (T + 1) / 2
             total += 3 * 4 * H * D * pairs
-        else:
+        else:  # the delta rule's count; the gated and scalar-decay forms are counted the same
             total += 3 * T * H * (6 * D * D + cfg.chunk_size * 3 * D)
     return total * B
 
@@ -292,7 +298,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
     p.add_argument("--preset", default="340M", choices=sorted(PRESETS))
     p.add_argument("--lengths", nargs="+", type=parse_length, default=None,
                    help="TxB pairs (default 2048x8 8192x2 16384x1: 16K tokens per step)")
-    p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), choices=MODELS,
+                   help="default: " + " ".join(DEFAULT_MODELS))
     p.add_argument("--warmup", type=int, default=4)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--peak-tflops", type=float, default=989.0)
