@@ -10,7 +10,7 @@ Models (``--models``, all by default): ``deltanet`` (ours, fused glue: the defau
 ``fused=False``: the plain PyTorch glue around the same Triton delta rule), ``deltanet_keepconv`` (fused, but the
 short convolutions' outputs kept for the backward instead of recomputed: ``recompute_conv=False``), ``fla_deltanet``
 (``fla.models.DeltaNetForCausalLM`` with the same sizes, when fla is installed; skipped with a note otherwise),
-``transformer`` (our Transformer++), ``deltanet_hybrid_swa``, ``deltanet_hybrid_global``, and (named with ``--models``) ``gated_deltanet``, ``retnet``, ``mamba``.  All run in this process,
+``transformer`` (our Transformer++), ``deltanet_hybrid_swa``, ``deltanet_hybrid_global``, and (named with ``--models``) ``gated_deltanet``, ``retnet``, ``gla``, ``mamba``.  All run in this process,
 one after another, on the same random token ids.
 
 Setup of every step: float32 weights under bf16 autocast, fused AdamW (lr 1e-4), gradient-norm clipping at 1.0; the
@@ -23,7 +23,8 @@ MFU = model FLOPs / step time / ``--peak-tflops`` (989: H100/H200 bf16 dense).  
 mixer layer and batch row, forward + backward (3x the forward):
 softmax attention ``3 * 4 * H * D * sum_t min(t + 1, window)`` (QK^T and PV over the visible keys);
 delta rule ``3 * T * H * (6 * K * V + C * (2 * K + V))`` with chunk C (Q S, W S, K^T U' per token, and the causal
-halves of Q K^T, (Q K^T) U' and K K^T inside the chunk), also for Gated DeltaNet and RetNet; Mamba's scan
+halves of Q K^T, (Q K^T) U' and K K^T inside the chunk), also for Gated DeltaNet and RetNet; GLA (K = D / 2)
+``3 * T * H * (4 * K * V + C * (K + V))`` (Q S and K^T V per token, the causal halves of A and A V); Mamba's scan
 ``3 * T * 6 * E * N`` per block (inner channels E, state size N; two blocks per layer).
 
 Outputs in ``--out``: ``bench_model.md`` (tables + ratios), ``bench_model.json``, ``bench_model.png`` (tokens/s and
@@ -51,9 +52,10 @@ OURS = {"deltanet": dict(family="deltanet"), "deltanet_plain": dict(family="delt
         "deltanet_keepconv": dict(family="deltanet", recompute_conv=False),
         "transformer": dict(family="transformer"), "deltanet_hybrid_swa": dict(family="deltanet_hybrid_swa"),
         "deltanet_hybrid_global": dict(family="deltanet_hybrid_global"),
-        "gated_deltanet": dict(family="gated_deltanet"), "retnet": dict(family="retnet"), "mamba": dict(family="mamba")}
+        "gated_deltanet": dict(family="gated_deltanet"), "retnet": dict(family="retnet"), "gla": dict(family="gla"),
+        "mamba": dict(family="mamba")}
 MODELS = ("deltanet", "deltanet_plain", "deltanet_keepconv", "fla_deltanet", "transformer", "deltanet_hybrid_swa",
-          "deltanet_hybrid_global", "gated_deltanet", "retnet", "mamba")
+          "deltanet_hybrid_global", "gated_deltanet", "retnet", "gla", "mamba")
 DEFAULT_MODELS = ("deltanet", "deltanet_plain", "fla_deltanet", "transformer", "deltanet_hybrid_swa",
                   "deltanet_hybrid_global")
 DEFAULT_LENGTHS = ("2048x8", "8192x2", "16384x1")
@@ -123,6 +125,9 @@ def mixer_flops(cfg: DeltaNetConfig, T: int, B: int) -> float:
             w = cfg.attn_window or T
             pairs = sum(min(t + 1, w) for t in range(T)) if w < T else T * (T + 1) / 2
             total += 3 * 4 * H * D * pairs
+        elif cfg.family == "gla":  # no W S, no K K^T; key dim D / 2 (deltanet/layers/gla.py)
+            K = D // 2
+            total += 3 * T * H * (4 * K * D + cfg.chunk_size * (K + D))
         else:  # the delta rule's count; the gated and scalar-decay forms are counted the same
             total += 3 * T * H * (6 * D * D + cfg.chunk_size * 3 * D)
     return total * B

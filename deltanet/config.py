@@ -11,6 +11,8 @@ Families (``family``):
 - ``gated_deltanet_hybrid_swa``: sliding-window attention every other layer as in ``deltanet_hybrid_swa``, Gated
   DeltaNet elsewhere.
 - ``retnet``: every layer RetNet's multi-scale retention (fixed decay per head, RoPE, output gate).
+- ``gla``: every layer gated linear attention (a data-dependent decay per key channel from a low-rank gate, key dim
+  head_dim / 2, output gate).
 - ``transformer``: Transformer++ (RoPE, SwiGLU, RMSNorm, causal attention) in every layer.
 - ``mamba``: Mamba (selective state space, S6) with no MLP.  Each of the ``num_layers`` layers holds two residual
   Mamba blocks ``x = x + Mamba(RMSNorm(x))`` (in the places of the mixer and of the MLP), as the Mamba paper pairs
@@ -40,7 +42,7 @@ import yaml
 __all__ = ["DeltaNetConfig", "PRESETS", "FAMILIES"]
 
 FAMILIES = ("deltanet", "deltanet_hybrid_swa", "deltanet_hybrid_global", "transformer", "mamba", "gated_deltanet",
-            "gated_deltanet_hybrid_swa", "retnet")
+            "gated_deltanet_hybrid_swa", "retnet", "gla")
 
 SIZES_DIR = Path(__file__).resolve().parents[1] / "conf" / "model" / "size"
 
@@ -144,7 +146,7 @@ class DeltaNetConfig:
     def _resolve_attention(self) -> None:
         n = self.num_layers
         if self.attn_layers is None:
-            if self.family in ("deltanet", "mamba", "gated_deltanet", "retnet"):
+            if self.family in ("deltanet", "mamba", "gated_deltanet", "retnet", "gla"):
                 layers: list[int] = []
             elif self.family == "transformer":
                 layers = list(range(1, n + 1))
@@ -162,7 +164,7 @@ class DeltaNetConfig:
             if len(set(layers)) != len(layers):
                 raise ValueError(f"attn_layers has duplicates: {layers}")
             layers = sorted(layers)
-            if self.family in ("deltanet", "mamba", "gated_deltanet", "retnet") and layers:
+            if self.family in ("deltanet", "mamba", "gated_deltanet", "retnet", "gla") and layers:
                 raise ValueError(f"attn_layers must be empty for family {self.family!r}, got {layers}")
             if self.family == "transformer" and layers != list(range(1, n + 1)):
                 raise ValueError(f"attn_layers must be all layers for family 'transformer', got {layers}")

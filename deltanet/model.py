@@ -1,7 +1,7 @@
 """DeltaNet language model (and its hybrids / the Transformer++ and Mamba baselines), one file top to bottom.
 
     x = Embedding(input_ids)                                   # (B, T, C)
-    for each layer:  x = x + Mixer(RMSNorm(x))                 # (Gated) DeltaNet, retention, or attention (family)
+    for each layer:  x = x + Mixer(RMSNorm(x))                 # (Gated) DeltaNet, retention, GLA or attention (family)
                      x = x + SwiGLU(RMSNorm(x))                # family mamba: x = x + Mamba(RMSNorm(x)) here too
     logits = LMHead(RMSNorm(x))                                # untied, (B, T, vocab)
 
@@ -35,7 +35,8 @@ from kernels.cross_entropy import linear_cross_entropy
 
 from .config import DeltaNetConfig
 from .generation import GenerationMixin
-from .layers import Attention, DeltaNet, GatedDeltaNet, Mamba, MultiScaleRetention, RMSNorm, SwiGLU
+from .layers import (Attention, DeltaNet, GatedDeltaNet, GatedLinearAttention, Mamba, MultiScaleRetention, RMSNorm,
+                     SwiGLU)
 
 __all__ = ["DeltaNetForCausalLM", "DeltaNetModel", "Block", "Cache", "CausalLMOutput", "chunked_cross_entropy",
            "left_padding"]
@@ -75,6 +76,8 @@ class Block(nn.Module):
             self.mixer = GatedDeltaNet(config, layer_idx)
         elif config.family == "retnet":
             self.mixer = MultiScaleRetention(config, layer_idx)
+        elif config.family == "gla":
+            self.mixer = GatedLinearAttention(config, layer_idx)
         else:
             self.mixer = DeltaNet(config, layer_idx)
         self.mlp_norm = RMSNorm(config.hidden_size, config.norm_eps)

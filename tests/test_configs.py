@@ -84,6 +84,7 @@ RECORDED_FAMILY = {
     "gated_deltanet": {"family": "gated_deltanet"},
     "gated_deltanet_hybrid_swa": {"family": "gated_deltanet_hybrid_swa", "attn_window": 2048},
     "retnet": {"family": "retnet"},
+    "gla": {"family": "gla"},
 }
 # The paper sizes as the old experiment YAMLs and deltanet/config.py PRESETS wrote them.
 RECORDED_SIZES = {"340M": {"hidden_size": 1024, "num_layers": 24, "num_heads": 8},

@@ -17,12 +17,12 @@ from hydra.utils import instantiate
 from tests.test_configs import ROOT, compose_cfg
 
 FAMILIES = ("deltanet", "deltanet_hybrid_swa", "deltanet_hybrid_global", "transformer", "gated_deltanet",
-            "gated_deltanet_hybrid_swa", "retnet", "mamba")
+            "gated_deltanet_hybrid_swa", "retnet", "gla", "mamba")
 # How a paper row's label names its family: (words it must contain, words it must not).
 FAMILY_LABEL = {"deltanet": ("DeltaNet", "+"), "deltanet_hybrid_swa": ("DeltaNet + SWA", None),
                 "deltanet_hybrid_global": ("DeltaNet + 2 global attention", None), "transformer": ("Transformer++", None),
                 "gated_deltanet": ("Gated DeltaNet", "+"), "gated_deltanet_hybrid_swa": ("Gated DeltaNet + SWA", None),
-                "retnet": ("RetNet", None), "mamba": ("Mamba", None)}
+                "retnet": ("RetNet", None), "gla": ("GLA", None), "mamba": ("Mamba", None)}
 # experiment -> (size label, hidden, layers, heads, micro-batch, lr, train tokens, global batch tokens, max_steps)
 # (None: step-based, no token recipe; the max_steps of the step-based runs are as written in their configs)
 EXPECTED = {

@@ -5,6 +5,9 @@ With S the state [K, V] before a chunk and W, U its WY representation (``wy.py``
     forward:   V' = U - W S,   S <- S + K^T V'
     backward:  dV' = scale * triu(K Q^T) dO + K dS,   dS <- dS + scale Q^T dO - W^T dV'   (dS: after the chunk)
 
+GLA (``USE_GK``, no W) decays the state rows per key channel: S <- diag(exp(G_C)) S + Kd^T V, with the caller
+passing the keys already decayed to the chunk end (Kd) and, backward, the queries as diag(exp(G)) Q.
+
 With a decay (``USE_G``: Gated DeltaNet; G the within-chunk cumulative log decay, G_C its value at the chunk's last
 token, Kd = diag(exp(G_C - G)) K the keys decayed to the chunk's end)::
 
@@ -30,20 +33,20 @@ import triton.language as tl
 
 from .launch import ChunkMeta, block_grid, launch, tile_sizes
 from .segments import plan_segments, segmented_bwd_dhu, segmented_fwd_h
-from .tiles import block_ids, chunk_coords, decay_tril, load_tile, seq_coords, store_tile
+from .tiles import block_ids, chunk_coords, decay_tril, load_row, load_tile, seq_coords, store_tile
 
 __all__ = ["bwd_dhu", "bwd_dhu_kernel", "bwd_dv_local", "bwd_dv_local_kernel", "fwd_h", "fwd_h_kernel"]
 
 
 @triton.jit
 def fwd_h_kernel(
-    k, w, u, v_new, h, h0, ht, g,
+    k, w, u, v_new, h, h0, ht, g, gk,
     cu_seqlens, chunk_offsets,
     T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     USE_H0: tl.constexpr, STORE_FINAL: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr,
-    USE_G: tl.constexpr = False, USE_W: tl.constexpr = True,
+    USE_G: tl.constexpr = False, USE_W: tl.constexpr = True, USE_GK: tl.constexpr = False,
 ):
     """Walk the chunks of one (sequence, head, V block): store the state before each chunk in h, V' = U - W S in
     v_new, then S += K^T V'.  The state [K, BV] stays in registers as up to four [BK, BV] row blocks (K <= 4 * BK;
@@ -110,6 +113,15 @@ def fwd_h_kernel(
                 b_h3 *= b_dec
             if K > 3 * BK:
                 b_h4 *= b_dec
+        if USE_GK:  # GLA: S <- diag(exp(G_C)) S, one decay per key channel (k arrives decayed to the chunk end)
+            p_gk = gk + ((boh + i_c) * H + i_h) * K
+            b_h1 *= tl.exp(load_row(p_gk, K, 0, BK))[:, None]
+            if K > BK:
+                b_h2 *= tl.exp(load_row(p_gk, K, BK, BK))[:, None]
+            if K > 2 * BK:
+                b_h3 *= tl.exp(load_row(p_gk, K, 2 * BK, BK))[:, None]
+            if K > 3 * BK:
+                b_h4 *= tl.exp(load_row(p_gk, K, 3 * BK, BK))[:, None]
         b_vd = b_v.to(k.dtype.element_ty)
         b_h1 += tl.dot(tl.trans(load_tile(p_k, T_rem, K, H * K, 0, 0, BT, BK)), b_vd, input_precision=PREC)
         if K > BK:
@@ -164,13 +176,13 @@ def bwd_dv_local_kernel(
 
 @triton.jit
 def bwd_dhu_kernel(
-    q, k, w, do, dv_local, dv_new, dh, dht, dh0, g,
+    q, k, w, do, dv_local, dv_new, dh, dht, dh0, g, gk,
     cu_seqlens, chunk_offsets,
     scale, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr, INLINE_DV: tl.constexpr, IS_VARLEN: tl.constexpr,
-    PREC: tl.constexpr, USE_G: tl.constexpr = False, USE_W: tl.constexpr = True,
+    PREC: tl.constexpr, USE_G: tl.constexpr = False, USE_W: tl.constexpr = True, USE_GK: tl.constexpr = False,
 ):
     """Reverse walk over the chunks of one (sequence, head, V block) with dS = gradient of the state after the chunk:
     store dS in dh, dV' = dv_local + K dS, then dS <- dS + scale Q^T dO - W^T dV'.  dS is held as up to four
@@ -265,6 +277,15 @@ def bwd_dhu_kernel(
                                input_precision=PREC)
         store_tile(dv_new + (t0 * H + i_h) * V, b_dv, T_rem, V, H * V, 0, c0, BT, BV)
         b_dvd = b_dv.to(dt)
+        if USE_GK:  # GLA: dS <- diag(exp(G_C)) dS (q arrives as diag(exp(G)) Q)
+            p_gk = gk + ((boh + i_c) * H + i_h) * K
+            b_dh1 *= tl.exp(load_row(p_gk, K, 0, BK))[:, None]
+            if K > BK:
+                b_dh2 *= tl.exp(load_row(p_gk, K, BK, BK))[:, None]
+            if K > 2 * BK:
+                b_dh3 *= tl.exp(load_row(p_gk, K, 2 * BK, BK))[:, None]
+            if K > 3 * BK:
+                b_dh4 *= tl.exp(load_row(p_gk, K, 3 * BK, BK))[:, None]
         b_dh1 += tl.dot(tl.trans((b_q * scale).to(dt)), b_do, input_precision=PREC)
         if USE_W:
             b_dh1 -= tl.dot(tl.trans(b_w), b_dvd, input_precision=PREC)
@@ -305,7 +326,7 @@ def bwd_dhu_kernel(
 
 
 def fwd_h(m: ChunkMeta, k: torch.Tensor, w: torch.Tensor, u: torch.Tensor, initial_state: Optional[torch.Tensor],
-          output_final_state: bool, g: Optional[torch.Tensor] = None
+          output_final_state: bool, g: Optional[torch.Tensor] = None, gk: Optional[torch.Tensor] = None
           ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
     """Forward state walk.
 
@@ -316,30 +337,33 @@ def fwd_h(m: ChunkMeta, k: torch.Tensor, w: torch.Tensor, u: torch.Tensor, initi
         initial_state: optional [N, H, K, V] state before each sequence (any supported dtype).
         output_final_state: also return the state after each sequence.
         g: optional [B, T, H] float32 within-chunk cumulative log decay G: the decayed walk.
+        gk: optional [NT, H, K] float32 per-key-channel log decay of each chunk (GLA's G_C): the state rows are
+            scaled by exp(gk) before K^T V' is added (k must then be decayed to the chunk end by the caller).
 
     Returns:
         (h [NT, H, K, V] the state before every chunk, v_new [B, T, H, V] = V', in k's dtype;
         final state [N, H, K, V] float32 or None).
 
-    Long sequences with few heads walk by segments (``segments.py``; ``ChunkSettings.walk_segment``).
+    Long sequences with few heads walk by segments (``segments.py``; ``ChunkSettings.walk_segment``), except
+    GLA's per-channel walks.
     """
-    plan = plan_segments(m, k.device)
+    plan = plan_segments(m, k.device) if gk is None else None  # GLA's per-channel walks run whole
     if plan is not None:
         return segmented_fwd_h(plan, m, _fwd_h_walk, k, w, u, initial_state, output_final_state, g)
-    return _fwd_h_walk(m, k, w, u, initial_state, output_final_state, g)
+    return _fwd_h_walk(m, k, w, u, initial_state, output_final_state, g, gk)
 
 
-def _fwd_h_walk(m: ChunkMeta, k, w, u, initial_state, output_final_state: bool, g=None):
+def _fwd_h_walk(m: ChunkMeta, k, w, u, initial_state, output_final_state: bool, g=None, gk=None):
     h = k.new_empty(m.NT, m.H, m.K, m.V)
     v_new = torch.empty_like(u) if w is not None else u  # without W (no delta rule), V' = U
     ht = k.new_empty(m.N, m.H, m.K, m.V, dtype=torch.float32) if output_final_state else None
     grid = (m.N * m.H, triton.cdiv(m.V, m.BVs))
     launch(
         m.settings, "fwd_h", fwd_h_kernel, grid,
-        k, w, u, v_new, h, initial_state, ht, g, m.cu_seqlens, m.chunk_offsets, m.T,
+        k, w, u, v_new, h, initial_state, ht, g, gk, m.cu_seqlens, m.chunk_offsets, m.T,
         H=m.H, K=m.K, V=m.V, BT=m.BT, BK=m.BKs, BV=m.BVs,
         USE_H0=initial_state is not None, STORE_FINAL=output_final_state, IS_VARLEN=m.is_varlen, PREC=m.prec,
-        USE_G=g is not None, USE_W=w is not None,
+        USE_G=g is not None, USE_W=w is not None, USE_GK=gk is not None,
     )
     return h, v_new, ht
 
@@ -366,7 +390,8 @@ def bwd_dv_local(m: ChunkMeta, q: torch.Tensor, k: torch.Tensor, do: torch.Tenso
 
 def bwd_dhu(m: ChunkMeta, q: torch.Tensor, k: torch.Tensor, w: torch.Tensor, do: torch.Tensor,
             dht: Optional[torch.Tensor], scale: float, need_dh0: bool,
-            g: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+            g: Optional[torch.Tensor] = None, gk: Optional[torch.Tensor] = None,
+            dv_local: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
     """Backward state walk (runs :func:`bwd_dv_local` first when K does not fit one state block).
 
     Args:
@@ -376,6 +401,10 @@ def bwd_dhu(m: ChunkMeta, q: torch.Tensor, k: torch.Tensor, w: torch.Tensor, do:
         scale: output scale.
         need_dh0: also return the gradient of the initial state.
         g: optional [B, T, H] float32 within-chunk cumulative log decay G: the decayed walk.
+        gk: optional [NT, H, K] float32 per-key-channel chunk log decay (GLA, as in :func:`fwd_h`; q must then be
+            diag(exp(G)) Q and k the keys decayed to the chunk end).
+        dv_local: optional [B, T, H, V] within-chunk part of dV' computed by the caller (GLA's A^T dO, which is
+            not triu(K Q^T) dO); replaces :func:`bwd_dv_local` and the inline form.
 
     Returns:
         (dv_new [B, T, H, V] = dV', dh [NT, H, K, V] the gradient of the state after every chunk, in q's dtype;
@@ -383,24 +412,25 @@ def bwd_dhu(m: ChunkMeta, q: torch.Tensor, k: torch.Tensor, w: torch.Tensor, do:
 
     Long sequences with few heads walk by segments, as in :func:`fwd_h`.
     """
-    plan = plan_segments(m, q.device)
+    plan = plan_segments(m, q.device) if gk is None and dv_local is None else None
     if plan is not None:
         return segmented_bwd_dhu(plan, m, _bwd_dhu_walk, q, k, w, do, dht, scale, need_dh0, g)
-    return _bwd_dhu_walk(m, q, k, w, do, dht, scale, need_dh0, g)
+    return _bwd_dhu_walk(m, q, k, w, do, dht, scale, need_dh0, g, gk, dv_local)
 
 
-def _bwd_dhu_walk(m: ChunkMeta, q, k, w, do, dht, scale: float, need_dh0: bool, g=None):
-    inline_dv = m.BKs >= m.K
-    dv_local = None if inline_dv else bwd_dv_local(m, q, k, do, scale, g)
+def _bwd_dhu_walk(m: ChunkMeta, q, k, w, do, dht, scale: float, need_dh0: bool, g=None, gk=None, dv_local=None):
+    inline_dv = m.BKs >= m.K and dv_local is None
+    if dv_local is None and not inline_dv:
+        dv_local = bwd_dv_local(m, q, k, do, scale, g)
     dh = q.new_empty(m.NT, m.H, m.K, m.V)
     dv_new = torch.empty_like(do)
     dh0 = q.new_empty(m.N, m.H, m.K, m.V, dtype=torch.float32) if need_dh0 else None
     grid = (m.N * m.H, triton.cdiv(m.V, m.BVs))
     launch(
         m.settings, "bwd_dhu", bwd_dhu_kernel, grid,
-        q, k, w, do, dv_local, dv_new, dh, dht, dh0, g, m.cu_seqlens, m.chunk_offsets, scale, m.T,
+        q, k, w, do, dv_local, dv_new, dh, dht, dh0, g, gk, m.cu_seqlens, m.chunk_offsets, scale, m.T,
         H=m.H, K=m.K, V=m.V, BT=m.BT, BK=m.BKs, BV=m.BVs,
         USE_DHT=dht is not None, STORE_DH0=need_dh0, INLINE_DV=inline_dv, IS_VARLEN=m.is_varlen, PREC=m.prec,
-        USE_G=g is not None, USE_W=w is not None,
+        USE_G=g is not None, USE_W=w is not None, USE_GK=gk is not None,
     )
     return dv_new, dh, dh0

@@ -9,7 +9,7 @@ folded into axis 0 with the chunk index, so no grid axis limited to 65535 grows 
 import triton
 import triton.language as tl
 
-__all__ = ["block_ids", "chunk_coords", "decay_tril", "load_tile", "seq_coords", "store_tile"]
+__all__ = ["block_ids", "chunk_coords", "decay_tril", "load_row", "load_tile", "seq_coords", "store_tile"]
 
 
 @triton.jit
@@ -20,6 +20,13 @@ def load_tile(base, R, C, S, r0, c0, BR: tl.constexpr, BC: tl.constexpr):
     o_c = c0 + tl.arange(0, BC)
     m = (o_r[:, None] < R) & (o_c[None, :] < C)
     return tl.load(base + o_r[:, None] * S + o_c[None, :], mask=m, other=0.)
+
+
+@triton.jit
+def load_row(base, C, c0, BC: tl.constexpr):
+    """Load the [BC] vector at c0 of a length-C vector (zeros outside), in float32."""
+    o_c = c0 + tl.arange(0, BC)
+    return tl.load(base + o_c, mask=o_c < C, other=0.).to(tl.float32)
 
 
 @triton.jit

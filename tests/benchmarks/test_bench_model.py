@@ -35,3 +35,13 @@ def test_mixer_flops_counts_window_and_chunk():
     assert mod.mixer_flops(w, 4, 1) == 3 * 4 * 2 * 32 * (1 + 2 + 2 + 2)
     d = DeltaNetConfig(hidden_size=64, num_heads=2, num_layers=1, chunk_size=16)
     assert mod.mixer_flops(d, 10, 3) == 3 * 3 * 10 * 2 * (6 * 32 * 32 + 16 * 3 * 32)
+    gla = DeltaNetConfig(family="gla", hidden_size=64, num_heads=2, num_layers=1, chunk_size=16)
+    assert mod.mixer_flops(gla, 10, 3) == 3 * 3 * 10 * 2 * (4 * 16 * 32 + 16 * (16 + 32))  # K = D / 2 = 16
+
+
+def test_bench_model_dry_run_gla(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_model", ROOT / "benchmarks" / "bench_model.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    res = mod.main(["--dry-run", "--lengths", "32x1", "--models", "gla", "--out", str(tmp_path)])
+    assert [r["model"] for r in res["results"]] == ["gla"] and res["results"][0]["tokens_per_s"] > 0

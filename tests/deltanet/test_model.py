@@ -31,6 +31,7 @@ FAMILY_CONFIGS = {
     "gated_deltanet": dict(family="gated_deltanet"),
     "gated_deltanet_hybrid_swa": dict(family="gated_deltanet_hybrid_swa", attn_window=6),
     "retnet": dict(family="retnet"),
+    "gla": dict(family="gla"),
 }
 
 
@@ -163,7 +164,7 @@ def test_loss_is_shifted_mean_ce_and_chunking_is_exact():
 
 
 @pytest.mark.parametrize("family", ["deltanet", "deltanet_hybrid_swa", "transformer", "mamba", "gated_deltanet",
-                                    "retnet"])
+                                    "retnet", "gla"])
 def test_varlen_packed_equals_separate_sequences(family):
     torch.manual_seed(14)
     model = DeltaNetForCausalLM(tiny(**FAMILY_CONFIGS[family]))
