@@ -308,7 +308,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
     p.add_argument("--warmup", type=int, default=4)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--peak-tflops", type=float, default=989.0)
-    p.add_argument("--profile", action="store_true", help="also write the top-10 kernels of one step per model")
+    p.add_argument("--profile", action="store_true", help="also write the top kernels of one step per model")
+    p.add_argument("--profile-top", type=int, default=10, help="how many kernels the profile lists (default 10)")
     p.add_argument("--profile-length", type=parse_length, default=None, help="TxB of the profiled step (default: "
                    "the first length)")
     p.add_argument("--dry-run", action="store_true", help="tiny models on CPU (torch path), 1 + 2 steps: checks the "
@@ -360,9 +361,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
         res["plot"] = "bench_model.png"
     if a.profile:
         T, B = a.profile_length or lengths[0]
-        prof = {m: profile_one(m, preset, T, B, device) for m in models}
+        prof = {m: profile_one(m, preset, T, B, device, a.profile_top) for m in models}
         res["profile"] = {"T": T, "B": B, "kernels": prof}
-        lines = [f"# Top-10 kernels of one training step, {meta['preset']}, T = {T}, B = {B}", "",
+        lines = [f"# Top-{a.profile_top} kernels of one training step, {meta['preset']}, T = {T}, B = {B}", "",
                  "    " + meta["command"], "", f"{meta['device']}; torch {meta['torch']}, triton {meta['triton']}", ""]
         for m, ks in prof.items():
             lines += [f"## {m}", "", "| kernel | calls | ms | share |", "|---|---|---|---|"]
