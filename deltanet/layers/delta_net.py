@@ -26,6 +26,7 @@ from kernels.conv import conv_chunk_delta_rule, short_conv_multi
 
 from .conv import ShortConvolution
 from .norm import RMSNorm
+from .static import copy_state, recurrent_step
 
 __all__ = ["DeltaNet", "delta_rule"]
 
@@ -163,3 +164,34 @@ class DeltaNet(nn.Module):
         o = self.o_norm(o, gate=g, fused=fused)  # RMSNorm(o) [* silu(g)], per head
         y = self.o_proj(o.reshape(B, T, H * D))
         return y, (new_state if use_cache else None)
+
+    # ---- static decoding state (deltanet/layers/static.py) ----
+    def init_static_state(self, batch: int, max_len: int, device, dtype) -> dict:
+        H, D, W = self.num_heads, self.head_dim, self.config.conv_size
+        st = {"recurrent_state": torch.zeros(batch, H, D, D, device=device, dtype=torch.float32)}
+        if self.config.use_short_conv:
+            for name in ("conv_q", "conv_k", "conv_v"):
+                st[name] = torch.zeros(batch, H * D, W - 1, device=device, dtype=dtype)
+        return st
+
+    load_static_state = staticmethod(copy_state)
+
+    def step(self, x: torch.Tensor, static: dict, pos: torch.Tensor) -> torch.Tensor:
+        """x (B, 1, C) -> (B, 1, C); the conv and delta-rule states in ``static`` are updated in place."""
+        B = x.shape[0]
+        H, D = self.num_heads, self.head_dim
+        cfg = self.config
+        xt = x[:, 0]  # (B, C)
+        q, k, v = self.q_proj(xt), self.k_proj(xt), self.v_proj(xt)  # (B, H*D)
+        if cfg.use_short_conv:
+            q = self.q_conv.step(q, static["conv_q"])
+            k = self.k_conv.step(k, static["conv_k"])
+            v = self.v_conv.step(v, static["conv_v"])
+        q = _normalize(_feature_map(q, cfg.qk_activation).view(B, H, D), cfg.qk_norm)  # (B, H, D)
+        k = _normalize(_feature_map(k, cfg.qk_activation).view(B, H, D), cfg.qk_norm)
+        v = F.silu(v).view(B, H, D)
+        beta = self._beta(xt[:, None], None)[:, 0]  # (B, H)
+        o = recurrent_step(static["recurrent_state"], q, k, v, beta=beta)[:, None]  # (B, 1, H, D)
+        g = self.g_proj(x).view(B, 1, H, D) if self.g_proj is not None else None
+        o = self.o_norm(o, gate=g, fused=cfg.use_fused(x.is_cuda))
+        return self.o_proj(o.reshape(B, 1, H * D))

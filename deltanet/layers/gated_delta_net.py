@@ -31,6 +31,7 @@ import kernels
 from ..config import DeltaNetConfig
 from .conv import ShortConvolution
 from .norm import RMSNorm
+from .static import copy_state, recurrent_step
 
 __all__ = ["GatedDeltaNet", "gated_delta_rule"]
 
@@ -144,3 +145,30 @@ class GatedDeltaNet(nn.Module):
         o = self.o_norm(o) * F.silu(self.g_proj(x).view(B, T, H, D))
         y = self.o_proj(o.reshape(B, T, H * D))
         return y, (new_state if use_cache else None)
+
+    # ---- static decoding state (deltanet/layers/static.py) ----
+    def init_static_state(self, batch: int, max_len: int, device, dtype) -> dict:
+        H, D, W = self.num_heads, self.head_dim, self.config.conv_size
+        st = {"recurrent_state": torch.zeros(batch, H, D, D, device=device, dtype=torch.float32)}
+        for name in ("conv_q", "conv_k", "conv_v"):
+            st[name] = torch.zeros(batch, H * D, W - 1, device=device, dtype=dtype)
+        return st
+
+    load_static_state = staticmethod(copy_state)
+
+    def step(self, x: torch.Tensor, static: dict, pos: torch.Tensor) -> torch.Tensor:
+        """x (B, 1, C) -> (B, 1, C); the conv and gated delta-rule states in ``static`` are updated in place."""
+        B = x.shape[0]
+        H, D = self.num_heads, self.head_dim
+        xt = x[:, 0]  # (B, C)
+        q = self.q_conv.step(self.q_proj(xt), static["conv_q"])  # (B, H*D)
+        k = self.k_conv.step(self.k_proj(xt), static["conv_k"])
+        v = self.v_conv.step(self.v_proj(xt), static["conv_v"])
+        q = F.normalize(F.silu(q).view(B, H, D), p=2.0, dim=-1, eps=1e-6)  # (B, H, D)
+        k = F.normalize(F.silu(k).view(B, H, D), p=2.0, dim=-1, eps=1e-6)
+        v = F.silu(v).view(B, H, D)
+        beta = torch.sigmoid(self.b_proj(xt))  # (B, H)
+        g = -self.A_log.float().exp() * F.softplus(self.a_proj(xt).float() + self.dt_bias.float())  # (B, H)
+        o = recurrent_step(static["recurrent_state"], q, k, v, beta=beta, g=g)  # (B, H, D)
+        o = self.o_norm(o) * F.silu(self.g_proj(xt).view(B, H, D))
+        return self.o_proj(o.reshape(B, 1, H * D))
