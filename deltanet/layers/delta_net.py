@@ -26,7 +26,7 @@ from kernels.conv import conv_chunk_delta_rule, short_conv_multi
 
 from .conv import ShortConvolution
 from .norm import RMSNorm
-from .static import copy_state, recurrent_step
+from .static import copy_state, decode_step
 
 __all__ = ["DeltaNet", "delta_rule"]
 
@@ -182,16 +182,13 @@ class DeltaNet(nn.Module):
         H, D = self.num_heads, self.head_dim
         cfg = self.config
         xt = x[:, 0]  # (B, C)
-        q, k, v = self.q_proj(xt), self.k_proj(xt), self.v_proj(xt)  # (B, H*D)
-        if cfg.use_short_conv:
-            q = self.q_conv.step(q, static["conv_q"])
-            k = self.k_conv.step(k, static["conv_k"])
-            v = self.v_conv.step(v, static["conv_v"])
-        q = _normalize(_feature_map(q, cfg.qk_activation).view(B, H, D), cfg.qk_norm)  # (B, H, D)
-        k = _normalize(_feature_map(k, cfg.qk_activation).view(B, H, D), cfg.qk_norm)
-        v = F.silu(v).view(B, H, D)
-        beta = self._beta(xt[:, None], None)[:, 0]  # (B, H)
-        o = recurrent_step(static["recurrent_state"], q, k, v, beta=beta)[:, None]  # (B, 1, H, D)
+        q, k, v = self.q_proj(xt), self.k_proj(xt), self.v_proj(xt)  # (B, H*D), raw
+        beta = torch.sigmoid(self.b_proj(xt)) if self.b_proj is not None else None  # (B, H); None = 1
+        convs = (static["conv_q"], static["conv_k"], static["conv_v"]) if cfg.use_short_conv else None
+        weights = (self.q_conv.weight, self.k_conv.weight, self.v_conv.weight) if cfg.use_short_conv else None
+        o = decode_step(self.resolve_backend(x))(
+            static["recurrent_state"], q, k, v, beta=beta, conv_states=convs, conv_weights=weights,
+            qk_activation=cfg.qk_activation, qk_norm=cfg.qk_norm, v_activation="silu")[:, None]  # (B, 1, H, D)
         g = self.g_proj(x).view(B, 1, H, D) if self.g_proj is not None else None
         o = self.o_norm(o, gate=g, fused=cfg.use_fused(x.is_cuda))
         return self.o_proj(o.reshape(B, 1, H * D))

@@ -31,7 +31,7 @@ import kernels
 from ..config import DeltaNetConfig
 from .conv import ShortConvolution
 from .norm import RMSNorm
-from .static import copy_state, recurrent_step
+from .static import copy_state, decode_step
 
 __all__ = ["GatedDeltaNet", "gated_delta_rule"]
 
@@ -161,14 +161,12 @@ class GatedDeltaNet(nn.Module):
         B = x.shape[0]
         H, D = self.num_heads, self.head_dim
         xt = x[:, 0]  # (B, C)
-        q = self.q_conv.step(self.q_proj(xt), static["conv_q"])  # (B, H*D)
-        k = self.k_conv.step(self.k_proj(xt), static["conv_k"])
-        v = self.v_conv.step(self.v_proj(xt), static["conv_v"])
-        q = F.normalize(F.silu(q).view(B, H, D), p=2.0, dim=-1, eps=1e-6)  # (B, H, D)
-        k = F.normalize(F.silu(k).view(B, H, D), p=2.0, dim=-1, eps=1e-6)
-        v = F.silu(v).view(B, H, D)
         beta = torch.sigmoid(self.b_proj(xt))  # (B, H)
         g = -self.A_log.float().exp() * F.softplus(self.a_proj(xt).float() + self.dt_bias.float())  # (B, H)
-        o = recurrent_step(static["recurrent_state"], q, k, v, beta=beta, g=g)  # (B, H, D)
+        o = decode_step(self.resolve_backend(x))(
+            static["recurrent_state"], self.q_proj(xt), self.k_proj(xt), self.v_proj(xt), beta=beta, g=g,
+            conv_states=(static["conv_q"], static["conv_k"], static["conv_v"]),
+            conv_weights=(self.q_conv.weight, self.k_conv.weight, self.v_conv.weight),
+            qk_activation="silu", qk_norm="l2", v_activation="silu")  # (B, H, D)
         o = self.o_norm(o) * F.silu(self.g_proj(xt).view(B, H, D))
         return self.o_proj(o.reshape(B, 1, H * D))

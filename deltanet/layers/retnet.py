@@ -28,7 +28,7 @@ from ..config import DeltaNetConfig
 from .attention import RotaryEmbedding, apply_rotary
 from .conv import varlen_positions
 from .norm import RMSNorm
-from .static import copy_state, recurrent_step
+from .static import copy_state, decode_step
 
 __all__ = ["MultiScaleRetention", "retention"]
 
@@ -128,10 +128,10 @@ class MultiScaleRetention(nn.Module):
         H, D = self.num_heads, self.head_dim
         q = self.q_proj(x).view(B, 1, H, D)
         k = self.k_proj(x).view(B, 1, H, D)
-        v = self.v_proj(x).view(B, H, D)
+        v = self.v_proj(x[:, 0])  # (B, H*D)
         cos, sin = self.rotary(pos.view(1))
-        q, k = apply_rotary(q, cos, sin)[:, 0], apply_rotary(k, cos, sin)[:, 0]  # (B, H, D)
+        q, k = apply_rotary(q, cos, sin).view(B, H * D), apply_rotary(k, cos, sin).view(B, H * D)
         g = self.log_gamma.to(x.device)[None, :].expand(B, H)
-        o = recurrent_step(static["recurrent_state"], q, k, v, g=g)  # (B, H, D)
+        o = decode_step(self.resolve_backend(x))(static["recurrent_state"], q, k, v, g=g, delta=False)  # (B, H, D)
         o = self.o_norm(o) * F.silu(self.g_proj(x).view(B, H, D))
         return self.o_proj(o.reshape(B, 1, H * D))

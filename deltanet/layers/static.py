@@ -16,21 +16,21 @@ A mixer that supports the fast decoding path implements three methods:
 
 Recurrent layers keep their prefill state's keys, so :func:`copy_state` is their ``load_static_state``.
 
-Design of the recurrent single-token update (:func:`recurrent_step`): a few float32 PyTorch ops on the state
-[B, H, K, V] (batched mat-vecs and one rank-1 update) rather than the fused recurrent Triton kernel at T = 1.
-Inside a CUDA graph the launch cost of either is gone; what remains is moving the state, which both do once
-(read + write, 2 * 4 * H * K * V bytes per layer and row).  The PyTorch form updates the buffer in place (the kernel
-returns a new final state that would need one more copy), runs identically on CPU, where the tests check it
-against the full forward, and needs no kernel per family: a new family with a matrix-valued state writes its
-update rule here.
+Design of the recurrent single-token update (DeltaNet, Gated DeltaNet, retention): ``kernels.decode_step`` on the
+Triton backend, one kernel for the three short convs, the feature map, the per-head norm and the state update,
+writing the state and the conv caches in place; ``kernels.naive_decode_step`` (the same math in float32 PyTorch) on
+the torch backend, which the CPU tests hold to the full forward.  Not the fused recurrent kernels at T = 1: they
+take the conv'd, normalised q/k/v (some 25 small PyTorch kernels per layer before them) and return a new final
+state that would need one more copy.  Inside a CUDA graph a step of a 24-layer model is bound by the number of
+kernels (each costs a few microseconds however little it moves), not by bytes: the step reads the weights and
+states once, the fewest kernels possible around that.  A new family with a matrix-valued state uses the same
+kernel (its options: delta rule or plain update, decay, convs, feature maps) or adds its own update there.
 """
 from __future__ import annotations
 
-from typing import Optional
+import kernels
 
-import torch
-
-__all__ = ["copy_state", "recurrent_step"]
+__all__ = ["copy_state", "decode_step"]
 
 
 def copy_state(static: dict, state: dict) -> None:
@@ -44,26 +44,11 @@ def copy_state(static: dict, state: dict) -> None:
         buf.copy_(state[name])
 
 
-def recurrent_step(S: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                   beta: Optional[torch.Tensor] = None, g: Optional[torch.Tensor] = None,
-                   scale: Optional[float] = None) -> torch.Tensor:
-    """One token of a matrix-state recurrence, S updated in place (float32).
-
-    S: (B, H, K, V) float32; q, k: (B, H, K); v: (B, H, V); beta, g: (B, H) or None.  With a = exp(g) (1 without g):
-
-        delta rule (beta given):  S <- a S;  S <- S + beta k (v - S^T k)^T
-        linear / retention (no beta):  S <- a S + k v^T
-        o = scale S^T q,  scale = K^-0.5 by default.
-
-    Returns o (B, H, V) in v's dtype.
-    """
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    qf, kf, vf = q.float(), k.float(), v.float()
-    if g is not None:
-        S.mul_(g.float().exp()[..., None, None])
-    if beta is not None:
-        err = vf - torch.einsum("bhkv,bhk->bhv", S, kf)  # (B, H, V)
-        vf = beta.float()[..., None] * err
-    S.add_(kf[..., :, None] * vf[..., None, :])
-    o = torch.einsum("bhkv,bhk->bhv", S, qf) * scale
-    return o.to(v.dtype)
+def decode_step(backend: str):
+    """The recurrent step of ``kernels`` for a resolved backend ('triton' | 'torch'); same arguments and in-place
+    semantics either way."""
+    if backend == "triton":
+        return kernels.decode_step
+    if backend == "torch":
+        return kernels.naive_decode_step
+    raise ValueError(f"backend must be 'triton' or 'torch' here, got {backend!r}")

@@ -147,3 +147,20 @@ def test_bad_input_is_rejected_with_a_clear_error():
             StaticCache.allocate(model, 2, 5, 1, ids.device, torch.float32).load(model, cache, logits.argmax(-1), None)
     out = model.generate([[1, 2, 3], [4, 5, 6]], 0)  # equal rows as lists are fine; 0 new tokens = the prompt
     assert out.tolist() == [[1, 2, 3], [4, 5, 6]]
+
+
+@pytest.mark.parametrize("family", ["deltanet", "gated_deltanet", "retnet"])
+def test_static_step_on_the_triton_kernels_equals_full_forward(family, triton_runnable):
+    """The layers' Triton step kernel (kernels.decode_step; the interpreter on CPU) wired
+    into the model: the steps equal the full forward of the torch backend."""
+    torch.manual_seed(25)
+    model = DeltaNetForCausalLM(tiny(**FAMILY_CONFIGS[family], fused=False)).eval()
+    ids = torch.randint(0, 97, (2, 9))
+    with torch.no_grad():
+        full = model(ids).logits
+    model.config.backend = "triton"  # one config object: every layer switches
+    try:
+        got = static_logits(model, ids, 4)
+    finally:
+        model.config.backend = "torch"
+    assert rel_err(got, full[:, 4:]) < 1e-4
