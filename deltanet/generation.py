@@ -124,12 +124,15 @@ class StaticCache:
                    done=torch.zeros(batch, dtype=torch.bool, device=device))
 
     def load(self, model, cache, first: torch.Tensor, eos_token_id: Optional[int]) -> None:
-        """Fills the buffers from a prefill ``Cache`` and the first sampled token ``first`` (B,)."""
+        """Fills the buffers from a prefill ``Cache`` and the first sampled token ``first`` (B,).  Each layer's
+        prefill state is dropped from ``cache`` once copied, so the two copies of a KV cache coexist one layer at a
+        time."""
         if cache.seen_tokens >= self.max_len:
             raise ValueError(f"a prompt of {cache.seen_tokens} tokens leaves no room in a static cache sized for "
                              f"{self.max_len} positions")
-        for layer, static, state in zip(model.model.layers, self.layers, cache.layers):
-            layer.load_static_state(static, state)
+        for i, (layer, static) in enumerate(zip(model.model.layers, self.layers)):
+            layer.load_static_state(static, cache.layers[i])
+            cache.layers[i] = None
         self.prompt_len = cache.seen_tokens
         self.pos.fill_(cache.seen_tokens)
         self.tok.copy_(first[:, None])
