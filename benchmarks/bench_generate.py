@@ -20,7 +20,10 @@ new tokens positions and is read in full every step); bound tok/s = ``B * HBM / 
 measured / bound.  With ``--with-1p3b`` (default on) 1.3B DeltaNet at batch 1 is added at every prompt length.
 
 Robust for long sweeps: an out-of-memory cell is recorded as OOM and the sweep goes on; ``--max-seconds`` stops
-starting new cells after that many seconds (the rest recorded as skipped); results are written after every cell.
+starting new cells after that many seconds (the rest recorded as skipped); results are written after every cell,
+and ``--resume`` reruns only the cells not yet in ``--out`` (a cell whose process died is recorded as killed, not
+run again).  By estimate the default sweep takes some 15 minutes on
+an H200, mostly the batch-64 prefills: split it over commands with ``--max-seconds 500 --resume`` repeated.
 Outputs in ``--out``: ``bench_generate.md`` (table, command, GPU, versions), ``bench_generate.json``,
 ``bench_generate.png`` (decode tok/s against prompt length, one line per family and batch).
 """
@@ -77,7 +80,10 @@ def sync(device: str) -> None:
 def bench_cell(model, family: str, P: int, B: int, steps: int, device: str, hbm: float) -> dict:
     vocab = model.config.vocab_size
     ids = torch.randint(0, vocab, (B, P), device=device)
-    model.generate(ids, max_new_tokens=3, temperature=0.0)  # compile / autotune at this shape, capture once
+    # warm-up: Triton compilation, cuBLAS, one capture; FlexAttention (sliding window) compiles per length, the other
+    # kernels do not, so the others warm up on a short prompt (a 64K-token attention prefill is not paid twice)
+    warm = ids if model.config.attn_window is not None else ids[:, :min(P, 2048)]
+    model.generate(warm, max_new_tokens=3, temperature=0.0)
     sync(device)
     gc.collect()
     if device == "cuda":
@@ -164,6 +170,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
     ap.add_argument("--with-1p3b", action=argparse.BooleanOptionalAction, default=True,
                     help="add 1.3B deltanet at batch 1 at every prompt length")
     ap.add_argument("--max-seconds", type=float, default=None, help="start no new cell after this many seconds")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the cells already in --out's JSON (measured or OOM) and run only the others")
     ap.add_argument("--dry-run", action="store_true", help="tiny models on CPU, tiny prompts")
     args = ap.parse_args(argv)
     if min(args.prompts) < 1 or min(args.batch) < 1 or args.steps < 1:
@@ -183,6 +191,13 @@ def main(argv: Optional[list[str]] = None) -> dict:
             "steps": args.steps}
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
+    done: dict = {}
+    if args.resume and (args.out / "bench_generate.json").exists():
+        for r in json.loads((args.out / "bench_generate.json").read_text())["results"]:
+            if r["status"] == "started":  # the process died inside this cell (killed at a time limit, say)
+                r = {**r, "status": "killed (did not finish)"}
+            if r["status"] != "skipped (time)":
+                done[(r["family"], r["preset"], r["batch"], r["prompt"])] = r
 
     def write() -> None:  # after every cell, so a run cut short keeps what it measured
         (args.out / "bench_generate.json").write_text(json.dumps({"meta": meta, "results": rows}, indent=1))
@@ -198,10 +213,16 @@ def main(argv: Optional[list[str]] = None) -> dict:
     model, built = None, None
     for family, pre, B, P in cells:
         base = {"family": family, "preset": pre, "prompt": P, "batch": B}
+        if (family, pre, B, P) in done:
+            rows.append(done[family, pre, B, P])
+            continue
         if args.max_seconds is not None and time.time() - t_start > args.max_seconds:
             rows.append({**base, "status": "skipped (time)"})
             write()
             continue
+        rows.append({**base, "status": "started"})  # on disk while it runs: a resumed sweep skips a cell that died
+        write()
+        rows.pop()
         try:
             if built != (family, pre):
                 model = None

@@ -262,6 +262,9 @@ class GenerationMixin:
         use_graph = device.type == "cuda" and generator is None if cuda_graph is None else bool(cuda_graph)
         if use_graph and device.type != "cuda":
             raise ValueError(f"cuda_graph=True needs the model on a CUDA device, it is on {device}")
+        if use_graph and generator is not None:
+            raise ValueError("cuda_graph=True cannot replay a user generator: leave cuda_graph unset (the fast step "
+                             "then runs without a graph) or drop the generator (the graph uses the default one)")
         stats = GenerationStats(batch=B, prompt_tokens=T, cuda_graph=use_graph, fast=True)
         sc = StaticCache.allocate(self, B, max_len, max_new_tokens, device, self.lm_head.weight.dtype)
 

@@ -59,9 +59,10 @@ class ShortConvolution(nn.Module):
 
     def step(self, x: torch.Tensor, cache: torch.Tensor) -> torch.Tensor:
         """One decoding token, in place: x (B, D), cache (B, D, W - 1) a static buffer -> y (B, D).  The window of
-        the last W inputs is formed once, the output is its dot product with the taps, the cache becomes its tail."""
+        the last W inputs is formed once, the output is its dot product with the taps (in float32, as F.conv1d
+        accumulates), the cache becomes its tail."""
         window = torch.cat([cache, x.to(cache.dtype)[..., None]], dim=-1)  # (B, D, W)
-        y = (window * self.weight[:, 0, :].to(window.dtype)).sum(-1)
+        y = (window.float() * self.weight[:, 0, :].float()).sum(-1)
         cache.copy_(window[..., 1:])
         return y.to(x.dtype)
 

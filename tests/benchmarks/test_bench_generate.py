@@ -18,7 +18,7 @@ def _bench():
 
 def test_bench_generate_dry_run_writes_outputs(tmp_path):
     mod = _bench()
-    fams = ["deltanet", "deltanet_hybrid_swa", "transformer", "mamba"]
+    fams = ["deltanet", "deltanet_hybrid_swa", "transformer"]
     res = mod.main(["--dry-run", "--families", *fams, "--prompts", "40", "12", "--batch", "1", "2", "--steps", "3",
                     "--out", str(tmp_path)])
     rows = res["results"]
@@ -41,6 +41,15 @@ def test_bench_generate_time_box_skips_the_rest(tmp_path):
                          "--steps", "2", "--max-seconds", "0", "--out", str(tmp_path)])
     assert [r["status"] for r in res["results"]] == ["skipped (time)", "skipped (time)"]
     assert "skipped (time)" in (tmp_path / "bench_generate.md").read_text()
+    # --resume runs the skipped cells and keeps measured ones
+    bench = _bench()
+    res = bench.main(["--dry-run", "--families", "deltanet", "--prompts", "8", "--batch", "1", "--steps", "2",
+                      "--out", str(tmp_path)])
+    first = res["results"][0]
+    res = bench.main(["--dry-run", "--families", "deltanet", "retnet", "--prompts", "8", "--batch", "1", "--steps",
+                      "2", "--resume", "--out", str(tmp_path)])
+    assert res["results"][0] == first and res["results"][1]["family"] == "retnet"
+    assert res["results"][1]["status"] == "ok"
 
 
 def test_step_bytes_counts_weights_and_states():
