@@ -60,6 +60,8 @@ def build(family: str, preset: Optional[str], device: str) -> DeltaNetForCausalL
 def _buffers(d: dict):
     """(name, tensor) of a layer's static state, Mamba's two nested blocks flattened."""
     for name, v in d.items():
+        if name == "weights":  # derived copies of weights (deltanet/layers/static.py): counted as weights
+            continue
         yield from (_buffers(v) if isinstance(v, dict) else [(name, v)])
 
 

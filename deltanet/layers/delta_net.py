@@ -168,7 +168,10 @@ class DeltaNet(nn.Module):
     # ---- static decoding state (deltanet/layers/static.py) ----
     def init_static_state(self, batch: int, max_len: int, device, dtype) -> dict:
         H, D, W = self.num_heads, self.head_dim, self.config.conv_size
-        st = {"recurrent_state": torch.zeros(batch, H, D, D, device=device, dtype=torch.float32)}
+        w = [self.q_proj.weight, self.k_proj.weight, self.v_proj.weight] + (
+            [self.b_proj.weight] if self.b_proj is not None else [])
+        st = {"recurrent_state": torch.zeros(batch, H, D, D, device=device, dtype=torch.float32),
+              "weights": {"in": torch.cat(w).to(device)}}  # (3HD [+ H], C): q, k, v [, beta] in one product
         if self.config.use_short_conv:
             for name in ("conv_q", "conv_k", "conv_v"):
                 st[name] = torch.zeros(batch, H * D, W - 1, device=device, dtype=dtype)
@@ -182,8 +185,9 @@ class DeltaNet(nn.Module):
         H, D = self.num_heads, self.head_dim
         cfg = self.config
         xt = x[:, 0]  # (B, C)
-        q, k, v = self.q_proj(xt), self.k_proj(xt), self.v_proj(xt)  # (B, H*D), raw
-        beta = torch.sigmoid(self.b_proj(xt)) if self.b_proj is not None else None  # (B, H); None = 1
+        qkvb = F.linear(xt, static["weights"]["in"])  # (B, 3HD [+ H]), raw
+        q, k, v = qkvb[:, :H * D], qkvb[:, H * D:2 * H * D], qkvb[:, 2 * H * D:3 * H * D]  # strided views
+        beta = torch.sigmoid(qkvb[:, 3 * H * D:]) if self.b_proj is not None else None  # (B, H); None = 1
         convs = (static["conv_q"], static["conv_k"], static["conv_v"]) if cfg.use_short_conv else None
         weights = (self.q_conv.weight, self.k_conv.weight, self.v_conv.weight) if cfg.use_short_conv else None
         o = decode_step(self.resolve_backend(x))(

@@ -14,7 +14,10 @@ A mixer that supports the fast decoding path implements three methods:
         the position of this token; the step writes only into the buffers (``copy_`` / ``index_copy_``), never
         reads a Python-side length and never changes a shape, so it can be captured in a CUDA graph.
 
-Recurrent layers keep their prefill state's keys, so :func:`copy_state` is their ``load_static_state``.
+Recurrent layers keep their prefill state's keys, so :func:`copy_state` is their ``load_static_state``.  A layer
+may also keep derived constants under the key ``"weights"`` (a dict; not state, so not copied): DeltaNet and Gated
+DeltaNet keep their input projections concatenated there, one matrix-vector product per token instead of four or
+five (a copy of those weights for the length of one ``generate`` call: 6 MiB per 340M layer).
 
 Design of the recurrent single-token update (DeltaNet, Gated DeltaNet, retention): ``kernels.decode_step`` on the
 Triton backend, one kernel for the three short convs, the feature map, the per-head norm and the state update,
@@ -36,6 +39,8 @@ __all__ = ["copy_state", "decode_step"]
 def copy_state(static: dict, state: dict) -> None:
     """Copies every buffer of ``static`` from the same key of ``state`` (dtype cast by copy_)."""
     for name, buf in static.items():
+        if name == "weights":  # derived constants, not state
+            continue
         if name not in state or state[name] is None:
             raise ValueError(f"prefill state has no {name!r} (got keys {sorted(state)}): cannot fill the static cache")
         if tuple(state[name].shape) != tuple(buf.shape):

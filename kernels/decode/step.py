@@ -53,7 +53,7 @@ def _conv_step(x, cache, w, row, chan, m, W: tl.constexpr, BW: tl.constexpr):
 @triton.jit
 def decode_step_kernel(
     q, k, v, cq, ck, cv, wq, wk, wv, beta, g, state, o,
-    scale,
+    scale, s_q, s_k, s_v,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, W: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, BW: tl.constexpr,
     ACT_QK: tl.constexpr, NORM_QK: tl.constexpr, ACT_V: tl.constexpr,
@@ -65,9 +65,9 @@ def decode_step_kernel(
     o_k = tl.arange(0, BK)
     m_k = o_k < K
     c_k = i_h * K + o_k  # channels of this head in the H*K projection
-    r_k = i_b.to(tl.int64) * (H * K) + c_k  # their rows in (B, H*K) and in the (B*H*K, W-1) conv caches
-    b_q = tl.load(q + r_k, mask=m_k, other=0.).to(tl.float32)
-    b_k = tl.load(k + r_k, mask=m_k, other=0.).to(tl.float32)
+    r_k = i_b.to(tl.int64) * (H * K) + c_k  # their rows in the (B*H*K, W-1) conv caches
+    b_q = tl.load(q + i_b.to(tl.int64) * s_q + c_k, mask=m_k, other=0.).to(tl.float32)  # rows of stride s_q
+    b_k = tl.load(k + i_b.to(tl.int64) * s_k + c_k, mask=m_k, other=0.).to(tl.float32)
     if USE_CONV:
         b_q = _conv_step(b_q, cq, wq, r_k, c_k, m_k, W, BW)
         b_k = _conv_step(b_k, ck, wk, r_k, c_k, m_k, W, BW)
@@ -89,7 +89,7 @@ def decode_step_kernel(
         m_v = o_v < V
         c_v = i_h * V + o_v
         r_v = i_b.to(tl.int64) * (H * V) + c_v
-        b_v = tl.load(v + r_v, mask=m_v, other=0.).to(tl.float32)
+        b_v = tl.load(v + i_b.to(tl.int64) * s_v + c_v, mask=m_v, other=0.).to(tl.float32)
         if USE_CONV:
             b_v = _conv_step(b_v, cv, wv, r_v, c_v, m_v, W, BW)
         b_v = tl.where(m_v, _act(b_v, ACT_V), 0.)
@@ -118,7 +118,8 @@ def decode_step(
 
     Args:
         state: [B, H, K, V] float32, contiguous.
-        q, k: [B, H*K]; v: [B, H*V] (raw projections: before the convs), float16 / bfloat16 / float32.
+        q, k: [B, H*K]; v: [B, H*V] (raw projections: before the convs), float16 / bfloat16 / float32; rows may
+            be strided (column slices of one joint projection).
         beta: [B, H] writing strengths (already in (0, 1)) or None (1); only with ``delta``.
         g: [B, H] log decays (float32, <= 0) or None (no decay).
         delta: the delta rule S += beta k (v - S^T k)^T; False: S += k v^T.
@@ -164,14 +165,14 @@ def decode_step(
             if tuple(w.shape) != (ch, W):
                 raise ValueError(f"conv weight {name} must be ({ch}, {W}), got {tuple(w.shape)}")
     check_triton_runnable(state, q, k, v)
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))  # rows may be strided (slices)
     cq, ck, cv = conv_states if conv_states is not None else (None, None, None)
     wq, wk, wv = (w.contiguous() for w in conv_weights) if conv_weights is not None else (None, None, None)
     o = torch.empty(B, H, V, device=v.device, dtype=v.dtype)
     decode_step_kernel[(B, H)](
         q, k, v, cq, ck, cv, wq, wk, wv,
         beta.contiguous() if beta is not None else None, g.contiguous() if g is not None else None, state, o,
-        K ** -0.5 if scale is None else scale,
+        K ** -0.5 if scale is None else scale, q.stride(0), k.stride(0), v.stride(0),
         H=H, K=K, V=V, W=W, BK=triton.next_power_of_2(K), BV=min(BV, triton.next_power_of_2(V)),
         BW=triton.next_power_of_2(max(W - 1, 1)),
         ACT_QK=ACTIVATIONS.index(qk_activation), NORM_QK=NORMS.index(qk_norm), ACT_V=("identity", "silu").index(

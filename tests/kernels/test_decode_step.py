@@ -42,7 +42,8 @@ def test_decode_step_matches_float64_reference(case, B, H, K, V, W, dtype):
     convs_ref = [t.double().clone() for t in convs] if convs else None
     weights = [rnd(ch, 1, W) * 0.5 for ch in (H * K, H * K, H * V)] if c["conv"] else None
     for _ in range(3):  # tokens in a row
-        q, k, v = rnd(B, H * K).to(dtype), rnd(B, H * K).to(dtype), rnd(B, H * V).to(dtype)
+        qkv = rnd(B, 2 * H * K + H * V + 3).to(dtype)  # column slices of one projection: strided rows
+        q, k, v = qkv[:, :H * K], qkv[:, H * K:2 * H * K], qkv[:, 2 * H * K:2 * H * K + H * V]
         beta = torch.rand(B, H, generator=gen).to(dtype) if c["beta"] else None
         g = -torch.rand(B, H, generator=gen) if c["g"] else None
         kw = dict(delta=c["delta"], qk_activation=c["qk_activation"], qk_norm=c["qk_norm"],
