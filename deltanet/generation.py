@@ -210,7 +210,8 @@ class GenerationMixin:
         ``pad_token_id`` (optional) guards against forgetting the mask: rows that start with it need one.
         Stops early once every row has produced ``eos_token_id``; rows that finished earlier are filled with it.
 
-        fast: the static-state step (module docstring); False: the per-token forward with a growing cache.
+        fast: the static-state step (module docstring); False: the per-token forward with a growing cache (also
+            taken when a layer lacks the static protocol of deltanet/layers/static.py; ``stats.fast`` says which).
         cuda_graph: capture the fast step in a CUDA graph (default: on CUDA, without a user ``generator``).
         max_length: positions the static cache is sized for (default T + max_new_tokens); a larger request fails.
         streamer: called with each new column of tokens (B,) on the CPU as soon as it is sampled.
@@ -221,6 +222,8 @@ class GenerationMixin:
             return (input_ids, GenerationStats(batch=input_ids.shape[0], prompt_tokens=input_ids.shape[1],
                                                fast=fast)) if return_stats else input_ids
         _check_sampling(temperature, top_k, top_p)
+        if fast and not self._supports_static_state():
+            fast = False  # a mixer without the static protocol (deltanet/layers/static.py): the reference loop
         was_training = self.training
         self.eval()
         try:
@@ -230,6 +233,11 @@ class GenerationMixin:
         finally:
             self.train(was_training)
         return (out, stats) if return_stats else out
+
+    def _supports_static_state(self) -> bool:
+        mixers = [m for b in self.model.layers for m in (b.mixer, getattr(b, "mixer2", None)) if m is not None]
+        return all(callable(getattr(m, name, None)) for m in mixers
+                   for name in ("init_static_state", "load_static_state", "step"))
 
     # ---- timing helpers: CUDA events on CUDA (no sync inside the timed loop), perf_counter on CPU ----
     @staticmethod

@@ -164,3 +164,13 @@ def test_static_step_on_the_triton_kernels_equals_full_forward(family, triton_ru
     finally:
         model.config.backend = "torch"
     assert rel_err(got, full[:, 4:]) < 1e-4
+
+
+def test_a_mixer_without_the_static_protocol_falls_back_to_the_reference_loop():
+    torch.manual_seed(26)
+    model = DeltaNetForCausalLM(tiny(family="deltanet"))
+    prompt = torch.randint(0, 97, (1, 6))
+    ref = model.generate(prompt, 5, temperature=0.0, fast=False)
+    model.model.layers[1].mixer.step = None  # as a family that has not implemented it
+    out, stats = model.generate(prompt, 5, temperature=0.0, return_stats=True)
+    assert not stats.fast and torch.equal(out, ref)
