@@ -151,11 +151,12 @@ def test_bad_input_is_rejected_with_a_clear_error():
 
 @pytest.mark.parametrize("family", ["deltanet", "gated_deltanet", "retnet"])
 def test_static_step_on_the_triton_kernels_equals_full_forward(family, triton_runnable):
-    """The layers' Triton step kernel (kernels.decode_step; the interpreter on CPU) wired
+    """The layers' Triton step kernel (kernels.decode_step; interpreted on CPU, compiled on CUDA) wired
     into the model: the steps equal the full forward of the torch backend."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(25)
-    model = DeltaNetForCausalLM(tiny(**FAMILY_CONFIGS[family], fused=False)).eval()
-    ids = torch.randint(0, 97, (2, 9))
+    model = DeltaNetForCausalLM(tiny(**FAMILY_CONFIGS[family], fused=False)).to(device).eval()
+    ids = torch.randint(0, 97, (2, 9), device=device)
     with torch.no_grad():
         full = model(ids).logits
     model.config.backend = "triton"  # one config object: every layer switches

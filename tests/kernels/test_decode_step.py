@@ -10,9 +10,12 @@ import torch
 
 from kernels import decode_step, naive_decode_step
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
 
 def rel_err(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+    a, b = a.double().cpu(), b.double().cpu()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 CASES = {
@@ -31,35 +34,38 @@ CASES = {
 
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("B,H,K,V,W", [(2, 3, 16, 16, 4), (1, 2, 12, 20, 2)])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])  # no tl.dot: bf16 interprets
 def test_decode_step_matches_float64_reference(case, B, H, K, V, W, dtype):
     c = CASES[case]
     gen = torch.Generator().manual_seed(zlib.crc32(repr((case, B, H, K, V, W, dtype)).encode()))
     rnd = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
-    S = rnd(B, H, K, V) * 0.3
-    S_ref = S.double().clone()
-    convs = [(rnd(B, ch, W - 1)).to(dtype) for ch in (H * K, H * K, H * V)] if c["conv"] else None
-    convs_ref = [t.double().clone() for t in convs] if convs else None
+    S = (rnd(B, H, K, V) * 0.3).to(DEVICE)
+    S_ref = S.double().cpu()
+    convs = [(rnd(B, ch, W - 1)).to(DEVICE, dtype) for ch in (H * K, H * K, H * V)] if c["conv"] else None
+    convs_ref = [t.double().cpu() for t in convs] if convs else None
     weights = [rnd(ch, 1, W) * 0.5 for ch in (H * K, H * K, H * V)] if c["conv"] else None
     for _ in range(3):  # tokens in a row
         qkv = rnd(B, 2 * H * K + H * V + 3).to(dtype)  # column slices of one projection: strided rows
         q, k, v = qkv[:, :H * K], qkv[:, H * K:2 * H * K], qkv[:, 2 * H * K:2 * H * K + H * V]
         beta = torch.rand(B, H, generator=gen).to(dtype) if c["beta"] else None
         g = -torch.rand(B, H, generator=gen) if c["g"] else None
+        on = lambda t: t.to(DEVICE) if t is not None else None  # noqa: E731
         kw = dict(delta=c["delta"], qk_activation=c["qk_activation"], qk_norm=c["qk_norm"],
                   v_activation=c["v_activation"])
-        o = decode_step(S, q, k, v, beta=beta, g=g, conv_states=convs, conv_weights=weights, **kw)
+        o = decode_step(S, on(qkv)[:, :H * K], on(qkv)[:, H * K:2 * H * K], on(qkv)[:, 2 * H * K:2 * H * K + H * V],
+                        beta=on(beta), g=on(g), conv_states=convs,
+                        conv_weights=[w.to(DEVICE) for w in weights] if weights else None, **kw)
         o_ref = naive_decode_step(S_ref, q.double(), k.double(), v.double(),
                                   beta=beta.double() if beta is not None else None,
                                   g=g.double() if g is not None else None, conv_states=convs_ref,
                                   conv_weights=[w.double() for w in weights] if weights else None, **kw)
-        tol = 2e-3 if dtype == torch.float16 else 1e-5
+        tol = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}[dtype]
         assert o.dtype == dtype and o.shape == (B, H, V)
         assert rel_err(o, o_ref) < tol
         assert rel_err(S, S_ref) < tol
         if convs:
             for a, b in zip(convs, convs_ref):  # the caches hold raw inputs: exact
-                assert torch.equal(a.double(), b)
+                assert torch.equal(a.double().cpu(), b)
 
 
 def test_naive_decode_step_equals_the_recurrent_delta_rule():
@@ -78,15 +84,16 @@ def test_naive_decode_step_equals_the_recurrent_delta_rule():
 
 
 def test_decode_step_rejects_bad_input():
-    S = torch.zeros(1, 2, 4, 4)
-    q = torch.zeros(1, 8)
+    S = torch.zeros(1, 2, 4, 4, device=DEVICE)
+    q = torch.zeros(1, 8, device=DEVICE)
     with pytest.raises(ValueError, match="float32"):
         decode_step(S.half(), q, q, q)
     with pytest.raises(ValueError, match="k must be"):
-        decode_step(S, q, torch.zeros(1, 6), q)
+        decode_step(S, q, torch.zeros(1, 6, device=DEVICE), q)
     with pytest.raises(ValueError, match="qk_norm"):
         decode_step(S, q, q, q, qk_norm="l3")
     with pytest.raises(ValueError, match="conv state q"):
-        decode_step(S, q, q, q, conv_states=[torch.zeros(1, 8, 2)] * 3, conv_weights=[torch.zeros(8, 4)] * 3)
+        decode_step(S, q, q, q, conv_states=[torch.zeros(1, 8, 2, device=DEVICE)] * 3,
+                    conv_weights=[torch.zeros(8, 4, device=DEVICE)] * 3)
     with pytest.raises(ValueError, match="only used by the delta rule"):
-        decode_step(S, q, q, q, beta=torch.zeros(1, 2), delta=False)
+        decode_step(S, q, q, q, beta=torch.zeros(1, 2, device=DEVICE), delta=False)
