@@ -6,6 +6,7 @@
     python run.py task=train_fast experiment=mqar     # MQAR in the fast loop (lit_modules/fast_loop.py)
     python run.py task=prepare data=slimpajama_local data.source.root=/path/to/SlimPajama
     python run.py task=generate ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt prompt="The delta rule"
+    python run.py task=generate ckpt_path=... generation.stream=true      # print tokens as they come
     python run.py ckpt_path=logs/train/runs/<run>                     # resume a run from its directory alone
 
 A user error (bad config value, data file or checkpoint path) prints one paragraph and exits with status 1;
@@ -167,11 +168,26 @@ def generate(cfg: DictConfig) -> str:
     model = load_model(cfg.ckpt_path).to(device).eval()
     tokenizer = load_tokenizer(cfg.data.get("tokenizer"))
     ids = torch.tensor([[tokenizer.bos_id] + tokenizer.encode(cfg.prompt)], device=device)
-    out = model.generate(ids, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
-                         top_p=cfg.top_p, eos_token_id=tokenizer.eos_id)
+    gen = cfg.get("generation") or {}
+    streamer, shown = None, [tokenizer.decode(ids[0, 1:].tolist())]
+    if gen.get("stream", False):  # print the continuation as it comes (decoding the whole text: spaces stay right)
+        print(shown[0], end="", flush=True)
+        new_ids: list[int] = []
+
+        def streamer(col: torch.Tensor) -> None:
+            new_ids.append(int(col[0]))
+            text = tokenizer.decode(ids[0, 1:].tolist() + new_ids)
+            print(text[len(shown[0]):], end="", flush=True)
+            shown[0] = text
+    out, stats = model.generate(ids, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
+                                top_p=cfg.top_p, eos_token_id=tokenizer.eos_id, fast=gen.get("fast", True),
+                                cuda_graph=gen.get("cuda_graph", None), streamer=streamer, return_stats=True)
     # Decode prompt and continuation together: SentencePiece drops the leading space of a piece decoded on its own.
     text = tokenizer.decode(out[0, 1:].tolist())
-    print(text)
+    print() if streamer is not None else print(text)
+    print(f"prefill {stats.prefill_ms:.1f} ms ({stats.prompt_tokens} tokens), decode {stats.decode_tokens_per_s:.1f} "
+          f"tokens/s ({stats.new_tokens} new tokens, {'CUDA graph' if stats.cuda_graph else 'eager'}, "
+          f"{'static state' if stats.fast else 'reference loop'})")
     return text
 
 

@@ -3,15 +3,16 @@
 #
 #   bash benchmarks/run_gpu.sh DEST [part ...]
 #
-# Parts (default: all but tune, in this order):
+# Parts (default: all but tune and bench_generate, in this order):
 #   kernels        pytest -m gpu tests/kernels          (the kernels against float64 and against fla, when installed)
 #   models         pytest -m gpu tests/deltanet         (the models on the Triton path)
 #   bench_kernels  benchmarks/bench_delta_rule.py       (chunk kernel vs fla vs SDPA, table + JSON + PNG)
 #   bench_model    benchmarks/bench_model.py            (training step of each family, table + JSON + PNG)
 #   tune           benchmarks/bench_chunk_tuning.py     (launch-setting sweep; arguments in TUNE_ARGS)
+#   bench_generate benchmarks/bench_generate.py         (decode tok/s of each family against prompt length; GEN_ARGS)
 # Needs the project's dependencies and pytest; fla (flash-linear-attention) is optional, for the comparisons.
 # Env overrides: <PART>_S (seconds per part, e.g. KERNELS_S=300), KERNELS_ARGS (pytest selection), BENCH_ARGS
-# (extra bench_delta_rule.py arguments), TUNE_ARGS, TAIL_N (log lines shown at the end). A part that fails or runs
+# (extra bench_delta_rule.py arguments), TUNE_ARGS, GEN_ARGS, TAIL_N (log lines shown at the end). A part that fails or runs
 # out of time is logged and the next one still runs. With cold Triton caches the default parts take about 9 minutes.
 set -u
 if [ $# -lt 1 ]; then echo "usage: bash benchmarks/run_gpu.sh DEST [part ...]"; exit 2; fi
@@ -19,7 +20,7 @@ DEST=$(mkdir -p "$1" && cd "$1" && pwd); shift
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 
-declare -A BUDGET=([kernels]=${KERNELS_S:-360} [models]=${MODELS_S:-120} [bench_kernels]=${BENCH_KERNELS_S:-150} [bench_model]=${BENCH_MODEL_S:-240} [tune]=${TUNE_S:-300})
+declare -A BUDGET=([kernels]=${KERNELS_S:-360} [models]=${MODELS_S:-120} [bench_kernels]=${BENCH_KERNELS_S:-150} [bench_model]=${BENCH_MODEL_S:-240} [tune]=${TUNE_S:-300} [bench_generate]=${BENCH_GENERATE_S:-900})
 parts=("$@")
 [ ${#parts[@]} -eq 0 ] && parts=(kernels models bench_kernels bench_model)
 
@@ -39,7 +40,8 @@ for part in "${parts[@]}"; do
     bench_kernels) run_part bench_kernels python3 benchmarks/bench_delta_rule.py --out "$DEST" ${BENCH_ARGS:-} ;;
     bench_model)   run_part bench_model python3 benchmarks/bench_model.py --out "$DEST" ;;
     tune)          run_part tune python3 benchmarks/bench_chunk_tuning.py --out "$DEST" ${TUNE_ARGS:-} ;;
-    *) echo "unknown part: $part (kernels models bench_kernels bench_model tune)"; exit 2 ;;
+    bench_generate) run_part bench_generate python3 benchmarks/bench_generate.py --out "$DEST" --max-seconds 840 ${GEN_ARGS:-} ;;
+    *) echo "unknown part: $part (kernels models bench_kernels bench_model tune bench_generate)"; exit 2 ;;
   esac
 done
 for f in "$DEST"/*.log; do echo "== $f"; tail -n "${TAIL_N:-6}" "$f"; done

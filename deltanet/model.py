@@ -101,6 +101,29 @@ class Block(nn.Module):
         x = x + self.mlp(n, fused=fused)
         return x, new_state
 
+    # ---- static decoding state: each mixer's protocol (deltanet/layers/static.py), Mamba's two blocks as one ----
+    def init_static_state(self, batch: int, max_len: int, device, dtype) -> dict:
+        if self.is_mamba:
+            return {"mixer": self.mixer.init_static_state(batch, max_len, device, dtype),
+                    "mixer2": self.mixer2.init_static_state(batch, max_len, device, dtype)}
+        return self.mixer.init_static_state(batch, max_len, device, dtype)
+
+    def load_static_state(self, static: dict, state: dict) -> None:
+        if self.is_mamba:
+            self.mixer.load_static_state(static["mixer"], state["mixer"])
+            self.mixer2.load_static_state(static["mixer2"], state["mixer2"])
+        else:
+            self.mixer.load_static_state(static, state)
+
+    def step(self, x: torch.Tensor, static: dict, pos: torch.Tensor, fused: bool = False) -> torch.Tensor:
+        """One token, x (B, 1, C) -> (B, 1, C), the state buffers updated in place; the same math as forward."""
+        if self.is_mamba:
+            x = x + self.mixer.step(self.attn_norm(x), static["mixer"], pos)
+            return x + self.mixer2.step(self.mixer2_norm(x), static["mixer2"], pos)
+        h = self.mixer.step(self.attn_norm(x, fused=fused), static, pos)
+        n, x = self.mlp_norm(x, residual=h, fused=fused)
+        return x + self.mlp(n, fused=fused)
+
 
 class DeltaNetModel(nn.Module):
     def __init__(self, config: DeltaNetConfig):
@@ -124,6 +147,15 @@ class DeltaNetModel(nn.Module):
             if use_cache:
                 new_cache.layers.append(s)
         return self.norm(x, fused=fused), new_cache
+
+    def step(self, input_ids: torch.Tensor, static: list, pos: torch.Tensor) -> torch.Tensor:
+        """input_ids (B, 1) at position ``pos`` (0-dim long tensor) -> normed hidden states (B, 1, C); ``static``:
+        one dict of buffers per layer (Block.init_static_state), updated in place."""
+        x = self.embeddings(input_ids)
+        fused = self.config.use_fused(input_ids.is_cuda)
+        for layer, st in zip(self.layers, static):
+            x = layer.step(x, st, pos, fused=fused)
+        return self.norm(x, fused=fused)
 
 
 def left_padding(attention_mask: Optional[torch.Tensor], input_ids: torch.Tensor, cache: Optional[Cache] = None,

@@ -206,3 +206,52 @@ class Attention(nn.Module):
                 "pos": state["pos"].index_copy(0, slots, pos),
                 "pad": (state["pad"].index_fill(1, slots, False) if pad is None
                         else state["pad"].index_copy(1, slots, pad[:, -W:]))}
+
+    # ---- static decoding state (deltanet/layers/static.py) ----
+    def init_static_state(self, batch: int, max_len: int, device, dtype) -> dict:
+        """Global: keys/values for ``max_len`` positions (slot = position); sliding window: a ring of ``window``
+        slots (slot = position % window).  ``valid`` (B, slots) is True where a slot holds a real token."""
+        H, D = self.num_heads, self.head_dim
+        L = max_len if self.window is None else self.window
+        return {"k": torch.zeros(batch, H, L, D, device=device, dtype=dtype),
+                "v": torch.zeros(batch, H, L, D, device=device, dtype=dtype),
+                "valid": torch.zeros(batch, L, device=device, dtype=torch.bool)}
+
+    def load_static_state(self, static: dict, state: dict) -> None:
+        """From the prefill cache: the global buffer holds positions 0..len-1 in its first slots, the ring buffer has
+        the static ring's layout already; padding and empty slots (pos -1) become invalid."""
+        L = static["k"].shape[2]
+        if self.window is None:
+            n = state["len"]
+            if n > L:
+                raise ValueError(f"prompt of {n} tokens does not fit the static KV cache of {L} positions")
+            k, v, pos, pad = state["k"][:, :, :n], state["v"][:, :, :n], state["pos"][:n], state["pad"][:, :n]
+        else:
+            k, v, pos, pad = state["k"], state["v"], state["pos"], state["pad"]
+            n = L
+        static["k"][:, :, :n].copy_(k)
+        static["v"][:, :, :n].copy_(v)
+        static["valid"].zero_()
+        static["valid"][:, :n].copy_((pos >= 0)[None, :] & ~pad)
+
+    def step(self, x: torch.Tensor, static: dict, pos: torch.Tensor) -> torch.Tensor:
+        """x (B, 1, C) -> (B, 1, C): writes this token's key/value into its slot, then attends over all slots,
+        masked by ``valid`` (every valid slot of the ring lies inside the window: it holds one of the last W)."""
+        B = x.shape[0]
+        H, D, W = self.num_heads, self.head_dim, self.window
+        q = self.q_proj(x).view(B, 1, H, D)
+        k = self.k_proj(x).view(B, 1, H, D)
+        v = self.v_proj(x).view(B, 1, H, D)
+        cos, sin = self.rotary(pos.view(1))
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, 1, D)
+        slot = pos.view(1) if W is None else torch.remainder(pos, W).view(1)
+        kc, vc, valid = static["k"], static["v"], static["valid"]
+        kc.index_copy_(2, slot, k.to(kc.dtype))
+        vc.index_copy_(2, slot, v.to(vc.dtype))
+        valid.index_fill_(1, slot, True)
+        # (B, H, 1, L): one query against every slot, float32 softmax; invalid slots get -inf
+        scores = torch.matmul(q, kc.transpose(-1, -2).to(q.dtype)).float() * D ** -0.5
+        scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
+        o = torch.matmul(scores.softmax(-1).to(v.dtype), vc.to(v.dtype))  # (B, H, 1, D)
+        return self.o_proj(o.transpose(1, 2).reshape(B, 1, H * D))

@@ -57,6 +57,15 @@ class ShortConvolution(nn.Module):
         new_cache = xp[..., xp.shape[-1] - (W - 1):] if output_final_state else None
         return y.transpose(1, 2), new_cache
 
+    def step(self, x: torch.Tensor, cache: torch.Tensor) -> torch.Tensor:
+        """One decoding token, in place: x (B, D), cache (B, D, W - 1) a static buffer -> y (B, D).  The window of
+        the last W inputs is formed once, the output is its dot product with the taps (in float32, as F.conv1d
+        accumulates), the cache becomes its tail."""
+        window = torch.cat([cache, x.to(cache.dtype)[..., None]], dim=-1)  # (B, D, W)
+        y = (window.float() * self.weight[:, 0, :].float()).sum(-1)
+        cache.copy_(window[..., 1:])
+        return y.to(x.dtype)
+
     def fused(self, x: torch.Tensor, activation: str = "identity", norm_dim: Optional[int] = None,
               cu_seqlens: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Training path on CUDA: convolution, ``activation`` and (with ``norm_dim``) the per-head L2 norm in one

@@ -26,6 +26,7 @@ from kernels.conv import conv_chunk_delta_rule, short_conv_multi
 
 from .conv import ShortConvolution
 from .norm import RMSNorm
+from .static import copy_state, decode_step
 
 __all__ = ["DeltaNet", "delta_rule"]
 
@@ -163,3 +164,35 @@ class DeltaNet(nn.Module):
         o = self.o_norm(o, gate=g, fused=fused)  # RMSNorm(o) [* silu(g)], per head
         y = self.o_proj(o.reshape(B, T, H * D))
         return y, (new_state if use_cache else None)
+
+    # ---- static decoding state (deltanet/layers/static.py) ----
+    def init_static_state(self, batch: int, max_len: int, device, dtype) -> dict:
+        H, D, W = self.num_heads, self.head_dim, self.config.conv_size
+        w = [self.q_proj.weight, self.k_proj.weight, self.v_proj.weight] + (
+            [self.b_proj.weight] if self.b_proj is not None else [])
+        st = {"recurrent_state": torch.zeros(batch, H, D, D, device=device, dtype=torch.float32),
+              "weights": {"in": torch.cat(w).to(device)}}  # (3HD [+ H], C): q, k, v [, beta] in one product
+        if self.config.use_short_conv:
+            for name in ("conv_q", "conv_k", "conv_v"):
+                st[name] = torch.zeros(batch, H * D, W - 1, device=device, dtype=dtype)
+        return st
+
+    load_static_state = staticmethod(copy_state)
+
+    def step(self, x: torch.Tensor, static: dict, pos: torch.Tensor) -> torch.Tensor:
+        """x (B, 1, C) -> (B, 1, C); the conv and delta-rule states in ``static`` are updated in place."""
+        B = x.shape[0]
+        H, D = self.num_heads, self.head_dim
+        cfg = self.config
+        xt = x[:, 0]  # (B, C)
+        qkvb = F.linear(xt, static["weights"]["in"])  # (B, 3HD [+ H]), raw
+        q, k, v = qkvb[:, :H * D], qkvb[:, H * D:2 * H * D], qkvb[:, 2 * H * D:3 * H * D]  # strided views
+        beta = torch.sigmoid(qkvb[:, 3 * H * D:]) if self.b_proj is not None else None  # (B, H); None = 1
+        convs = (static["conv_q"], static["conv_k"], static["conv_v"]) if cfg.use_short_conv else None
+        weights = (self.q_conv.weight, self.k_conv.weight, self.v_conv.weight) if cfg.use_short_conv else None
+        o = decode_step(self.resolve_backend(x))(
+            static["recurrent_state"], q, k, v, beta=beta, conv_states=convs, conv_weights=weights,
+            qk_activation=cfg.qk_activation, qk_norm=cfg.qk_norm, v_activation="silu")[:, None]  # (B, 1, H, D)
+        g = self.g_proj(x).view(B, 1, H, D) if self.g_proj is not None else None
+        o = self.o_norm(o, gate=g, fused=cfg.use_fused(x.is_cuda))
+        return self.o_proj(o.reshape(B, 1, H * D))

@@ -28,6 +28,7 @@ import kernels
 
 from ..config import DeltaNetConfig
 from .conv import ShortConvolution
+from .static import copy_state
 
 __all__ = ["Mamba"]
 
@@ -135,3 +136,32 @@ class Mamba(nn.Module):
             y = torch.stack(ys, dim=1)
         out = self.out_proj(y)
         return out, ({"conv": conv_state, "ssm": h} if use_cache else None)
+
+    # ---- static decoding state (deltanet/layers/static.py) ----
+    def init_static_state(self, batch: int, max_len: int, device, dtype) -> dict:
+        E, N, W = self.d_inner, self.d_state, self.config.conv_size
+        return {"conv": torch.zeros(batch, E, W - 1, device=device, dtype=dtype),
+                "ssm": torch.zeros(batch, E, N, device=device, dtype=torch.float32)}
+
+    load_static_state = staticmethod(copy_state)
+
+    def step(self, u: torch.Tensor, static: dict, pos: torch.Tensor) -> torch.Tensor:
+        """u (B, 1, C) -> (B, 1, C); the conv and SSM states in ``static`` are updated in place (on the Triton
+        backend by kernels.selective_scan_step, which writes the state itself)."""
+        R, N = self.dt_rank, self.d_state
+        x, z = self.in_proj(u[:, 0]).chunk(2, dim=-1)  # (B, E) each
+        x = self.conv1d.step(x, static["conv"])
+        x = F.silu(x + self.conv_bias.to(x.dtype))
+        dt, B, C = self.x_proj(x).split([R, N, N], dim=-1)
+        A = -torch.exp(self.A_log.float())  # (E, N)
+        dtype = x.dtype
+        if self.resolve_backend(u) == "triton":
+            dt = F.linear(dt, self.dt_proj.weight)  # raw; the kernel adds the bias and applies softplus
+            y = kernels.selective_scan_step(static["ssm"], x, dt.to(dtype), A, B.to(dtype), C.to(dtype), self.D,
+                                            z.to(dtype), dt_bias=self.dt_proj.bias.float(), dt_softplus=True)
+        else:
+            dt = F.softplus(self.dt_proj(dt))
+            y, h = kernels.naive_selective_scan_step(static["ssm"], x, dt.to(dtype), A, B.to(dtype), C.to(dtype),
+                                                     self.D, z.to(dtype))
+            static["ssm"].copy_(h)
+        return self.out_proj(y)[:, None]

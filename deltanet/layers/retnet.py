@@ -28,6 +28,7 @@ from ..config import DeltaNetConfig
 from .attention import RotaryEmbedding, apply_rotary
 from .conv import varlen_positions
 from .norm import RMSNorm
+from .static import copy_state, decode_step
 
 __all__ = ["MultiScaleRetention", "retention"]
 
@@ -113,3 +114,24 @@ class MultiScaleRetention(nn.Module):
         o = self.o_norm(o) * F.silu(self.g_proj(x).view(B, T, H, D))
         y = self.o_proj(o.reshape(B, T, H * D))
         return y, ({"recurrent_state": s} if use_cache else None)
+
+    # ---- static decoding state (deltanet/layers/static.py) ----
+    def init_static_state(self, batch: int, max_len: int, device, dtype) -> dict:
+        H, D = self.num_heads, self.head_dim
+        return {"recurrent_state": torch.zeros(batch, H, D, D, device=device, dtype=torch.float32)}
+
+    load_static_state = staticmethod(copy_state)
+
+    def step(self, x: torch.Tensor, static: dict, pos: torch.Tensor) -> torch.Tensor:
+        """x (B, 1, C) -> (B, 1, C); the retention state in ``static`` is updated in place; RoPE at ``pos``."""
+        B = x.shape[0]
+        H, D = self.num_heads, self.head_dim
+        q = self.q_proj(x).view(B, 1, H, D)
+        k = self.k_proj(x).view(B, 1, H, D)
+        v = self.v_proj(x[:, 0])  # (B, H*D)
+        cos, sin = self.rotary(pos.view(1))
+        q, k = apply_rotary(q, cos, sin).view(B, H * D), apply_rotary(k, cos, sin).view(B, H * D)
+        g = self.log_gamma.to(x.device)[None, :].expand(B, H)
+        o = decode_step(self.resolve_backend(x))(static["recurrent_state"], q, k, v, g=g, delta=False)  # (B, H, D)
+        o = self.o_norm(o) * F.silu(self.g_proj(x).view(B, H, D))
+        return self.o_proj(o.reshape(B, 1, H * D))

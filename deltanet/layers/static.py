@@ -1,0 +1,59 @@
+"""The static decoding-state protocol shared by every token mixer (deltanet/generation.py drives it).
+
+A mixer that supports the fast decoding path implements three methods:
+
+    init_static_state(batch, max_len, device, dtype) -> dict[str, Tensor]
+        Preallocates every buffer one sequence row needs for decoding up to ``max_len`` tokens in all (prompt +
+        new tokens): conv states in ``dtype``, recurrent states in float32, attention keys/values.  Sizes never
+        change afterwards, so a CUDA graph can hold their addresses.
+    load_static_state(static, state) -> None
+        Copies the state dict that ``forward(..., use_cache=True)`` returned after the prefill into the buffers
+        (overwriting everything a later ``step`` reads).
+    step(x, static, pos) -> y
+        One token for every row: x (B, 1, C) -> y (B, 1, C).  ``pos`` is a 0-dim long tensor on x's device holding
+        the position of this token; the step writes only into the buffers (``copy_`` / ``index_copy_``), never
+        reads a Python-side length and never changes a shape, so it can be captured in a CUDA graph.
+
+Recurrent layers keep their prefill state's keys, so :func:`copy_state` is their ``load_static_state``.  A layer
+may also keep derived constants under the key ``"weights"`` (a dict; not state, so not copied): DeltaNet and Gated
+DeltaNet keep their input projections concatenated there, one matrix-vector product per token instead of four or
+five (a copy of those weights for the length of one ``generate`` call: 6 MiB per 340M layer).
+
+Design of the recurrent single-token update (DeltaNet, Gated DeltaNet, retention): ``kernels.decode_step`` on the
+Triton backend, one kernel for the three short convs, the feature map, the per-head norm and the state update,
+writing the state and the conv caches in place; ``kernels.naive_decode_step`` (the same math in float32 PyTorch) on
+the torch backend, which the CPU tests hold to the full forward.  Not the fused recurrent kernels at T = 1: they
+take the conv'd, normalised q/k/v (some 25 small PyTorch kernels per layer before them) and return a new final
+state that would need one more copy.  Inside a CUDA graph a step of a 24-layer model is bound by the number of
+kernels (each costs a few microseconds however little it moves), not by bytes: the step reads the weights and
+states once, the fewest kernels possible around that.  A new family with a matrix-valued state uses the same
+kernel (its options: delta rule or plain update, decay, convs, feature maps) or adds its own update there.
+"""
+from __future__ import annotations
+
+import kernels
+
+__all__ = ["copy_state", "decode_step"]
+
+
+def copy_state(static: dict, state: dict) -> None:
+    """Copies every buffer of ``static`` from the same key of ``state`` (dtype cast by copy_)."""
+    for name, buf in static.items():
+        if name == "weights":  # derived constants, not state
+            continue
+        if name not in state or state[name] is None:
+            raise ValueError(f"prefill state has no {name!r} (got keys {sorted(state)}): cannot fill the static cache")
+        if tuple(state[name].shape) != tuple(buf.shape):
+            raise ValueError(f"prefill state {name!r} has shape {tuple(state[name].shape)}, the static buffer "
+                             f"{tuple(buf.shape)}")
+        buf.copy_(state[name])
+
+
+def decode_step(backend: str):
+    """The recurrent step of ``kernels`` for a resolved backend ('triton' | 'torch'); same arguments and in-place
+    semantics either way."""
+    if backend == "triton":
+        return kernels.decode_step
+    if backend == "torch":
+        return kernels.naive_decode_step
+    raise ValueError(f"backend must be 'triton' or 'torch' here, got {backend!r}")

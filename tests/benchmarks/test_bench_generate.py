@@ -1,0 +1,62 @@
+"""bench_generate.py runs end to end in its CPU dry-run mode: a row per (family, batch, prompt), positive speeds and
+bounds, the time box records skipped cells, and the table, JSON and plot are written."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_generate", ROOT / "benchmarks" / "bench_generate.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bench_generate_dry_run_writes_outputs(tmp_path):
+    mod = _bench()
+    fams = ["deltanet", "deltanet_hybrid_swa", "transformer"]
+    res = mod.main(["--dry-run", "--families", *fams, "--prompts", "40", "12", "--batch", "1", "2", "--steps", "3",
+                    "--out", str(tmp_path)])
+    rows = res["results"]
+    assert [(r["family"], r["batch"], r["prompt"]) for r in rows] == [
+        (f, b, p) for f in fams for b in (1, 2) for p in (12, 40)]
+    assert all(r["status"] == "ok" and r["decode_tok_s"] > 0 and r["prefill_ms"] > 0 and 0 < r["bound_tok_s"]
+               for r in rows)
+    # the bound grows with the batch (weights read once for all rows) and, for global attention, falls with length
+    t = {(r["family"], r["batch"], r["prompt"]): r["bound_tok_s"] for r in rows}
+    assert t["deltanet", 2, 12] > t["deltanet", 1, 12] and t["deltanet", 1, 12] == t["deltanet", 1, 40]
+    assert t["transformer", 1, 40] < t["transformer", 1, 12]
+    assert json.loads((tmp_path / "bench_generate.json").read_text())["results"] == rows
+    md = (tmp_path / "bench_generate.md").read_text()
+    assert "| deltanet | None | 2 | 40 |" in md and "Command: `python benchmarks/bench_generate.py --dry-run" in md
+    assert (tmp_path / "bench_generate.png").stat().st_size > 0
+
+
+def test_bench_generate_time_box_skips_the_rest(tmp_path):
+    res = _bench().main(["--dry-run", "--families", "deltanet", "retnet", "--prompts", "8", "--batch", "1",
+                         "--steps", "2", "--max-seconds", "0", "--out", str(tmp_path)])
+    assert [r["status"] for r in res["results"]] == ["skipped (time)", "skipped (time)"]
+    assert "skipped (time)" in (tmp_path / "bench_generate.md").read_text()
+    # --resume runs the skipped cells and keeps measured ones
+    bench = _bench()
+    res = bench.main(["--dry-run", "--families", "deltanet", "--prompts", "8", "--batch", "1", "--steps", "2",
+                      "--out", str(tmp_path)])
+    first = res["results"][0]
+    res = bench.main(["--dry-run", "--families", "deltanet", "retnet", "--prompts", "8", "--batch", "1", "--steps",
+                      "2", "--resume", "--out", str(tmp_path)])
+    assert res["results"][0] == first and res["results"][1]["family"] == "retnet"
+    assert res["results"][1]["status"] == "ok"
+
+
+def test_step_bytes_counts_weights_and_states():
+    mod = _bench()
+    model = mod.build("deltanet", None, "cpu")
+    c = model.config
+    w = sum(p.numel() * 4 for n, p in model.named_parameters() if "embeddings" not in n)  # float32 in the dry run
+    conv = 3 * c.num_heads * c.head_dim * (c.conv_size - 1) * 4
+    rec = c.num_heads * c.head_dim * c.head_dim * 4 * 2  # read and written
+    assert mod.step_bytes(model, 10, 1, 5) == w + c.num_layers * (conv + rec)

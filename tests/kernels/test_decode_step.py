@@ -1,0 +1,99 @@
+"""kernels.decode_step (Triton, run under TRITON_INTERPRET=1 on CPU) against naive_decode_step in float64: several
+tokens in a row (the conv caches shift), every option (delta rule with or without beta, decay, plain linear; convs,
+feature maps, norms), head sizes that are not powers of two, and in-place updates of state and caches."""
+from __future__ import annotations
+
+import zlib
+
+import pytest
+import torch
+
+from kernels import decode_step, naive_decode_step
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def rel_err(a, b):
+    a, b = a.double().cpu(), b.double().cpu()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+CASES = {
+    "deltanet": dict(delta=True, beta=True, g=False, conv=True, qk_activation="silu", qk_norm="l2", v_activation="silu"),
+    "gated_deltanet": dict(delta=True, beta=True, g=True, conv=True, qk_activation="silu", qk_norm="l2",
+                           v_activation="silu"),
+    "retention": dict(delta=False, beta=False, g=True, conv=False, qk_activation="identity", qk_norm=None,
+                      v_activation="identity"),
+    "relu_l1_no_beta": dict(delta=True, beta=False, g=False, conv=True, qk_activation="relu", qk_norm="l1",
+                            v_activation="silu"),
+    "elu_l1": dict(delta=True, beta=True, g=False, conv=True, qk_activation="elu", qk_norm="l1", v_activation="silu"),
+    "identity_l2_no_conv": dict(delta=True, beta=True, g=False, conv=False, qk_activation="identity", qk_norm="l2",
+                                v_activation="identity"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("B,H,K,V,W", [(2, 3, 16, 16, 4), (1, 2, 12, 20, 2)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])  # no tl.dot: bf16 interprets
+def test_decode_step_matches_float64_reference(case, B, H, K, V, W, dtype):
+    c = CASES[case]
+    gen = torch.Generator().manual_seed(zlib.crc32(repr((case, B, H, K, V, W, dtype)).encode()))
+    rnd = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
+    S = (rnd(B, H, K, V) * 0.3).to(DEVICE)
+    S_ref = S.double().cpu()
+    convs = [(rnd(B, ch, W - 1)).to(DEVICE, dtype) for ch in (H * K, H * K, H * V)] if c["conv"] else None
+    convs_ref = [t.double().cpu() for t in convs] if convs else None
+    weights = [rnd(ch, 1, W) * 0.5 for ch in (H * K, H * K, H * V)] if c["conv"] else None
+    for _ in range(3):  # tokens in a row
+        qkv = rnd(B, 2 * H * K + H * V + 3).to(dtype)  # column slices of one projection: strided rows
+        q, k, v = qkv[:, :H * K], qkv[:, H * K:2 * H * K], qkv[:, 2 * H * K:2 * H * K + H * V]
+        beta = torch.rand(B, H, generator=gen).to(dtype) if c["beta"] else None
+        g = -torch.rand(B, H, generator=gen) if c["g"] else None
+        on = lambda t: t.to(DEVICE) if t is not None else None  # noqa: E731
+        kw = dict(delta=c["delta"], qk_activation=c["qk_activation"], qk_norm=c["qk_norm"],
+                  v_activation=c["v_activation"])
+        o = decode_step(S, on(qkv)[:, :H * K], on(qkv)[:, H * K:2 * H * K], on(qkv)[:, 2 * H * K:2 * H * K + H * V],
+                        beta=on(beta), g=on(g), conv_states=convs,
+                        conv_weights=[w.to(DEVICE) for w in weights] if weights else None, **kw)
+        o_ref = naive_decode_step(S_ref, q.double(), k.double(), v.double(),
+                                  beta=beta.double() if beta is not None else None,
+                                  g=g.double() if g is not None else None, conv_states=convs_ref,
+                                  conv_weights=[w.double() for w in weights] if weights else None, **kw)
+        tol = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}[dtype]
+        assert o.dtype == dtype and o.shape == (B, H, V)
+        assert rel_err(o, o_ref) < tol
+        assert rel_err(S, S_ref) < tol
+        if convs:
+            for a, b in zip(convs, convs_ref):  # the caches hold raw inputs: exact
+                assert torch.equal(a.double().cpu(), b)
+
+
+def test_naive_decode_step_equals_the_recurrent_delta_rule():
+    """The reference itself: one step of naive_decode_step == one token of kernels.naive_recurrent_delta_rule."""
+    from kernels import naive_recurrent_delta_rule
+    torch.manual_seed(0)
+    B, H, K = 2, 2, 8
+    q, k, v = (torch.randn(B, 1, H, K, dtype=torch.float64) for _ in range(3))
+    k = torch.nn.functional.normalize(k, dim=-1)
+    beta = torch.rand(B, 1, H, dtype=torch.float64)
+    S0 = torch.randn(B, H, K, K, dtype=torch.float64)
+    o_ref, S_ref = naive_recurrent_delta_rule(q, k, v, beta, initial_state=S0, output_final_state=True)
+    S = S0.clone()
+    o = naive_decode_step(S, q.reshape(B, -1), k.reshape(B, -1), v.reshape(B, -1), beta=beta[:, 0])
+    assert rel_err(o, o_ref[:, 0]) < 1e-12 and rel_err(S, S_ref) < 1e-12
+
+
+def test_decode_step_rejects_bad_input():
+    S = torch.zeros(1, 2, 4, 4, device=DEVICE)
+    q = torch.zeros(1, 8, device=DEVICE)
+    with pytest.raises(ValueError, match="float32"):
+        decode_step(S.half(), q, q, q)
+    with pytest.raises(ValueError, match="k must be"):
+        decode_step(S, q, torch.zeros(1, 6, device=DEVICE), q)
+    with pytest.raises(ValueError, match="qk_norm"):
+        decode_step(S, q, q, q, qk_norm="l3")
+    with pytest.raises(ValueError, match="conv state q"):
+        decode_step(S, q, q, q, conv_states=[torch.zeros(1, 8, 2, device=DEVICE)] * 3,
+                    conv_weights=[torch.zeros(8, 4, device=DEVICE)] * 3)
+    with pytest.raises(ValueError, match="only used by the delta rule"):
+        decode_step(S, q, q, q, beta=torch.zeros(1, 2, device=DEVICE), delta=False)
