@@ -32,7 +32,6 @@ import triton
 import triton.language as tl
 
 from .launch import ChunkMeta, block_grid, launch, tile_sizes
-from .segments import plan_segments, segmented_bwd_dhu, segmented_fwd_h
 from .tiles import block_ids, chunk_coords, decay_tril, load_row, load_tile, seq_coords, store_tile
 
 __all__ = ["bwd_dhu", "bwd_dhu_kernel", "bwd_dv_local", "bwd_dv_local_kernel", "fwd_h", "fwd_h_kernel"]
@@ -343,17 +342,7 @@ def fwd_h(m: ChunkMeta, k: torch.Tensor, w: torch.Tensor, u: torch.Tensor, initi
     Returns:
         (h [NT, H, K, V] the state before every chunk, v_new [B, T, H, V] = V', in k's dtype;
         final state [N, H, K, V] float32 or None).
-
-    Long sequences with few heads walk by segments (``segments.py``; ``ChunkSettings.walk_segment``), except
-    GLA's per-channel walks.
     """
-    plan = plan_segments(m, k.device) if gk is None else None  # GLA's per-channel walks run whole
-    if plan is not None:
-        return segmented_fwd_h(plan, m, _fwd_h_walk, k, w, u, initial_state, output_final_state, g)
-    return _fwd_h_walk(m, k, w, u, initial_state, output_final_state, g, gk)
-
-
-def _fwd_h_walk(m: ChunkMeta, k, w, u, initial_state, output_final_state: bool, g=None, gk=None):
     h = k.new_empty(m.NT, m.H, m.K, m.V)
     v_new = torch.empty_like(u) if w is not None else u  # without W (no delta rule), V' = U
     ht = k.new_empty(m.N, m.H, m.K, m.V, dtype=torch.float32) if output_final_state else None
@@ -409,16 +398,7 @@ def bwd_dhu(m: ChunkMeta, q: torch.Tensor, k: torch.Tensor, w: torch.Tensor, do:
     Returns:
         (dv_new [B, T, H, V] = dV', dh [NT, H, K, V] the gradient of the state after every chunk, in q's dtype;
         dh0 [N, H, K, V] float32 or None).
-
-    Long sequences with few heads walk by segments, as in :func:`fwd_h`.
     """
-    plan = plan_segments(m, q.device) if gk is None and dv_local is None else None
-    if plan is not None:
-        return segmented_bwd_dhu(plan, m, _bwd_dhu_walk, q, k, w, do, dht, scale, need_dh0, g)
-    return _bwd_dhu_walk(m, q, k, w, do, dht, scale, need_dh0, g, gk, dv_local)
-
-
-def _bwd_dhu_walk(m: ChunkMeta, q, k, w, do, dht, scale: float, need_dh0: bool, g=None, gk=None, dv_local=None):
     inline_dv = m.BKs >= m.K and dv_local is None
     if dv_local is None and not inline_dv:
         dv_local = bwd_dv_local(m, q, k, do, scale, g)

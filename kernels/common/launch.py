@@ -154,8 +154,6 @@ class ChunkSettings:
             V > 128.
         seq_bv: V block of the two state walks, a power of two in [16, 256] capped at the padded V; None: 32 for
             K <= 128, 64 above.
-        walk_segment: chunks per segment of the segmented state walks (``segments.py``): None (auto: only when
-            the walk has fewer programs than two per SM), 0 (never), or n >= 1 (every sequence longer than n chunks).
         keep_states: whether the backward reuses the forward's chunk states h and V' instead of recomputing them:
             True, False or "auto" (only for K > 128).
         fold_blocks: whether a chunk-parallel kernel with several V (fwd_o, bwd_dv_local) or K (bwd_dqkw) blocks
@@ -175,7 +173,6 @@ class ChunkSettings:
     bwd_dqkw: KernelSettings = KernelSettings()
     wy_bwd: KernelSettings = KernelSettings()
     seq_bv: Optional[int] = None
-    walk_segment: Optional[int] = None
     keep_states: Union[bool, str] = "auto"
     fold_blocks: Union[bool, str] = "auto"
     fp32_prec: str = "tf32x3"
@@ -202,9 +199,6 @@ class ChunkSettings:
         s = self.seq_bv
         if s is not None and (not isinstance(s, int) or isinstance(s, bool) or s < 16 or s > 256 or s & (s - 1)):
             raise ValueError(f"ChunkSettings.seq_bv must be None or a power of two in [16, 256], got {s!r}")
-        ws = self.walk_segment
-        if ws is not None and (not isinstance(ws, int) or isinstance(ws, bool) or ws < 0):
-            raise ValueError(f"ChunkSettings.walk_segment must be None or an int >= 0, got {ws!r}")
         for name in ("keep_states", "fold_blocks"):
             if getattr(self, name) not in _AUTO or not isinstance(getattr(self, name), (bool, str)):
                 raise ValueError(f"ChunkSettings.{name} must be True, False or 'auto', got {getattr(self, name)!r}")
@@ -299,8 +293,7 @@ class ChunkMeta:
     """
 
     def __init__(self, q: torch.Tensor, v: torch.Tensor, cu_seqlens: Optional[torch.Tensor], chunk_size: int,
-                 settings: Optional[ChunkSettings] = None,
-                 chunks: Optional[Tuple[torch.Tensor, torch.Tensor]] = None):
+                 settings: Optional[ChunkSettings] = None):
         self.settings = _active if settings is None else settings
         self.B, self.T, self.H, self.K = q.shape
         self.V = v.shape[-1]
@@ -308,9 +301,8 @@ class ChunkMeta:
         self.is_varlen = cu_seqlens is not None
         if self.is_varlen:
             self.N = cu_seqlens.numel() - 1
-            # chunks: (chunk_indices, chunk_offsets) of these cu_seqlens made before (no host sync)
-            self.chunk_indices, self.chunk_offsets = chunks if chunks is not None else (
-                prepare_chunk_indices(cu_seqlens, chunk_size), prepare_chunk_offsets(cu_seqlens, chunk_size))
+            self.chunk_indices = prepare_chunk_indices(cu_seqlens, chunk_size)
+            self.chunk_offsets = prepare_chunk_offsets(cu_seqlens, chunk_size)
             self.NT = self.chunk_indices.shape[0]
         else:
             self.N = self.B

@@ -206,43 +206,6 @@ def test_varlen_equals_separate_calls():
         torch.testing.assert_close(s[n:n + 1], s_n, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("case", ["dense", "varlen", "wide_keys"])
-def test_segmented_walks_match_float64(case):
-    """The state walks by segments (kernels/common/segments.py), forced at 1-2 chunks per segment: dense rows with
-    a partial last segment, packed sequences with an empty one and unequal segment counts, and K = 256 (four state
-    row blocks, dv_local as its own kernel, kept states)."""
-    if case == "dense":
-        with chunk_settings(walk_segment=2):
-            check(seed=41, B=2, T=70, H=2, K=32, V=16, chunk_size=16)
-    elif case == "varlen":
-        with chunk_settings(walk_segment=1):
-            check(seed=42, B=1, T=75, H=2, K=16, V=32, chunk_size=16, cu_seqlens=torch.tensor([0, 9, 9, 60, 75]))
-    else:
-        with chunk_settings(walk_segment=1):
-            check(seed=43, B=1, T=40, H=1, K=256, V=16, chunk_size=16)
-
-
-def test_segment_plan():
-    """Auto segments only a walk with fewer programs than two per SM, into segments of >= MIN_AUTO_CHUNKS chunks."""
-    from kernels.common.launch import ChunkMeta, ChunkSettings
-    from kernels.common.segments import MIN_AUTO_CHUNKS, plan_segments
-
-    def meta(B, T, H, D, **kw):
-        x = torch.empty(B, T, H, D)
-        return ChunkMeta(x, x, None, 64, ChunkSettings(**kw))
-
-    cpu = torch.device("cpu")  # counted as 132 SMs
-    assert plan_segments(meta(8, 2048, 16, 128), cpu) is None  # 8 * 16 * 4 = 512 programs
-    plan = plan_segments(meta(1, 16384, 8, 128), cpu)  # 32 programs, 256 chunks
-    assert plan is not None and plan.uniform and plan.count == [9] and plan.S == 9
-    assert plan.seg_cu[-1].item() == 16384 and plan.seg_cu[1].item() == 29 * 64
-    assert plan_segments(meta(1, 64 * MIN_AUTO_CHUNKS, 1, 16), cpu) is None  # too short to cut
-    assert plan_segments(meta(1, 16384, 8, 128, walk_segment=0), cpu) is None
-    assert plan_segments(meta(2, 640, 1, 16, walk_segment=4), cpu).count == [3, 3]
-    with pytest.raises(ValueError, match="walk_segment"):
-        ChunkSettings(walk_segment=-1)
-
-
 def test_cpu_path_is_the_triton_interpreter():
     """On CPU the chunk kernels are Triton-interpreted functions: nothing falls back to PyTorch silently."""
     if DEVICE != "cpu":
@@ -290,17 +253,6 @@ def test_gpu_wide_heads_varlen_match_float64(dtype, tol_o, tol_g):
 @pytest.mark.parametrize("dtype,tol_o,tol_g", [(torch.float32, 2e-4, 5e-4), (torch.float16, 4e-3, 8e-3)])
 def test_gpu_float32_float16_match_float64(dtype, tol_o, tol_g):
     check(seed=11, B=2, T=333, H=2, K=128, V=100, chunk_size=64, dtype=dtype, tol_o=tol_o, tol_g=tol_g)
-
-
-@pytest.mark.gpu
-def test_gpu_segmented_long_sequence_matches_float64():
-    """One long row with few heads takes the segmented walks by default (8 programs per walk)."""
-    from kernels.common.launch import ChunkMeta, current_chunk_settings
-    from kernels.common.segments import plan_segments
-
-    x = torch.empty(1, 4096, 2, 128)
-    assert plan_segments(ChunkMeta(x, x, None, 64, current_chunk_settings()), torch.device("cuda")) is not None
-    check(seed=12, B=1, T=4096, H=2, K=128, V=128, chunk_size=64, dtype=torch.bfloat16, tol_o=1e-2, tol_g=2e-2)
 
 
 @pytest.mark.gpu

@@ -127,13 +127,6 @@ def test_varlen_packed_sequences():
     check(seed=23, B=1, T=60, H=2, K=32, V=16, chunk_size=16, cu_seqlens=cu)
 
 
-def test_segmented_walks_varlen():
-    """The decayed walks by segments (kernels/common/segments.py): the decay is part of each segment's map."""
-    cu = torch.tensor([0, 5, 5, 37, 60], dtype=torch.int32)
-    with chunk_settings(walk_segment=1):
-        check(seed=24, B=1, T=60, H=2, K=32, V=16, chunk_size=16, cu_seqlens=cu)
-
-
 def test_wide_keys_varlen_kept_and_recomputed_states():
     """K > 128: four 64-row state blocks, the separate dv_local kernel, folded grids and (by default) kept states;
     then the same with the states recomputed in the backward."""

@@ -95,12 +95,6 @@ def test_wide_keys_kept_and_recomputed_states():
         check(seed=309, B=1, T=50, H=1, K=160, V=40, chunk_size=16, cu_seqlens=cu)
 
 
-def test_segmented_walks():
-    """The scalar-decay walks by segments (kernels/common/segments.py), a partial last segment per row."""
-    with chunk_settings(walk_segment=2):
-        check(seed=19, B=2, T=70, H=2, K=16, V=32, chunk_size=16)
-
-
 def test_float16():
     check(seed=311, B=1, T=45, H=2, K=32, V=16, chunk_size=16, dtype=torch.float16, tol_o=4e-3, tol_g=8e-3)
 
