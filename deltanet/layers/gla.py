@@ -12,7 +12,8 @@ S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T,  o_t = K^-0.5 S_t^T q_t.
     y    = W_o o
 
 The paper's settings: expand_k 0.5, expand_v 1, gate low-rank dimension 16, gate logit normaliser 16 (so a decay
-exp(g) stays close to 1 at initialisation).  Decoding state: the GLA state [B, H, K, V] float32 in the model's Cache.
+exp(g) stays close to 1 at initialisation).  Decoding state: the GLA state [B, H, K, V] float32 in the model's Cache;
+the static decoding step (deltanet/layers/static.py) updates it in place with a few float32 PyTorch ops.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import kernels
 
 from ..config import DeltaNetConfig
 from .norm import RMSNorm
+from .static import copy_state
 
 __all__ = ["GatedLinearAttention", "gla"]
 
@@ -108,3 +110,26 @@ class GatedLinearAttention(nn.Module):
         o = self.o_norm(o) * F.silu(self.g_proj(x).view(B, T, H, D))
         y = self.o_proj(o.reshape(B, T, H * D))
         return y, ({"recurrent_state": s} if use_cache else None)
+
+    # --- static decoding state (deltanet/layers/static.py) ---
+
+    def init_static_state(self, batch: int, max_len: int, device, dtype) -> dict:
+        return {"recurrent_state": torch.zeros(batch, self.num_heads, self.key_dim, self.head_dim, device=device,
+                                               dtype=torch.float32)}
+
+    load_static_state = staticmethod(copy_state)
+
+    def step(self, x: torch.Tensor, static: dict, pos: torch.Tensor) -> torch.Tensor:
+        """x (B, 1, C) -> (B, 1, C); S <- diag(exp(g)) S + k v^T in place (float32), o = K^-0.5 S^T q."""
+        B = x.shape[0]
+        H, D, DK = self.num_heads, self.head_dim, self.key_dim
+        x1 = x[:, 0]
+        q = self.q_proj(x1).view(B, H, DK).float()
+        k = self.k_proj(x1).view(B, H, DK).float()
+        v = self.v_proj(x1).view(B, H, D).float()
+        g = (F.logsigmoid(self.gk_proj(x1).float()) / GATE_LOGIT_NORMALIZER).view(B, H, DK)
+        S = static["recurrent_state"]
+        S.mul_(g.exp()[..., None]).add_(k[..., None] * v[..., None, :])
+        o = (torch.einsum("bhkv,bhk->bhv", S, q) * DK ** -0.5).to(x.dtype)
+        o = self.o_norm(o) * F.silu(self.g_proj(x1).view(B, H, D))
+        return self.o_proj(o.reshape(B, 1, H * D))

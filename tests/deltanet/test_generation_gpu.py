@@ -19,6 +19,7 @@ FAMILY_CONFIGS = {
     "gated_deltanet": dict(family="gated_deltanet"),
     "gated_deltanet_hybrid_swa": dict(family="gated_deltanet_hybrid_swa", attn_window=48),
     "retnet": dict(family="retnet"),
+    "gla": dict(family="gla"),
 }
 
 
