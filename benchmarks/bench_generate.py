@@ -195,11 +195,17 @@ def main(argv: Optional[list[str]] = None) -> dict:
     rows: list[dict] = []
     done: dict = {}
     if args.resume and (args.out / "bench_generate.json").exists():
-        for r in json.loads((args.out / "bench_generate.json").read_text())["results"]:
+        prev = json.loads((args.out / "bench_generate.json").read_text())
+        meta["command"] = prev["meta"]["command"] + " && " + meta["command"]  # every command behind the table
+        wanted = {(f, p, b, P) for f, p, b, P in cells}
+        for r in prev["results"]:
             if r["status"] == "started":  # the process died inside this cell (killed at a time limit, say)
                 r = {**r, "status": "killed (did not finish)"}
-            if r["status"] != "skipped (time)":
-                done[(r["family"], r["preset"], r["batch"], r["prompt"])] = r
+            key = (r["family"], r["preset"], r["batch"], r["prompt"])
+            if key not in wanted:
+                rows.append(r)  # a cell of an earlier command that this one does not list stays in the table
+            elif r["status"] != "skipped (time)":
+                done[key] = r
 
     def write() -> None:  # after every cell, so a run cut short keeps what it measured
         (args.out / "bench_generate.json").write_text(json.dumps({"meta": meta, "results": rows}, indent=1))
