@@ -29,6 +29,8 @@ from torch import nn
 import kernels
 
 from ..config import DeltaNetConfig
+from kernels.conv import short_conv_multi
+
 from .conv import ShortConvolution
 from .norm import RMSNorm
 from .static import copy_state, decode_step
@@ -120,12 +122,20 @@ class GatedDeltaNet(nn.Module):
         if pad is not None:  # padding enters the convolutions as zeros ...
             x = x.masked_fill(pad[..., None], 0.0)
         new_state: dict = {}
-        q, new_state["conv_q"] = self.q_conv(self.q_proj(x), state.get("conv_q"), use_cache, cu_seqlens)
-        k, new_state["conv_k"] = self.k_conv(self.k_proj(x), state.get("conv_k"), use_cache, cu_seqlens)
-        v, new_state["conv_v"] = self.v_conv(self.v_proj(x), state.get("conv_v"), use_cache, cu_seqlens)
-        q = F.normalize(F.silu(q).view(B, T, H, D), p=2.0, dim=-1, eps=1e-6)  # (B, T, H, D)
-        k = F.normalize(F.silu(k).view(B, T, H, D), p=2.0, dim=-1, eps=1e-6)
-        v = F.silu(v).view(B, T, H, D)
+        fused = self.config.use_fused(x.is_cuda)
+        if fused and not use_cache and "conv_q" not in state:
+            # as DeltaNet's fused glue: one matmul for q, k, v, then conv + SiLU (+ per-head L2 norm for q, k) in one
+            # Triton kernel per part (kernels/conv), the same numbers as the plain lines below
+            qkv = F.linear(x, torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight]))
+            convs = ([self.q_conv.weight, self.k_conv.weight, self.v_conv.weight], ["silu"] * 3, [D, D, None])
+            q, k, v = (t.view(B, T, H, D) for t in short_conv_multi(qkv, *convs, cu_seqlens))
+        else:
+            q, new_state["conv_q"] = self.q_conv(self.q_proj(x), state.get("conv_q"), use_cache, cu_seqlens)
+            k, new_state["conv_k"] = self.k_conv(self.k_proj(x), state.get("conv_k"), use_cache, cu_seqlens)
+            v, new_state["conv_v"] = self.v_conv(self.v_proj(x), state.get("conv_v"), use_cache, cu_seqlens)
+            q = F.normalize(F.silu(q).view(B, T, H, D), p=2.0, dim=-1, eps=1e-6)  # (B, T, H, D)
+            k = F.normalize(F.silu(k).view(B, T, H, D), p=2.0, dim=-1, eps=1e-6)
+            v = F.silu(v).view(B, T, H, D)
         beta = torch.sigmoid(self.b_proj(x))  # (B, T, H)
         g = -self.A_log.float().exp() * F.softplus(self.a_proj(x).float() + self.dt_bias.float())  # (B, T, H) fp32
         if pad is not None:  # ... and leave the state as it is (beta = 0 and a = exp(0) = 1: S_t = S_{t-1})
@@ -142,7 +152,7 @@ class GatedDeltaNet(nn.Module):
             initial_state=state.get("recurrent_state"), output_final_state=use_cache, cu_seqlens=cu_seqlens,
         )  # (B, T, H, D), (B, H, D, D) fp32
         new_state["recurrent_state"] = s
-        o = self.o_norm(o) * F.silu(self.g_proj(x).view(B, T, H, D))
+        o = self.o_norm(o, gate=self.g_proj(x).view(B, T, H, D), fused=fused)  # RMSNorm(o) * silu(gate), per head
         y = self.o_proj(o.reshape(B, T, H * D))
         return y, (new_state if use_cache else None)
 

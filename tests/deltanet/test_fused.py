@@ -92,11 +92,13 @@ FUSED_CASES = {
     "elu_l1": dict(family="deltanet", qk_activation="elu", qk_norm="l1"),  # the plain qk path inside a fused model
     "hybrid_swa": dict(family="deltanet_hybrid_swa", attn_window=8),
     "transformer": dict(family="transformer"),
+    "gated_deltanet": dict(family="gated_deltanet"),
 }
 
 
 @pytest.mark.parametrize("case, varlen", [(c, False) for c in sorted(FUSED_CASES)] + [("deltanet", True),
-                                                                                     ("gate", True)])
+                                                                                     ("gate", True),
+                                                                                     ("gated_deltanet", True)])
 def test_model_fused_equals_plain(case, varlen):
     """Loss, logits and every parameter gradient of the fused model equal the plain model's (same weights)."""
     torch.manual_seed(4)
