@@ -50,6 +50,11 @@ def test_bench_generate_time_box_skips_the_rest(tmp_path):
                       "2", "--resume", "--out", str(tmp_path)])
     assert res["results"][0] == first and res["results"][1]["family"] == "retnet"
     assert res["results"][1]["status"] == "ok"
+    # a resumed command that lists other cells keeps the earlier ones and names both commands
+    res = bench.main(["--dry-run", "--families", "transformer", "--prompts", "8", "--batch", "1", "--steps", "2",
+                      "--resume", "--out", str(tmp_path)])
+    assert [r["family"] for r in res["results"]] == ["deltanet", "retnet", "transformer"]
+    assert res["results"][0] == first and res["meta"]["command"].count("bench_generate.py") == 3
 
 
 def test_step_bytes_counts_weights_and_states():
