@@ -101,8 +101,7 @@ class GatedDeltaNet(nn.Module):
         self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
 
     def resolve_backend(self, x: torch.Tensor) -> str:
-        b = self.config.backend
-        return ("triton" if x.is_cuda else "torch") if b == "auto" else b
+        return self.config.resolve_backend(x.is_cuda)
 
     def forward(
         self,

@@ -75,8 +75,7 @@ class GatedLinearAttention(nn.Module):
         self.o_proj = nn.Linear(H * D, C, bias=False)
 
     def resolve_backend(self, x: torch.Tensor) -> str:
-        b = self.config.backend
-        return ("triton" if x.is_cuda else "torch") if b == "auto" else b
+        return self.config.resolve_backend(x.is_cuda)
 
     def forward(
         self,

@@ -68,8 +68,7 @@ class Mamba(nn.Module):
         self.D.fill_(1.0)
 
     def resolve_backend(self, x: torch.Tensor) -> str:
-        b = self.config.backend
-        return ("triton" if x.is_cuda else "torch") if b == "auto" else b
+        return self.config.resolve_backend(x.is_cuda)
 
     def forward(
         self,

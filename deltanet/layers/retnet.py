@@ -71,8 +71,7 @@ class MultiScaleRetention(nn.Module):
         self.register_buffer("log_gamma", log_gamma, persistent=False)  # (H,), fixed
 
     def resolve_backend(self, x: torch.Tensor) -> str:
-        b = self.config.backend
-        return ("triton" if x.is_cuda else "torch") if b == "auto" else b
+        return self.config.resolve_backend(x.is_cuda)
 
     def forward(
         self,
