@@ -32,6 +32,9 @@ __all__ = ["DeltaNet", "delta_rule"]
 
 # Inputs at most this long run through the recurrent kernel outside training (decoding, short prompts).
 RECURRENT_MAX_LEN = 64
+# The fused projection's width (q, k, v and beta's H logits) is padded with zero weight rows to a multiple of this, so
+# that the conv kernels' row stride is divisible by 16 and their loads vectorise ("Aligned rows", kernels/README.md).
+ROW_ALIGN = 16
 
 
 def delta_rule(
@@ -133,7 +136,9 @@ class DeltaNet(nn.Module):
             joint = mode == "chunk" and cfg.recompute_conv  # the backward recomputes q, k, v from the projection
             beta_in = joint and self.b_proj is not None and pad is None  # sigmoid inside the joint function
             w = [self.q_proj.weight, self.k_proj.weight, self.v_proj.weight] + ([self.b_proj.weight] if beta_in else [])
-            qkv = F.linear(x, torch.cat(w))  # (B, T, 3HD [+ H])
+            if beta_in and ROW_ALIGN > 1 and H % ROW_ALIGN:  # zero rows: a row width the conv kernels load in vectors
+                w.append(self.q_proj.weight.new_zeros(ROW_ALIGN - H % ROW_ALIGN, x.shape[-1]))
+            qkv = F.linear(x, torch.cat(w))  # (B, T, 3HD [+ H + padding])
             beta = None if beta_in else self._beta(x, pad).to(qkv.dtype)
             convs = ([self.q_conv.weight, self.k_conv.weight, self.v_conv.weight],
                      [cfg.qk_activation, cfg.qk_activation, "silu"], [D, D, None])
@@ -169,9 +174,10 @@ class DeltaNet(nn.Module):
     def init_static_state(self, batch: int, max_len: int, device, dtype) -> dict:
         H, D, W = self.num_heads, self.head_dim, self.config.conv_size
         w = [self.q_proj.weight, self.k_proj.weight, self.v_proj.weight] + (
-            [self.b_proj.weight] if self.b_proj is not None else [])
+            [self.b_proj.weight] if self.b_proj is not None else []) + (
+            [self.g_proj.weight] if self.g_proj is not None else [])
         st = {"recurrent_state": torch.zeros(batch, H, D, D, device=device, dtype=torch.float32),
-              "weights": {"in": torch.cat(w).to(device)}}  # (3HD [+ H], C): q, k, v [, beta] in one product
+              "weights": {"in": torch.cat(w).to(device)}}  # (3HD [+ H] [+ HD], C): q, k, v [, beta] [, gate]
         if self.config.use_short_conv:
             for name in ("conv_q", "conv_k", "conv_v"):
                 st[name] = torch.zeros(batch, H * D, W - 1, device=device, dtype=dtype)
@@ -185,14 +191,16 @@ class DeltaNet(nn.Module):
         H, D = self.num_heads, self.head_dim
         cfg = self.config
         xt = x[:, 0]  # (B, C)
-        qkvb = F.linear(xt, static["weights"]["in"])  # (B, 3HD [+ H]), raw
-        q, k, v = qkvb[:, :H * D], qkvb[:, H * D:2 * H * D], qkvb[:, 2 * H * D:3 * H * D]  # strided views
-        beta = torch.sigmoid(qkvb[:, 3 * H * D:]) if self.b_proj is not None else None  # (B, H); None = 1
+        n = H * D
+        proj = F.linear(xt, static["weights"]["in"])  # (B, 3HD [+ H] [+ HD]): q, k, v [, beta logits] [, gate], raw
+        q, k, v = proj[:, :n], proj[:, n:2 * n], proj[:, 2 * n:3 * n]  # strided views
+        c = 3 * n + (H if self.b_proj is not None else 0)
+        beta = proj[:, 3 * n:c] if self.b_proj is not None else None  # (B, H) logits; None = 1
         convs = (static["conv_q"], static["conv_k"], static["conv_v"]) if cfg.use_short_conv else None
         weights = (self.q_conv.weight, self.k_conv.weight, self.v_conv.weight) if cfg.use_short_conv else None
         o = decode_step(self.resolve_backend(x))(
-            static["recurrent_state"], q, k, v, beta=beta, conv_states=convs, conv_weights=weights,
+            static["recurrent_state"], q, k, v, beta=beta, beta_logits=True, conv_states=convs, conv_weights=weights,
             qk_activation=cfg.qk_activation, qk_norm=cfg.qk_norm, v_activation="silu")[:, None]  # (B, 1, H, D)
-        g = self.g_proj(x).view(B, 1, H, D) if self.g_proj is not None else None
+        g = proj[:, c:c + n].reshape(B, 1, H, D) if self.g_proj is not None else None
         o = self.o_norm(o, gate=g, fused=cfg.use_fused(x.is_cuda))
         return self.o_proj(o.reshape(B, 1, H * D))

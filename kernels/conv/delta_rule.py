@@ -38,8 +38,9 @@ class ConvChunkDeltaRuleFunction(torch.autograd.Function):
         ws = [wt.reshape(wt.shape[0], -1).contiguous() for wt in weights]
         q, k, v = (t.view(B, T, H, -1) for t in _convs(qkv, ws, acts, norm_dims, pos))
         ctx.beta_in_qkv = beta is None
-        if beta is None:  # the last H columns of qkv are beta's logits
-            beta = torch.sigmoid(qkv[..., -H:]).contiguous()
+        d_conv = sum(w.shape[0] for w in ws)
+        if beta is None:  # the H columns after the conv channels are beta's logits
+            beta = torch.sigmoid(qkv[..., d_conv:d_conv + H]).contiguous()
         o, _, A, h, v_new = chunk_delta_rule_fwd(q, k, v, beta, scale, None, False, cu_seqlens, chunk_size, settings)
         if not settings.keeps_states(q.shape[-1]):
             h = v_new = None
@@ -53,8 +54,9 @@ class ConvChunkDeltaRuleFunction(torch.autograd.Function):
         acts, norm_dims, H, scale, chunk_size, settings, shapes = ctx.meta
         B, T, _ = qkv.shape
         q, k, v = (t.view(B, T, H, -1) for t in _convs(qkv, ws, acts, norm_dims, pos))  # recomputed
+        d_conv = sum(w.shape[0] for w in ws)
         if ctx.beta_in_qkv:
-            beta = torch.sigmoid(qkv[..., -H:]).contiguous()
+            beta = torch.sigmoid(qkv[..., d_conv:d_conv + H]).contiguous()
         dq, dk, dv, dbeta, _ = chunk_delta_rule_bwd(q, k, v, beta, A, scale, None, do.contiguous(), None,
                                                     cu_seqlens, chunk_size, settings, h, v_new)
         dqkv = torch.empty_like(qkv)
@@ -66,7 +68,8 @@ class ConvChunkDeltaRuleFunction(torch.autograd.Function):
             c0 += D
         if ctx.beta_in_qkv:
             bf = beta.float()
-            dqkv[..., -H:] = dbeta.float() * bf * (1 - bf)
+            dqkv[..., d_conv:d_conv + H] = dbeta.float() * bf * (1 - bf)
+            dqkv[..., d_conv + H:] = 0  # alignment padding
             dbeta = None
         return (dqkv, dbeta, None, None, None, None, None, None, None, None, *dws)
 
@@ -85,8 +88,10 @@ def conv_chunk_delta_rule(
     """``chunk_delta_rule(*short_conv_multi(qkv, weights, activations, norm_dims), beta)`` keeping no conv output.
 
     Args:
-        qkv: (B, T, H K + H K + H V [+ H]) the fused q/k/v projection, bfloat16, float16 or float32; with
-            ``beta=None`` its last H columns are beta's logits (beta = sigmoid of them, computed inside).
+        qkv: (B, T, H K + H K + H V [+ H + P]) the fused q/k/v projection, bfloat16, float16 or float32; with
+            ``beta=None`` the H columns after the conv channels are beta's logits (beta = sigmoid of them, computed
+            inside), and any P columns after them are padding, ignored (zero gradient): a row of a width divisible
+            by 16 lets the conv kernels use vectorised loads ("Aligned rows" in kernels/README.md).
         beta: (B, T, H) in qkv's dtype, or None (see qkv).
         weights: the three conv weights, (H K, W) / (H K, W) / (H V, W) (or (D, 1, W)).
         activations, norm_dims: per part, as in :func:`kernels.conv.short_conv_multi` (the model: q, k
@@ -102,8 +107,12 @@ def conv_chunk_delta_rule(
         raise ValueError(f"conv_chunk_delta_rule: three conv weights (q, k, v), got {len(weights)}")
     if qkv.dim() != 3:
         raise ValueError(f"conv_chunk_delta_rule: qkv must be (B, T, D), got shape {tuple(qkv.shape)}")
-    B, T, _ = qkv.shape
-    x = qkv if beta is not None else qkv[..., :qkv.shape[-1] - num_heads]  # the conv channels
+    B, T, width = qkv.shape
+    d_conv = sum(w.shape[0] for w in weights)
+    if beta is None and width < d_conv + num_heads:
+        raise ValueError(f"conv_chunk_delta_rule: with beta=None qkv needs the {d_conv} conv channels and H={num_heads} "
+                         f"beta logits, got width {width}")
+    x = qkv if beta is not None else qkv[..., :d_conv]  # the conv channels
     pos = _validate(x, weights, activations, norm_dims, cu_seqlens)
     beta_like = beta if beta is not None else qkv.new_empty(()).expand(B, T, num_heads)
     Dq, Dk, Dv = (w.shape[0] for w in weights)

@@ -66,6 +66,27 @@ def test_conv_chunk_delta_rule_beta_logits_in_qkv():
     assert rel_err(x1.grad[..., 3 * H * K:], x2.grad[..., 3 * H * K:]) < 5e-4  # the beta columns alone
 
 
+def test_conv_chunk_delta_rule_padding_columns_are_ignored():
+    """beta=None with padding columns after beta's logits (the layer pads the row to a multiple of 16): the same
+    output and gradients as without them, and a zero gradient on the padding."""
+    g = torch.Generator().manual_seed(4)
+    B, T, H, K, P = 1, 21, 2, 16, 6
+    qkvb = torch.randn(B, T, 3 * H * K + H, generator=g).to(DEVICE)
+    ws = [(torch.randn(H * K, 4, generator=g) * 0.5).to(DEVICE) for _ in range(3)]
+    do = torch.randn(B, T, H, K, generator=g).to(DEVICE)
+    acts, nds = ["silu", "silu", "silu"], [K, K, None]
+    x1 = qkvb.clone().requires_grad_()
+    o1 = conv_chunk_delta_rule(x1, None, ws, acts, nds, H, chunk_size=16)
+    o1.backward(do)
+    x2 = torch.cat([qkvb, torch.randn(B, T, P, generator=g).to(DEVICE)], -1).requires_grad_()
+    o2 = conv_chunk_delta_rule(x2, None, ws, acts, nds, H, chunk_size=16)
+    o2.backward(do)
+    assert torch.equal(o1, o2) and torch.equal(x1.grad, x2.grad[..., :-P])
+    assert torch.equal(x2.grad[..., -P:], torch.zeros_like(x2.grad[..., -P:]))
+    with pytest.raises(ValueError, match="beta logits"):
+        conv_chunk_delta_rule(qkvb[..., :3 * H * K + 1], None, ws, acts, nds, H, chunk_size=16)
+
+
 def test_conv_chunk_delta_rule_bad_input():
     qkv = torch.randn(1, 8, 96, device=DEVICE)
     ws = [torch.randn(32, 4, device=DEVICE) for _ in range(3)]
