@@ -158,9 +158,10 @@ class GatedDeltaNet(nn.Module):
     # ---- static decoding state (deltanet/layers/static.py) ----
     def init_static_state(self, batch: int, max_len: int, device, dtype) -> dict:
         H, D, W = self.num_heads, self.head_dim, self.config.conv_size
-        w = [self.q_proj.weight, self.k_proj.weight, self.v_proj.weight, self.a_proj.weight, self.b_proj.weight]
+        w = [self.q_proj.weight, self.k_proj.weight, self.v_proj.weight, self.a_proj.weight, self.b_proj.weight,
+             self.g_proj.weight]
         st = {"recurrent_state": torch.zeros(batch, H, D, D, device=device, dtype=torch.float32),
-              "weights": {"in": torch.cat(w).to(device)}}  # (3HD + 2H, C): q, k, v, a, b in one product
+              "weights": {"in": torch.cat(w).to(device)}}  # (3HD + 2H + HD, C): q, k, v, a, b, gate in one product
         for name in ("conv_q", "conv_k", "conv_v"):
             st[name] = torch.zeros(batch, H * D, W - 1, device=device, dtype=dtype)
         return st
@@ -173,13 +174,14 @@ class GatedDeltaNet(nn.Module):
         H, D = self.num_heads, self.head_dim
         xt = x[:, 0]  # (B, C)
         n = H * D
-        proj = F.linear(xt, static["weights"]["in"])  # (B, 3HD + 2H): q, k, v, a, b raw
-        beta = torch.sigmoid(proj[:, 3 * n + H:])  # (B, H)
+        proj = F.linear(xt, static["weights"]["in"])  # (B, 3HD + 2H + HD): q, k, v, a, b, gate raw
+        beta = proj[:, 3 * n + H:3 * n + 2 * H]  # (B, H) logits
         g = -self.A_log.float().exp() * F.softplus(proj[:, 3 * n:3 * n + H].float() + self.dt_bias.float())  # (B, H)
         o = decode_step(self.resolve_backend(x))(
-            static["recurrent_state"], proj[:, :n], proj[:, n:2 * n], proj[:, 2 * n:3 * n], beta=beta, g=g,
+            static["recurrent_state"], proj[:, :n], proj[:, n:2 * n], proj[:, 2 * n:3 * n], beta=beta,
+            beta_logits=True, g=g,
             conv_states=(static["conv_q"], static["conv_k"], static["conv_v"]),
             conv_weights=(self.q_conv.weight, self.k_conv.weight, self.v_conv.weight),
             qk_activation="silu", qk_norm="l2", v_activation="silu")  # (B, H, D)
-        o = self.o_norm(o) * F.silu(self.g_proj(xt).view(B, H, D))
+        o = self.o_norm(o, gate=proj[:, 3 * n + 2 * H:].reshape(B, H, D), fused=self.config.use_fused(x.is_cuda))
         return self.o_proj(o.reshape(B, 1, H * D))

@@ -58,7 +58,7 @@ def naive_decode_step(
     beta: Optional[torch.Tensor] = None, g: Optional[torch.Tensor] = None, delta: bool = True,
     conv_states: Optional[Sequence[torch.Tensor]] = None, conv_weights: Optional[Sequence[torch.Tensor]] = None,
     qk_activation: str = "identity", qk_norm: Optional[str] = None, v_activation: str = "identity",
-    scale: Optional[float] = None,
+    scale: Optional[float] = None, beta_logits: bool = False,
 ) -> torch.Tensor:
     """Arguments as :func:`kernels.decode_step`; computes in float32 (float64 for float64 inputs).
 
@@ -78,7 +78,9 @@ def naive_decode_step(
         S = S * g.to(cdt).exp()[..., None, None]
     if delta:
         err = v - torch.einsum("bhkv,bhk->bhv", S, k)
-        v = err if beta is None else beta.to(cdt)[..., None] * err
+        if beta is not None:
+            beta = torch.sigmoid(beta.to(cdt)) if beta_logits else beta.to(cdt)
+        v = err if beta is None else beta[..., None] * err
     S = S + k[..., :, None] * v[..., None, :]
     state.copy_(S)
     scale = K ** -0.5 if scale is None else scale

@@ -21,6 +21,10 @@ from .naive import ACTIVATIONS, NORMS
 
 __all__ = ["decode_step"]
 
+# State columns per program block (capped at the padded V) and warps per program: the whole [K, V] state of a head
+# in one block measured fastest at K = V = 128 ("One kernel per decoding token and layer", kernels/README.md).
+BV_DEFAULT, WARPS_DEFAULT = 128, 4
+
 
 @triton.jit
 def _act(x, ACT: tl.constexpr):
@@ -53,11 +57,12 @@ def _conv_step(x, cache, w, row, chan, m, W: tl.constexpr, BW: tl.constexpr):
 @triton.jit
 def decode_step_kernel(
     q, k, v, cq, ck, cv, wq, wk, wv, beta, g, state, o,
-    scale, s_q, s_k, s_v,
+    scale, s_q, s_k, s_v, s_beta,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, W: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, BW: tl.constexpr,
     ACT_QK: tl.constexpr, NORM_QK: tl.constexpr, ACT_V: tl.constexpr,
-    USE_CONV: tl.constexpr, USE_BETA: tl.constexpr, USE_G: tl.constexpr, DELTA: tl.constexpr,
+    USE_CONV: tl.constexpr, USE_BETA: tl.constexpr, BETA_LOGITS: tl.constexpr, USE_G: tl.constexpr,
+    DELTA: tl.constexpr,
 ):
     """Grid: (B, H)."""
     i_b, i_h = tl.program_id(0), tl.program_id(1)
@@ -81,7 +86,9 @@ def decode_step_kernel(
         b_k = b_k / tl.maximum(tl.sum(tl.abs(b_k), 0), 1e-6)
     b_q = b_q * scale
     if USE_BETA:
-        b_beta = tl.load(beta + i_bh).to(tl.float32)
+        b_beta = tl.load(beta + i_b.to(tl.int64) * s_beta + i_h).to(tl.float32)
+        if BETA_LOGITS:
+            b_beta = tl.sigmoid(b_beta)
     if USE_G:
         b_a = tl.exp(tl.load(g + i_bh).to(tl.float32))
     for i_v in range(0, tl.cdiv(V, BV)):
@@ -112,7 +119,7 @@ def decode_step(
     beta: Optional[torch.Tensor] = None, g: Optional[torch.Tensor] = None, delta: bool = True,
     conv_states: Optional[Sequence[torch.Tensor]] = None, conv_weights: Optional[Sequence[torch.Tensor]] = None,
     qk_activation: str = "identity", qk_norm: Optional[str] = None, v_activation: str = "identity",
-    scale: Optional[float] = None, BV: int = 32,
+    scale: Optional[float] = None, beta_logits: bool = False, BV: int = BV_DEFAULT, num_warps: int = WARPS_DEFAULT,
 ) -> torch.Tensor:
     """One token of a matrix-state mixer for decoding (no gradients); ``state`` and ``conv_states`` in place.
 
@@ -120,13 +127,15 @@ def decode_step(
         state: [B, H, K, V] float32, contiguous.
         q, k: [B, H*K]; v: [B, H*V] (raw projections: before the convs), float16 / bfloat16 / float32; rows may
             be strided (column slices of one joint projection).
-        beta: [B, H] writing strengths (already in (0, 1)) or None (1); only with ``delta``.
+        beta: [B, H] writing strengths (in (0, 1)), or their logits with ``beta_logits`` (the sigmoid is then taken
+            here), or None (1); only with ``delta``.  Rows may be strided (a column slice of the projection).
         g: [B, H] log decays (float32, <= 0) or None (no decay).
         delta: the delta rule S += beta k (v - S^T k)^T; False: S += k v^T.
         conv_states: (cache_q, cache_k, cache_v), each [B, channels, W - 1] contiguous, or None (no convs);
         conv_weights: the matching depthwise weights [channels, W] (or nn.Conv1d's [channels, 1, W]).
         qk_activation: 'identity' | 'silu' | 'relu' | 'elu' (elu + 1); qk_norm: None | 'l2' | 'l1';
-        v_activation: 'identity' | 'silu'.  scale: output scale, default K ** -0.5.  BV: state columns per block.
+        v_activation: 'identity' | 'silu'.  scale: output scale, default K ** -0.5.
+        BV: state columns per block; num_warps: warps per program (see ``BV_DEFAULT``).
     Returns:
         o: [B, H, V] in v's dtype.
 
@@ -166,17 +175,21 @@ def decode_step(
                 raise ValueError(f"conv weight {name} must be ({ch}, {W}), got {tuple(w.shape)}")
     check_triton_runnable(state, q, k, v)
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))  # rows may be strided (slices)
+    if beta is not None and beta.stride(-1) != 1:
+        beta = beta.contiguous()
     cq, ck, cv = conv_states if conv_states is not None else (None, None, None)
     wq, wk, wv = (w.contiguous() for w in conv_weights) if conv_weights is not None else (None, None, None)
     o = torch.empty(B, H, V, device=v.device, dtype=v.dtype)
     decode_step_kernel[(B, H)](
         q, k, v, cq, ck, cv, wq, wk, wv,
-        beta.contiguous() if beta is not None else None, g.contiguous() if g is not None else None, state, o,
+        beta, g.contiguous() if g is not None else None, state, o,
         K ** -0.5 if scale is None else scale, q.stride(0), k.stride(0), v.stride(0),
+        beta.stride(0) if beta is not None else 0,
         H=H, K=K, V=V, W=W, BK=triton.next_power_of_2(K), BV=min(BV, triton.next_power_of_2(V)),
         BW=triton.next_power_of_2(max(W - 1, 1)),
         ACT_QK=ACTIVATIONS.index(qk_activation), NORM_QK=NORMS.index(qk_norm), ACT_V=("identity", "silu").index(
             v_activation),
-        USE_CONV=conv_states is not None, USE_BETA=beta is not None, USE_G=g is not None, DELTA=delta,
+        USE_CONV=conv_states is not None, USE_BETA=beta is not None, BETA_LOGITS=bool(beta_logits),
+        USE_G=g is not None, DELTA=delta, num_warps=num_warps,
     )
     return o

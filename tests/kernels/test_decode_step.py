@@ -68,6 +68,34 @@ def test_decode_step_matches_float64_reference(case, B, H, K, V, W, dtype):
                 assert torch.equal(a.double().cpu(), b)
 
 
+@pytest.mark.parametrize("BV,num_warps", [(8, 4), (32, 8), (64, 2)])
+def test_decode_step_beta_logits_and_blocks(BV, num_warps):
+    """beta given as logits in a strided column slice of the projection (the layer's fused product), and other
+    state blocks and warps: the same as the reference with beta = sigmoid(logits)."""
+    gen = torch.Generator().manual_seed(11 + BV)
+    B, H, K, V, W = 2, 3, 16, 24, 4
+    S = (torch.randn(B, H, K, V, generator=gen) * 0.3).to(DEVICE)
+    S_ref = S.double().cpu()
+    convs = [torch.randn(B, ch, W - 1, generator=gen).to(DEVICE) for ch in (H * K, H * K, H * V)]
+    convs_ref = [t.double().cpu() for t in convs]
+    weights = [torch.randn(ch, W, generator=gen) * 0.5 for ch in (H * K, H * K, H * V)]
+    kw = dict(qk_activation="silu", qk_norm="l2", v_activation="silu")
+    for _ in range(2):
+        proj = torch.randn(B, 2 * H * K + H * V + H + 5, generator=gen)
+        c = [0, H * K, 2 * H * K, 2 * H * K + H * V, 2 * H * K + H * V + H]
+        parts = [proj[:, a:b] for a, b in zip(c, c[1:])]  # q, k, v, beta logits: strided rows
+        dev = [t.to(DEVICE) for t in parts]
+        o = decode_step(S, *dev[:3], beta=dev[3], beta_logits=True, conv_states=convs,
+                        conv_weights=[w.to(DEVICE) for w in weights], BV=BV, num_warps=num_warps, **kw)
+        o_naive_logits = naive_decode_step(S_ref.clone(), *(t.double() for t in parts[:3]), beta=parts[3].double(),
+                                           beta_logits=True, conv_states=[t.clone() for t in convs_ref],
+                                           conv_weights=[w.double() for w in weights], **kw)
+        o_ref = naive_decode_step(S_ref, *(t.double() for t in parts[:3]), beta=torch.sigmoid(parts[3].double()),
+                                  conv_states=convs_ref, conv_weights=[w.double() for w in weights], **kw)
+        assert rel_err(o, o_ref) < 1e-5 and rel_err(S, S_ref) < 1e-5
+        assert torch.allclose(o_naive_logits, o_ref)
+
+
 def test_naive_decode_step_equals_the_recurrent_delta_rule():
     """The reference itself: one step of naive_decode_step == one token of kernels.naive_recurrent_delta_rule."""
     from kernels import naive_recurrent_delta_rule
