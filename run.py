@@ -159,6 +159,7 @@ def prepare(cfg: DictConfig) -> None:
 def generate(cfg: DictConfig) -> str:
     """Load a checkpoint (Lightning .ckpt or a save_pretrained directory) and continue `prompt`."""
     from datamodules.tokenizer import load_tokenizer
+    from deltanet.generation import PREFILL_CHUNK_SIZE
     from lit_modules.checkpoint import load_model
 
     if cfg.ckpt_path is None:
@@ -181,7 +182,8 @@ def generate(cfg: DictConfig) -> str:
             shown[0] = text
     out, stats = model.generate(ids, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
                                 top_p=cfg.top_p, eos_token_id=tokenizer.eos_id, fast=gen.get("fast", True),
-                                cuda_graph=gen.get("cuda_graph", None), streamer=streamer, return_stats=True)
+                                cuda_graph=gen.get("cuda_graph", None), streamer=streamer, return_stats=True,
+                                prefill_chunk_size=gen.get("prefill_chunk_size", PREFILL_CHUNK_SIZE))
     # Decode prompt and continuation together: SentencePiece drops the leading space of a piece decoded on its own.
     text = tokenizer.decode(out[0, 1:].tolist())
     print() if streamer is not None else print(text)
