@@ -46,10 +46,10 @@ __all__ = ["GenerationMixin", "GenerationStats", "PREFILL_CHUNK_SIZE", "StaticCa
 
 # Tokens per row in one prefill piece: the default of generate(prefill_chunk_size=...), and of run.py's
 # generation.prefill_chunk_size (conf/config.yaml repeats it; a test holds the two equal).  8192 keeps every prompt of
-# up to 8K tokens one forward, as without pieces (no extra launches), which at batch 64 fits one H200 for the 340M
-# model (benchmarks/results/bench_generate.md); a longer prompt then peaks about where an 8K one does, and a piece of
-# 8K tokens per row is long enough that its launch overhead is small against its compute.  Activations scale with
-# batch x piece: at a larger batch or model, pass a smaller piece.
+# up to 8K tokens one forward, as without pieces (no extra launches), and an 8K prompt at batch 64 is recorded to fit
+# one H200 for the 340M DeltaNet (benchmarks/results/bench_generate.md); a longer prompt's pieces then hold the
+# activations of an 8K prompt, and a piece of 8K tokens per row is long enough that its launch overhead is small
+# against its compute.  Activations scale with batch x piece: at a larger batch or model, pass a smaller piece.
 PREFILL_CHUNK_SIZE = 8192
 
 
