@@ -7,6 +7,7 @@
     python run.py task=prepare data=slimpajama_local data.source.root=/path/to/SlimPajama
     python run.py task=generate ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt prompt="The delta rule"
     python run.py task=generate ckpt_path=... generation.stream=true      # print tokens as they come
+    python run.py task=generate ckpt_path=... generation.prefill_chunk_size=2048  # prefill in pieces of 2048 tokens
     python run.py ckpt_path=logs/train/runs/<run>                     # resume a run from its directory alone
 
 A user error (bad config value, data file or checkpoint path) prints one paragraph and exits with status 1;
@@ -159,6 +160,7 @@ def prepare(cfg: DictConfig) -> None:
 def generate(cfg: DictConfig) -> str:
     """Load a checkpoint (Lightning .ckpt or a save_pretrained directory) and continue `prompt`."""
     from datamodules.tokenizer import load_tokenizer
+    from deltanet.generation import PREFILL_CHUNK_SIZE
     from lit_modules.checkpoint import load_model
 
     if cfg.ckpt_path is None:
@@ -181,7 +183,8 @@ def generate(cfg: DictConfig) -> str:
             shown[0] = text
     out, stats = model.generate(ids, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
                                 top_p=cfg.top_p, eos_token_id=tokenizer.eos_id, fast=gen.get("fast", True),
-                                cuda_graph=gen.get("cuda_graph", None), streamer=streamer, return_stats=True)
+                                cuda_graph=gen.get("cuda_graph", None), streamer=streamer, return_stats=True,
+                                prefill_chunk_size=gen.get("prefill_chunk_size", PREFILL_CHUNK_SIZE))
     # Decode prompt and continuation together: SentencePiece drops the leading space of a piece decoded on its own.
     text = tokenizer.decode(out[0, 1:].tolist())
     print() if streamer is not None else print(text)

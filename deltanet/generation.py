@@ -4,6 +4,14 @@
 prompt once (prefill, the normal forward with ``use_cache``: chunk kernels for long prompts) and then one token
 per step.
 
+Prefill in pieces (``prefill_chunk_size``, default :data:`PREFILL_CHUNK_SIZE` tokens): the prompt goes through the
+model in pieces of at most that many tokens along the sequence, each forward continuing the cache the one before left
+(recurrent and conv states, KV caches and SWA ring buffers, RoPE positions from the tokens seen; the left padding
+sliced with the piece).  The activations of one forward (projections, MLP intermediates, the chunk kernels'
+intermediates) grow with B x its tokens, so the pieces bound the prefill's peak memory by B x prefill_chunk_size
+tokens whatever the prompt's length; the caches themselves are the same as in one forward.  The cost: one forward's
+kernel launches and host work per piece, small against the compute of thousands of tokens per row.
+
 Fast path (``fast=True``, the default): every layer decodes from static buffers allocated once for the whole
 generation (the protocol of ``deltanet/layers/static.py``): the short-conv states, float32 recurrent states
 (DeltaNet, Gated DeltaNet, retention, Mamba), a ring buffer of ``attn_window`` slots for sliding-window attention, and
@@ -26,13 +34,34 @@ global-attention layers in both paths.
 """
 from __future__ import annotations
 
+import numbers
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence, Union
 
 import torch
 
-__all__ = ["GenerationMixin", "GenerationStats", "StaticCache", "sample_next", "sample_static"]
+__all__ = ["GenerationMixin", "GenerationStats", "PREFILL_CHUNK_SIZE", "StaticCache", "check_prefill_chunk_size",
+           "sample_next", "sample_static"]
+
+# Tokens per row in one prefill piece: the default of generate(prefill_chunk_size=...), and of run.py's
+# generation.prefill_chunk_size (conf/config.yaml repeats it; a test holds the two equal).  8192 keeps every prompt of
+# up to 8K tokens one forward, as without pieces (no extra launches), and an 8K prompt at batch 64 is recorded to fit
+# one H200 for the 340M DeltaNet (benchmarks/results/bench_generate.md); a longer prompt's pieces then hold the
+# activations of an 8K prompt, and a piece of 8K tokens per row is long enough that its launch overhead is small
+# against its compute.  Activations scale with batch x piece: at a larger batch or model, pass a smaller piece.
+PREFILL_CHUNK_SIZE = 8192
+
+
+def check_prefill_chunk_size(value) -> Optional[int]:
+    """A ``prefill_chunk_size``: a positive int -> itself; None or 0 -> None (the whole prompt in one forward);
+    anything else (negative, a float, a bool, a string) -> ValueError naming the argument."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"prefill_chunk_size must be an int >= 1 (tokens per prefill piece), or None or 0 for the "
+                         f"whole prompt in one forward; got {value!r}")
+    return int(value) or None
 
 
 def _check_sampling(temperature: float, top_k: int, top_p: float) -> None:
@@ -84,7 +113,7 @@ class GenerationStats:
     batch: int = 0
     prompt_tokens: int = 0  # T, per row (padding included)
     new_tokens: int = 0  # per row, the prefill's token included
-    prefill_s: float = 0.0  # prefill forward + copying its cache into the static buffers + the first token
+    prefill_s: float = 0.0  # prefill (every piece) + copying its cache into the static buffers + the first token
     decode_s: float = 0.0  # the decode steps after the first token
     decode_steps: int = 0
     capture_s: float = 0.0  # warm-up and CUDA graph capture (before the prefill; 0 without a graph)
@@ -201,6 +230,7 @@ class GenerationMixin:
         pad_token_id: Optional[int] = None,
         streamer: Optional[Callable[[torch.Tensor], None]] = None,
         return_stats: bool = False,
+        prefill_chunk_size: Optional[int] = PREFILL_CHUNK_SIZE,
     ):
         """Returns (B, T + n) with n <= max_new_tokens: the prompt followed by the sampled tokens (and, with
         ``return_stats``, a :class:`GenerationStats` as well: ``(tokens, stats)``).
@@ -215,8 +245,14 @@ class GenerationMixin:
         cuda_graph: capture the fast step in a CUDA graph (default: on CUDA, without a user ``generator``).
         max_length: positions the static cache is sized for (default T + max_new_tokens); a larger request fails.
         streamer: called with each new column of tokens (B,) on the CPU as soon as it is sampled.
+        prefill_chunk_size: the prompt runs through the model in pieces of at most this many tokens per row (default
+            :data:`PREFILL_CHUNK_SIZE`, 8192), each continuing the caches of the one before; the result equals one
+            forward over the whole prompt up to float rounding.  Bounds the prefill's activation memory by
+            B x prefill_chunk_size tokens instead of B x T; costs one forward's kernel launches per piece.  None or 0:
+            the whole prompt in one forward.  ``stats.prefill_s`` covers all pieces.
         """
         device = next(self.parameters()).device
+        prefill_chunk_size = check_prefill_chunk_size(prefill_chunk_size)
         input_ids = self._check_inputs(input_ids, max_new_tokens, attention_mask, pad_token_id, max_length, device)
         if max_new_tokens == 0:
             return (input_ids, GenerationStats(batch=input_ids.shape[0], prompt_tokens=input_ids.shape[1],
@@ -229,7 +265,7 @@ class GenerationMixin:
         try:
             run = self._generate_static if fast else self._generate_eager
             out, stats = run(input_ids, max_new_tokens, temperature, top_k, top_p, eos_token_id, generator,
-                             attention_mask, cuda_graph, max_length, streamer)
+                             attention_mask, cuda_graph, max_length, streamer, prefill_chunk_size)
         finally:
             self.train(was_training)
         return (out, stats) if return_stats else out
@@ -255,15 +291,32 @@ class GenerationMixin:
         b.synchronize()
         return a.elapsed_time(b) / 1e3
 
-    def _prefill(self, input_ids, attention_mask):
-        """The prompt through the normal forward with use_cache: (last position's logits (B, V), Cache)."""
+    def _prefill(self, input_ids, attention_mask, chunk_size: Optional[int] = None):
+        """The prompt through the normal forward with use_cache: (last position's logits (B, V), Cache).
+
+        chunk_size: at most this many tokens per row in one forward (None or 0: the whole prompt at once).  Each piece
+        continues the cache the one before returned; its padding is its columns of the prompt's left padding (None
+        once the padding has ended), and a global KV cache is allocated once for the whole prompt (``reserve``)."""
         from .model import left_padding
         pad = left_padding(attention_mask, input_ids)
-        h, cache = self.model(input_ids, use_cache=True, pad=pad)
+        T = input_ids.shape[1]
+        step = check_prefill_chunk_size(chunk_size) or T
+        if step >= T:
+            h, cache = self.model(input_ids, use_cache=True, pad=pad)
+            return self.lm_head(h[:, -1]), cache
+        cache = None
+        for start in range(0, T, step):
+            piece_pad = None if pad is None else pad[:, start:start + step]
+            if piece_pad is not None and not bool(piece_pad.any()):
+                piece_pad = None  # every row's padding ended before this piece
+            h, cache = self.model(input_ids[:, start:start + step], cache=cache, use_cache=True, pad=piece_pad,
+                                  reserve=T)
+            if start + step < T:
+                del h  # (B, step, C): freed before the next piece runs
         return self.lm_head(h[:, -1]), cache
 
     def _generate_static(self, input_ids, max_new_tokens, temperature, top_k, top_p, eos_token_id, generator,
-                         attention_mask, cuda_graph, max_length, streamer):
+                         attention_mask, cuda_graph, max_length, streamer, prefill_chunk_size=None):
         B, T = input_ids.shape
         device = input_ids.device
         max_len = max_length if max_length is not None else T + max_new_tokens
@@ -294,7 +347,7 @@ class GenerationMixin:
             torch.cuda.synchronize()
             stats.capture_s = time.perf_counter() - t0
         t0 = self._clock(device)
-        logits, cache = self._prefill(input_ids, attention_mask)
+        logits, cache = self._prefill(input_ids, attention_mask, prefill_chunk_size)
         sc.load(self, cache, sample_static(logits, temperature, top_k, top_p, generator), eos_token_id)
         del cache
         t1 = self._clock(device)
@@ -321,12 +374,12 @@ class GenerationMixin:
         return torch.cat([input_ids, new], dim=1), stats
 
     def _generate_eager(self, input_ids, max_new_tokens, temperature, top_k, top_p, eos_token_id, generator,
-                        attention_mask, cuda_graph, max_length, streamer):
+                        attention_mask, cuda_graph, max_length, streamer, prefill_chunk_size=None):
         """The reference loop: one forward per token through the layers' cached (growing) path."""
         B, T = input_ids.shape
         stats = GenerationStats(batch=B, prompt_tokens=T, fast=False)
         t0 = self._clock(input_ids.device)
-        logits, cache = self._prefill(input_ids, attention_mask)
+        logits, cache = self._prefill(input_ids, attention_mask, prefill_chunk_size)
         tokens = [input_ids]
         done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
         t1 = None

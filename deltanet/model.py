@@ -85,8 +85,9 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, state: Optional[dict] = None, use_cache: bool = False,
                 cu_seqlens: Optional[torch.Tensor] = None, offset: int = 0, pad: Optional[torch.Tensor] = None,
-                fused: bool = False):
-        """fused: Triton RMSNorms (the residual add folded into the MLP norm) and SwiGLU tail; same math."""
+                fused: bool = False, reserve: int = 0):
+        """fused: Triton RMSNorms (the residual add folded into the MLP norm) and SwiGLU tail; same math.
+        reserve: positions a global KV cache is allocated for at once (DeltaNetModel.forward)."""
         if self.is_mamba:
             state = state or {}
             h, s1 = self.mixer(self.attn_norm(x), state=state.get("mixer"), use_cache=use_cache,
@@ -96,7 +97,7 @@ class Block(nn.Module):
                                 cu_seqlens=cu_seqlens, pad=pad)
             return x + h, ({"mixer": s1, "mixer2": s2} if use_cache else None)
         h, new_state = self.mixer(self.attn_norm(x, fused=fused), state=state, use_cache=use_cache,
-                                  cu_seqlens=cu_seqlens, offset=offset, pad=pad)
+                                  cu_seqlens=cu_seqlens, offset=offset, pad=pad, reserve=reserve)
         n, x = self.mlp_norm(x, residual=h, fused=fused)  # x + h, and its norm
         x = x + self.mlp(n, fused=fused)
         return x, new_state
@@ -142,8 +143,11 @@ class DeltaNetModel(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.norm_eps)
 
     def forward(self, input_ids: torch.Tensor, cache: Optional[Cache] = None, use_cache: bool = False,
-                cu_seqlens: Optional[torch.Tensor] = None, pad: Optional[torch.Tensor] = None):
-        """pad: optional (B, T) bool, True at left-padding positions (see DeltaNetForCausalLM.forward)."""
+                cu_seqlens: Optional[torch.Tensor] = None, pad: Optional[torch.Tensor] = None, reserve: int = 0):
+        """pad: optional (B, T) bool, True at left-padding positions (see DeltaNetForCausalLM.forward); with a cache,
+        the padding of these T tokens (a prompt prefilled in pieces: the piece's columns of the prompt's padding).
+        reserve: positions a global-attention KV cache is allocated for when it is created or grows, if that is
+        enough (the prefill in pieces passes the prompt's length: one allocation instead of doubling per piece)."""
         x = self.embeddings(input_ids)  # (B, T, C)
         offset = cache.seen_tokens if cache is not None else 0
         new_cache = Cache(seen_tokens=offset + input_ids.shape[1]) if use_cache else None
@@ -151,7 +155,7 @@ class DeltaNetModel(nn.Module):
         for i, layer in enumerate(self.layers):
             state = cache.layers[i] if cache is not None else None
             x, s = layer(x, state=state, use_cache=use_cache, cu_seqlens=cu_seqlens, offset=offset, pad=pad,
-                         fused=fused)
+                         fused=fused, reserve=reserve)
             if use_cache:
                 new_cache.layers.append(s)
         return self.norm(x, fused=fused), new_cache

@@ -43,7 +43,8 @@ def test_smoke_run_trains_each_family(family, tmp_path, shared_data_dir):
     assert read_scalars(run_dir, "val/loss")
     # The checkpoint loads for generation, which carries the recurrent state / caches token by token.
     gen = run_py("task=generate", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", "prompt=The delta rule",
-                 "max_new_tokens=8", "generation.stream=true", f"hydra.run.dir={tmp_path / 'gen'}",
+                 "max_new_tokens=8", "generation.stream=true", "generation.prefill_chunk_size=2",
+                 f"hydra.run.dir={tmp_path / 'gen'}",
                  f"paths.data_dir={shared_data_dir}")
     assert "The delta rule" in gen.stdout, gen.stdout[-2000:]
     assert "prefill" in gen.stdout and "new tokens, eager, static state)" in gen.stdout, gen.stdout[-2000:]

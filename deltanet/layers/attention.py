@@ -6,6 +6,10 @@ Paths (all give the same numbers up to float rounding; tests check it):
 - sliding window or varlen (``cu_seqlens``) on CUDA: FlexAttention with a block-sparse ``BlockMask``, so the cost
   grows with T * window, not T^2.
 - the same on CPU, and every call that reads a cache: SDPA with an explicit boolean mask built from token positions.
+  A call that reads a cache continues it by T >= 1 tokens (a decoding step, or a piece of a prompt prefilled in
+  pieces): the queries are the last T keys, the mask offset by the tokens already cached; a piece of several tokens
+  without any padding takes a mask of positions only (global: ``causal_lower_right``, which SDPA runs without
+  building it), not one per row.
 
 Generation cache per layer: global attention keeps all keys/values (a KV cache growing with the context);
 sliding-window attention keeps a ring buffer of ``window`` slots (slot = position % window), so its memory is
@@ -19,6 +23,7 @@ from typing import Any, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.bias import causal_lower_right
 
 from ..config import DeltaNetConfig
 from .conv import varlen_positions
@@ -107,7 +112,8 @@ class Attention(nn.Module):
         use_cache: bool = False,
         cu_seqlens: Optional[torch.Tensor] = None,
         offset: int = 0,  # position of x[:, 0] (tokens already in the cache)
-        pad: Optional[torch.Tensor] = None,  # (B, T) bool, True at left padding (only without a cache)
+        pad: Optional[torch.Tensor] = None,  # (B, T) bool, True at left padding
+        reserve: int = 0,  # positions a global KV cache is allocated for at once (the prompt of a prefill in pieces)
         **_: Any,
     ) -> Tuple[torch.Tensor, Optional[dict]]:
         B, T, _ = x.shape
@@ -142,9 +148,9 @@ class Attention(nn.Module):
             else:
                 mask = _allowed(pos, pos, W, seq_id, seq_id)
                 o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        else:  # read the cache
+        else:  # read the cache: x continues it (one decoding token, or a piece of a prompt prefilled in pieces)
             if W is None:  # global: append the new keys in place first, then attend over the filled part
-                new_state = state = self._append(state, k, v, pos, pad)
+                new_state = state = self._append(state, k, v, pos, pad, reserve)
                 n = state["len"]
                 k_all, v_all = state["k"][:, :, :n].to(k.dtype), state["v"][:, :, :n].to(v.dtype)
                 k_pos, k_pad = state["pos"][:n], state["pad"][:, :n]
@@ -153,24 +159,36 @@ class Attention(nn.Module):
                 v_all = torch.cat([state["v"].to(v.dtype), v], dim=2)
                 k_pos = torch.cat([state["pos"], pos])
                 k_pad = F.pad(state["pad"], (0, T)) if pad is None else torch.cat([state["pad"], pad], 1)
-            mask = _allowed(pos, k_pos, W)[None] & ~k_pad[:, None, :]  # (B, T, keys), by position and padding
-            o = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask[:, None])
+            L = k_all.shape[2]  # the new keys are the last T, in order
+            if T > 1 and pad is None and not bool(k_pad.any()):
+                # a piece without padding anywhere: the mask depends on positions only, so it is not built per row
+                # (B x T x L booleans); global attention is causal with the diagonal at the bottom right
+                mask = causal_lower_right(T, L) if W is None else _allowed(pos, k_pos, W)[None, None]
+            else:
+                mask = _allowed(pos, k_pos, W)[None] & ~k_pad[:, None, :]  # (B, T, keys), by position and padding
+                if pad is not None:  # a padding query sees itself, as without a cache (no empty softmax row: NaN)
+                    mask = mask | (torch.arange(L, device=x.device)[None, :] == (L - T) + torch.arange(
+                        T, device=x.device)[:, None])[None]
+                mask = mask[:, None]
+            o = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
         y = self.o_proj(o.transpose(1, 2).reshape(B, T, H * D))
         if use_cache and new_state is None:
-            new_state = self._update_cache(state, k, v, pos, pad)
+            new_state = self._update_cache(state, k, v, pos, pad, reserve)
         return y, (new_state if use_cache else None)
 
     @staticmethod
     def _append(state: Optional[dict], k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
-                pad: Optional[torch.Tensor] = None) -> dict:
+                pad: Optional[torch.Tensor] = None, reserve: int = 0) -> dict:
         """Global KV cache: buffers (B, H, capacity, D) filled up to state["len"], written in place; the capacity at
         least doubles when it runs out, so decoding n tokens copies O(n) elements in all (not O(n^2) as appending by
-        concatenation would). Slots past "len" hold pos -1 (masked); "pad" (B, capacity) marks left padding (masked)."""
+        concatenation would). Slots past "len" hold pos -1 (masked); "pad" (B, capacity) marks left padding (masked).
+        ``reserve``: the capacity to allocate when it is at least what is needed (a prompt prefilled in pieces is
+        allocated once at its length, not doubled piece by piece to up to twice that)."""
         B, H, T, D = k.shape
         n = 0 if state is None else state["len"]
         cap = 0 if state is None else state["k"].shape[2]
         if n + T > cap:
-            new_cap = max(n + T, 2 * cap, 64)
+            new_cap = reserve if reserve >= n + T else max(n + T, 2 * cap, 64)
             grown = {"k": k.new_zeros(B, H, new_cap, D), "v": v.new_zeros(B, H, new_cap, D),
                      "pos": torch.full((new_cap,), -1, dtype=torch.long, device=k.device),
                      "pad": torch.zeros(B, new_cap, dtype=torch.bool, device=k.device), "len": n}
@@ -189,11 +207,11 @@ class Attention(nn.Module):
         return state
 
     def _update_cache(self, state: Optional[dict], k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
-                      pad: Optional[torch.Tensor] = None) -> dict:
+                      pad: Optional[torch.Tensor] = None, reserve: int = 0) -> dict:
         """k, v: (B, H, T, D) after RoPE; pos: (T,); pad: (B, T) bool or None."""
         W = self.window
         if W is None:  # global: keep everything
-            return self._append(state, k, v, pos, pad)
+            return self._append(state, k, v, pos, pad, reserve)
         B, H, _, D = k.shape
         if state is None:  # ring buffer of W slots; pos -1 = empty
             state = {"k": k.new_zeros(B, H, W, D), "v": v.new_zeros(B, H, W, D),
