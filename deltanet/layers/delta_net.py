@@ -198,9 +198,9 @@ class DeltaNet(nn.Module):
         beta = proj[:, 3 * n:c] if self.b_proj is not None else None  # (B, H) logits; None = 1
         convs = (static["conv_q"], static["conv_k"], static["conv_v"]) if cfg.use_short_conv else None
         weights = (self.q_conv.weight, self.k_conv.weight, self.v_conv.weight) if cfg.use_short_conv else None
-        o = decode_step(self.resolve_backend(x))(
+        g = proj[:, c:c + n] if self.g_proj is not None else None  # (B, HD) gate
+        o = decode_step(self.resolve_backend(x))(  # RMSNorm_head(o) [* silu(g)] inside
             static["recurrent_state"], q, k, v, beta=beta, beta_logits=True, conv_states=convs, conv_weights=weights,
-            qk_activation=cfg.qk_activation, qk_norm=cfg.qk_norm, v_activation="silu")[:, None]  # (B, 1, H, D)
-        g = proj[:, c:c + n].reshape(B, 1, H, D) if self.g_proj is not None else None
-        o = self.o_norm(o, gate=g, fused=cfg.use_fused(x.is_cuda))
+            qk_activation=cfg.qk_activation, qk_norm=cfg.qk_norm, v_activation="silu",
+            o_norm_weight=self.o_norm.weight, o_norm_eps=self.o_norm.eps, gate=g)  # (B, H, D)
         return self.o_proj(o.reshape(B, 1, H * D))

@@ -182,6 +182,6 @@ class GatedDeltaNet(nn.Module):
             beta_logits=True, g=g,
             conv_states=(static["conv_q"], static["conv_k"], static["conv_v"]),
             conv_weights=(self.q_conv.weight, self.k_conv.weight, self.v_conv.weight),
-            qk_activation="silu", qk_norm="l2", v_activation="silu")  # (B, H, D)
-        o = self.o_norm(o, gate=proj[:, 3 * n + 2 * H:].reshape(B, H, D), fused=self.config.use_fused(x.is_cuda))
+            qk_activation="silu", qk_norm="l2", v_activation="silu", o_norm_weight=self.o_norm.weight,
+            o_norm_eps=self.o_norm.eps, gate=proj[:, 3 * n + 2 * H:])  # (B, H, D): RMSNorm(o) * silu(gate) inside
         return self.o_proj(o.reshape(B, 1, H * D))

@@ -11,6 +11,7 @@ For each row b and head h, with raw projections q, k (H*K channels) and v (H*V c
     S <- S + beta k (v - S^T k)^T           delta rule (``delta=True``; beta 1 when None)
     S <- S + k v^T                          plain linear attention / retention (``delta=False``)
     o = scale S^T q                         scale K^-0.5 by default
+    o <- RMSNorm(o) [* silu(gate)]          (optional: ``o_norm_weight``, per head, float32)
 
 The state S ([B, H, K, V], float32) and the conv caches ([B, channels, W - 1]) are updated in place.
 """
@@ -58,7 +59,8 @@ def naive_decode_step(
     beta: Optional[torch.Tensor] = None, g: Optional[torch.Tensor] = None, delta: bool = True,
     conv_states: Optional[Sequence[torch.Tensor]] = None, conv_weights: Optional[Sequence[torch.Tensor]] = None,
     qk_activation: str = "identity", qk_norm: Optional[str] = None, v_activation: str = "identity",
-    scale: Optional[float] = None, beta_logits: bool = False,
+    scale: Optional[float] = None, beta_logits: bool = False, o_norm_weight: Optional[torch.Tensor] = None,
+    o_norm_eps: float = 1e-6, gate: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Arguments as :func:`kernels.decode_step`; computes in float32 (float64 for float64 inputs).
 
@@ -84,4 +86,11 @@ def naive_decode_step(
     S = S + k[..., :, None] * v[..., None, :]
     state.copy_(S)
     scale = K ** -0.5 if scale is None else scale
-    return (scale * torch.einsum("bhkv,bhk->bhv", S, q)).to(out_dtype)
+    o = scale * torch.einsum("bhkv,bhk->bhv", S, q)  # (B, H, V)
+    if o_norm_weight is not None:
+        o = o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + o_norm_eps) * o_norm_weight.to(cdt)
+        if gate is not None:
+            o = o * F.silu(gate.to(cdt).view(B, H, V))
+    elif gate is not None:
+        raise ValueError("gate is only applied with o_norm_weight (RMSNorm(o) * silu(gate))")
+    return o.to(out_dtype)

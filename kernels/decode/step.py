@@ -56,15 +56,15 @@ def _conv_step(x, cache, w, row, chan, m, W: tl.constexpr, BW: tl.constexpr):
 
 @triton.jit
 def decode_step_kernel(
-    q, k, v, cq, ck, cv, wq, wk, wv, beta, g, state, o,
-    scale, s_q, s_k, s_v, s_beta,
+    q, k, v, cq, ck, cv, wq, wk, wv, beta, g, state, o, w_o, gate,
+    scale, s_q, s_k, s_v, s_beta, s_gate, eps_o,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, W: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, BW: tl.constexpr,
     ACT_QK: tl.constexpr, NORM_QK: tl.constexpr, ACT_V: tl.constexpr,
     USE_CONV: tl.constexpr, USE_BETA: tl.constexpr, BETA_LOGITS: tl.constexpr, USE_G: tl.constexpr,
-    DELTA: tl.constexpr,
+    DELTA: tl.constexpr, NORM_O: tl.constexpr, USE_GATE: tl.constexpr,
 ):
-    """Grid: (B, H)."""
+    """Grid: (B, H).  With NORM_O the state is one block (BV >= V), so the head's whole output is at hand."""
     i_b, i_h = tl.program_id(0), tl.program_id(1)
     i_bh = i_b.to(tl.int64) * H + i_h
     o_k = tl.arange(0, BK)
@@ -111,7 +111,15 @@ def decode_step_kernel(
                 b_v = b_v * b_beta
         b_s = b_s + b_k[:, None] * b_v[None, :]
         tl.store(p_s, b_s, mask=m_kv)
-        tl.store(o + i_bh * V + o_v, tl.sum(b_s * b_q[:, None], 0).to(o.dtype.element_ty), mask=m_v)
+        b_o = tl.sum(b_s * b_q[:, None], 0)  # [BV] float32
+        if NORM_O:  # RMSNorm over the head's V outputs [* silu(gate)]
+            b_o = tl.where(m_v, b_o, 0.)
+            b_o = b_o / tl.sqrt(tl.sum(b_o * b_o, 0) / V + eps_o) * tl.load(w_o + o_v, mask=m_v, other=0.).to(
+                tl.float32)
+            if USE_GATE:
+                b_z = tl.load(gate + i_b.to(tl.int64) * s_gate + c_v, mask=m_v, other=0.).to(tl.float32)
+                b_o = b_o * b_z * tl.sigmoid(b_z)
+        tl.store(o + i_bh * V + o_v, b_o.to(o.dtype.element_ty), mask=m_v)
 
 
 def decode_step(
@@ -119,7 +127,9 @@ def decode_step(
     beta: Optional[torch.Tensor] = None, g: Optional[torch.Tensor] = None, delta: bool = True,
     conv_states: Optional[Sequence[torch.Tensor]] = None, conv_weights: Optional[Sequence[torch.Tensor]] = None,
     qk_activation: str = "identity", qk_norm: Optional[str] = None, v_activation: str = "identity",
-    scale: Optional[float] = None, beta_logits: bool = False, BV: int = BV_DEFAULT, num_warps: int = WARPS_DEFAULT,
+    scale: Optional[float] = None, beta_logits: bool = False, o_norm_weight: Optional[torch.Tensor] = None,
+    o_norm_eps: float = 1e-6, gate: Optional[torch.Tensor] = None, BV: Optional[int] = None,
+    num_warps: Optional[int] = None,
 ) -> torch.Tensor:
     """One token of a matrix-state mixer for decoding (no gradients); ``state`` and ``conv_states`` in place.
 
@@ -135,7 +145,11 @@ def decode_step(
         conv_weights: the matching depthwise weights [channels, W] (or nn.Conv1d's [channels, 1, W]).
         qk_activation: 'identity' | 'silu' | 'relu' | 'elu' (elu + 1); qk_norm: None | 'l2' | 'l1';
         v_activation: 'identity' | 'silu'.  scale: output scale, default K ** -0.5.
-        BV: state columns per block; num_warps: warps per program (see ``BV_DEFAULT``).
+        o_norm_weight: optional [V] weight of a per-head RMSNorm of the output (eps ``o_norm_eps``), computed in
+            float32 on the unrounded output; ``gate``: optional [B, H*V] (rows may be strided), then the output is
+            RMSNorm(o) * silu(gate).  Needs the head's outputs in one block (V <= BV).
+        BV: state columns per block, default ``BV_DEFAULT``, raised to V's power of two for ``o_norm_weight``;
+        num_warps: warps per program, default ``WARPS_DEFAULT`` (8 for blocks over 128 x 128).
     Returns:
         o: [B, H, V] in v's dtype.
 
@@ -173,23 +187,40 @@ def decode_step(
                                  f"{tuple(c.shape)}")
             if tuple(w.shape) != (ch, W):
                 raise ValueError(f"conv weight {name} must be ({ch}, {W}), got {tuple(w.shape)}")
+    if gate is not None and o_norm_weight is None:
+        raise ValueError("gate is only applied with o_norm_weight (RMSNorm(o) * silu(gate))")
+    if BV is None:
+        BV = max(BV_DEFAULT, triton.next_power_of_2(V)) if o_norm_weight is not None else BV_DEFAULT
+    if o_norm_weight is not None:
+        if tuple(o_norm_weight.shape) != (V,):
+            raise ValueError(f"o_norm_weight must be ({V},), got {tuple(o_norm_weight.shape)}")
+        if triton.next_power_of_2(V) > BV:
+            raise ValueError(f"o_norm_weight needs the head's V = {V} outputs in one block: BV >= {V}, got {BV}")
+    if gate is not None and (tuple(gate.shape) != (B, H * V) or gate.device != state.device):
+        raise ValueError(f"gate must be ({B}, {H * V}) on {state.device}, got {tuple(gate.shape)} on {gate.device}")
     check_triton_runnable(state, q, k, v)
+    if gate is not None and gate.stride(-1) != 1:
+        gate = gate.contiguous()
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))  # rows may be strided (slices)
     if beta is not None and beta.stride(-1) != 1:
         beta = beta.contiguous()
     cq, ck, cv = conv_states if conv_states is not None else (None, None, None)
     wq, wk, wv = (w.contiguous() for w in conv_weights) if conv_weights is not None else (None, None, None)
     o = torch.empty(B, H, V, device=v.device, dtype=v.dtype)
+    BK, BV = triton.next_power_of_2(K), min(BV, triton.next_power_of_2(V))
+    if num_warps is None:
+        num_warps = WARPS_DEFAULT if BK * BV <= 128 * 128 else 8
     decode_step_kernel[(B, H)](
         q, k, v, cq, ck, cv, wq, wk, wv,
-        beta, g.contiguous() if g is not None else None, state, o,
+        beta, g.contiguous() if g is not None else None, state, o, o_norm_weight, gate,
         K ** -0.5 if scale is None else scale, q.stride(0), k.stride(0), v.stride(0),
-        beta.stride(0) if beta is not None else 0,
-        H=H, K=K, V=V, W=W, BK=triton.next_power_of_2(K), BV=min(BV, triton.next_power_of_2(V)),
+        beta.stride(0) if beta is not None else 0, gate.stride(0) if gate is not None else 0, float(o_norm_eps),
+        H=H, K=K, V=V, W=W, BK=BK, BV=BV,
         BW=triton.next_power_of_2(max(W - 1, 1)),
         ACT_QK=ACTIVATIONS.index(qk_activation), NORM_QK=NORMS.index(qk_norm), ACT_V=("identity", "silu").index(
             v_activation),
         USE_CONV=conv_states is not None, USE_BETA=beta is not None, BETA_LOGITS=bool(beta_logits),
-        USE_G=g is not None, DELTA=delta, num_warps=num_warps,
+        USE_G=g is not None, DELTA=delta, NORM_O=o_norm_weight is not None, USE_GATE=gate is not None,
+        num_warps=num_warps,
     )
     return o

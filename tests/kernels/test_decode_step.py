@@ -96,6 +96,41 @@ def test_decode_step_beta_logits_and_blocks(BV, num_warps):
         assert torch.allclose(o_naive_logits, o_ref)
 
 
+@pytest.mark.parametrize("with_gate", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_decode_step_output_norm_and_gate(with_gate, dtype):
+    """The per-head output RMSNorm [* silu(gate)] inside the kernel, against the float64 reference and against the
+    plain RMSNorm module applied to the kernel's unnormalised output."""
+    from deltanet.layers.norm import RMSNorm
+    gen = torch.Generator().manual_seed(21 + with_gate)
+    B, H, K, V, W = 2, 2, 16, 20, 4
+    S = (torch.randn(B, H, K, V, generator=gen) * 0.3).to(DEVICE)
+    convs = [torch.randn(B, ch, W - 1, generator=gen).to(DEVICE, dtype) for ch in (H * K, H * K, H * V)]
+    weights = [(torch.randn(ch, W, generator=gen) * 0.5).to(DEVICE) for ch in (H * K, H * K, H * V)]
+    proj = torch.randn(B, 2 * H * K + 2 * H * V + 3, generator=gen).to(DEVICE, dtype)
+    q, k, v = proj[:, :H * K], proj[:, H * K:2 * H * K], proj[:, 2 * H * K:2 * H * K + H * V]
+    gate = proj[:, 2 * H * K + H * V:2 * H * K + 2 * H * V] if with_gate else None  # strided rows
+    norm = RMSNorm(V).to(DEVICE)
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(V, generator=gen) + 0.5)
+    kw = dict(qk_activation="silu", qk_norm="l2", v_activation="silu")
+    S2, convs2 = S.clone(), [c.clone() for c in convs]
+    o = decode_step(S, q, k, v, conv_states=convs, conv_weights=weights, o_norm_weight=norm.weight, gate=gate, **kw)
+    o_ref = naive_decode_step(S2.double().cpu(), q.double().cpu(), k.double().cpu(),
+                              v.double().cpu(), conv_states=[c.double().cpu() for c in convs2],
+                              conv_weights=[w.double().cpu() for w in weights],
+                              o_norm_weight=norm.weight.detach().double().cpu(),
+                              gate=gate.double().cpu() if gate is not None else None, **kw)
+    raw = decode_step(S2, q, k, v, conv_states=convs2, conv_weights=weights, **kw).float()  # (B, H, V)
+    plain = norm(raw, gate=gate.float().view(B, H, V) if gate is not None else None)
+    tol = {torch.float32: 1e-5, torch.float16: 2e-3}[dtype]
+    assert o.dtype == dtype and rel_err(o, o_ref) < tol and rel_err(o.float(), plain) < 2 * tol
+    with pytest.raises(ValueError, match="BV >= 20"):
+        decode_step(S, q, k, v, o_norm_weight=norm.weight, BV=16, **kw)
+    with pytest.raises(ValueError, match="gate is only applied"):
+        decode_step(S, q, k, v, gate=proj[:, :H * V], **kw)
+
+
 def test_naive_decode_step_equals_the_recurrent_delta_rule():
     """The reference itself: one step of naive_decode_step == one token of kernels.naive_recurrent_delta_rule."""
     from kernels import naive_recurrent_delta_rule
