@@ -7,7 +7,7 @@
     python run.py task=prepare data=slimpajama_local data.source.root=/path/to/SlimPajama
     python run.py task=generate ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt prompt="The delta rule"
     python run.py task=generate ckpt_path=... generation.stream=true      # print tokens as they come
-    python run.py task=generate ckpt_path=... generation.prefill_chunk_size=2048  # prefill in pieces of 2048 tokens
+    python run.py task=generate ckpt_path=... generation.prefill_chunk_size=16384  # prefill pieces of 16K tokens
     python run.py ckpt_path=logs/train/runs/<run>                     # resume a run from its directory alone
 
 A user error (bad config value, data file or checkpoint path) prints one paragraph and exits with status 1;

@@ -4,13 +4,13 @@
 prompt once (prefill, the normal forward with ``use_cache``: chunk kernels for long prompts) and then one token
 per step.
 
-Prefill in pieces (``prefill_chunk_size``, default :data:`PREFILL_CHUNK_SIZE` tokens): the prompt goes through the
-model in pieces of at most that many tokens along the sequence, each forward continuing the cache the one before left
-(recurrent and conv states, KV caches and SWA ring buffers, RoPE positions from the tokens seen; the left padding
-sliced with the piece).  The activations of one forward (projections, MLP intermediates, the chunk kernels'
-intermediates) grow with B x its tokens, so the pieces bound the prefill's peak memory by B x prefill_chunk_size
-tokens whatever the prompt's length; the caches themselves are the same as in one forward.  The cost: one forward's
-kernel launches and host work per piece, small against the compute of thousands of tokens per row.
+Prefill in pieces (``prefill_chunk_size``, default :data:`PREFILL_CHUNK_SIZE` tokens over all rows): the prompt
+goes through the model in pieces along the sequence, each of at most that many tokens in all and each forward
+continuing the cache the one before left (recurrent and conv states, KV caches and SWA ring buffers, RoPE positions
+from the tokens seen; the left padding sliced with the piece).  The activations of one forward (projections, MLP
+intermediates, the chunk kernels' intermediates) grow with the tokens it holds, B x its positions, so the pieces bound
+the prefill's peak memory whatever the prompt's length and batch; the caches themselves are the same as in one
+forward.  The cost: one forward's kernel launches and host work per piece, small against the compute of a piece.
 
 Fast path (``fast=True``, the default): every layer decodes from static buffers allocated once for the whole
 generation (the protocol of ``deltanet/layers/static.py``): the short-conv states, float32 recurrent states
@@ -44,13 +44,13 @@ import torch
 __all__ = ["GenerationMixin", "GenerationStats", "PREFILL_CHUNK_SIZE", "StaticCache", "check_prefill_chunk_size",
            "sample_next", "sample_static"]
 
-# Tokens per row in one prefill piece: the default of generate(prefill_chunk_size=...), and of run.py's
-# generation.prefill_chunk_size (conf/config.yaml repeats it; a test holds the two equal).  8192 keeps every prompt of
-# up to 8K tokens one forward, as without pieces (no extra launches), and an 8K prompt at batch 64 is recorded to fit
-# one H200 for the 340M DeltaNet (benchmarks/results/bench_generate.md); a longer prompt's pieces then hold the
-# activations of an 8K prompt, and a piece of 8K tokens per row is long enough that its launch overhead is small
-# against its compute.  Activations scale with batch x piece: at a larger batch or model, pass a smaller piece.
-PREFILL_CHUNK_SIZE = 8192
+# Prompt tokens in one prefill piece, over all rows: the default of generate(prefill_chunk_size=...), and of run.py's
+# generation.prefill_chunk_size (conf/config.yaml repeats it; a test holds the two equal).  The activations of a forward
+# grow with the tokens it holds, B x piece: the 340M DeltaNet peaked at 89 GB for one 8K-token forward at batch 64
+# (512K tokens; benchmarks/results/bench_generate.md) and at 3.7 GB for a 64K-token prompt at batch 1.  65536 keeps a
+# batch-1 prompt of up to 64K tokens one forward (no extra launches) and runs batch 64 in pieces of 1024 positions,
+# each long enough that its launch overhead is small against its compute.
+PREFILL_CHUNK_SIZE = 65536
 
 
 def check_prefill_chunk_size(value) -> Optional[int]:
@@ -245,15 +245,18 @@ class GenerationMixin:
         cuda_graph: capture the fast step in a CUDA graph (default: on CUDA, without a user ``generator``).
         max_length: positions the static cache is sized for (default T + max_new_tokens); a larger request fails.
         streamer: called with each new column of tokens (B,) on the CPU as soon as it is sampled.
-        prefill_chunk_size: the prompt runs through the model in pieces of at most this many tokens per row (default
-            :data:`PREFILL_CHUNK_SIZE`, 8192), each continuing the caches of the one before; the result equals one
-            forward over the whole prompt up to float rounding.  Bounds the prefill's activation memory by
-            B x prefill_chunk_size tokens instead of B x T; costs one forward's kernel launches per piece.  None or 0:
-            the whole prompt in one forward.  ``stats.prefill_s`` covers all pieces.
+        prefill_chunk_size: the prompt runs through the model in pieces of at most this many tokens over all B rows
+            (default :data:`PREFILL_CHUNK_SIZE`), i.e. ``max(1, prefill_chunk_size // B)`` positions of every row per
+            piece, each continuing the caches of the one before; the result equals one forward over the whole prompt
+            up to float rounding.  Bounds the prefill's activation memory by prefill_chunk_size tokens instead of
+            B x T; costs one forward's kernel launches per piece.  None or 0: the whole prompt in one forward.
+            ``stats.prefill_s`` covers all pieces.
         """
         device = next(self.parameters()).device
         prefill_chunk_size = check_prefill_chunk_size(prefill_chunk_size)
         input_ids = self._check_inputs(input_ids, max_new_tokens, attention_mask, pad_token_id, max_length, device)
+        if prefill_chunk_size is not None:  # tokens over the batch -> positions per row
+            prefill_chunk_size = max(1, prefill_chunk_size // input_ids.shape[0])
         if max_new_tokens == 0:
             return (input_ids, GenerationStats(batch=input_ids.shape[0], prompt_tokens=input_ids.shape[1],
                                                fast=fast)) if return_stats else input_ids

@@ -125,8 +125,8 @@ def test_greedy_generate_chunked_equals_unchunked(family):
     for fast in (True, False):
         ref = model.generate(ids, 9, temperature=0.0, attention_mask=mask, fast=fast, prefill_chunk_size=None)
         counter = ForwardCounter(model)
-        out, stats = model.generate(ids, 9, temperature=0.0, attention_mask=mask, fast=fast, prefill_chunk_size=8,
-                                    return_stats=True)
+        out, stats = model.generate(ids, 9, temperature=0.0, attention_mask=mask, fast=fast, prefill_chunk_size=16,
+                                    return_stats=True)  # 16 tokens over 2 rows: 8 positions per piece
         counter.close()
         assert counter.prefills() == pieces(37, 8), (fast, counter.lengths)
         assert torch.equal(out, ref), f"fast={fast}"
@@ -147,9 +147,16 @@ def test_default_prompt_pieces():
         counter.lengths.clear()
     model.generate(ids, 2, temperature=0.0, prefill_chunk_size=7)
     assert counter.prefills() == [7, 7, 6]
+    counter.lengths.clear()
+    # the size counts tokens over all rows: 4 rows, 13 tokens -> 3 positions per piece; fewer tokens than rows -> 1
+    model.generate(ids.expand(4, -1), 2, temperature=0.0, prefill_chunk_size=13)
+    assert counter.prefills() == [3] * 6 + [2]
+    counter.lengths.clear()
+    model.generate(ids[:, :3].expand(4, -1), 2, temperature=0.0, prefill_chunk_size=2)
+    assert counter.lengths[:3] == [1, 1, 1]  # the prompt's three forwards, before the decoding
     counter.close()
     # the default is one constant, repeated by run.py's config
-    assert PREFILL_CHUNK_SIZE == 8192
+    assert PREFILL_CHUNK_SIZE == 65536
     cfg = OmegaConf.load(ROOT / "conf" / "config.yaml")
     assert cfg.generation.prefill_chunk_size == PREFILL_CHUNK_SIZE
 
