@@ -86,6 +86,8 @@ def bench_cell(model, family: str, P: int, B: int, steps: int, device: str, hbm:
     # kernels do not, so the others warm up on a short prompt (a 64K-token attention prefill is not paid twice)
     warm = ids if model.config.attn_window is not None else ids[:, :min(P, 2048)]
     model.generate(warm, max_new_tokens=3, temperature=0.0)
+    if warm.shape[1] > 1:  # and a prefill in two pieces: the kernels that continue a state compile apart
+        model.generate(warm, max_new_tokens=3, temperature=0.0, prefill_chunk_size=B * (warm.shape[1] // 2))
     sync(device)
     gc.collect()
     if device == "cuda":
