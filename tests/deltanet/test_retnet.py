@@ -3,6 +3,8 @@ paper's GroupNorm and doubled value width, the config fields and the paper-size 
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +15,7 @@ from deltanet.layers import MultiScaleRetention
 from deltanet.layers.norm import HeadGroupNorm, RMSNorm
 from tests.deltanet.test_generation_static import static_logits
 
+ROOT = Path(__file__).resolve().parents[2]
 # (retnet_norm, retnet_value_factor): the paper's design (the default) and fla's (today's RMSNorm, V = K)
 VARIANTS = [("group", 2), ("rms", 1), ("group", 1), ("rms", 2)]
 
@@ -213,3 +216,27 @@ def test_retnet_default_ffn_width():
     d = DeltaNetConfig(family="retnet").to_dict()
     assert DeltaNetConfig(**d) == DeltaNetConfig(family="retnet")  # the derived width round-trips
 
+
+# The paper sizes of family retnet (conf/model/retnet.yaml's comment): (total, without the input embedding).
+PAPER_COUNTS = {"340M": (399_131_648, 366_363_648, "399.1M", "366.4M"),
+                "1.3B": (1_465_157_632, 1_399_621_632, "1.465B", "1.400B")}
+
+
+@pytest.mark.parametrize("preset", sorted(PAPER_COUNTS))
+def test_paper_size_parameter_counts(preset):
+    """Value factor 2 adds 3 * hidden^2 weights per layer (W_v, W_g, W_o at H * head_dim = hidden) and the FFN
+    width hidden less takes them back; the GroupNorm's bias and wider weight add 2 * 2 * hidden - head_dim."""
+    total, body, total_s, body_s = PAPER_COUNTS[preset]
+    cfg = DeltaNetConfig.from_preset(preset, family="retnet")
+    with torch.device("meta"):
+        model = DeltaNetForCausalLM(cfg)
+        rms = DeltaNetForCausalLM(DeltaNetConfig.from_preset(preset, family="retnet", retnet_norm="rms",
+                                                             retnet_value_factor=1))
+    assert (model.num_parameters(), model.num_parameters(exclude_embeddings=True)) == (total, body)
+    C, D = cfg.hidden_size, cfg.head_dim
+    assert cfg.intermediate_size == rms.config.intermediate_size - C
+    assert total - rms.num_parameters() == cfg.num_layers * (4 * C - D)
+    for path in ("conf/model/retnet.yaml", "deltanet/README.md"):
+        text = " ".join((ROOT / path).read_text().split())
+        assert re.search(rf"{re.escape(preset)}\S*(?: preset)? {re.escape(total_s)} \({re.escape(body_s)}", text), \
+            f"{path} does not state the {preset} count {total_s} ({body_s} without embeddings)"
