@@ -23,7 +23,7 @@ MFU = model FLOPs / step time / ``--peak-tflops`` (989: H100/H200 bf16 dense).  
 mixer layer and batch row, forward + backward (3x the forward):
 softmax attention ``3 * 4 * H * D * sum_t min(t + 1, window)`` (QK^T and PV over the visible keys);
 delta rule ``3 * T * H * (6 * K * V + C * (2 * K + V))`` with chunk C (Q S, W S, K^T U' per token, and the causal
-halves of Q K^T, (Q K^T) U' and K K^T inside the chunk), also for Gated DeltaNet and RetNet; GLA (K = D / 2)
+halves of Q K^T, (Q K^T) U' and K K^T inside the chunk), also for Gated DeltaNet and RetNet (V = 2 K); GLA (K = D / 2)
 ``3 * T * H * (4 * K * V + C * (K + V))`` (Q S and K^T V per token, the causal halves of A and A V); Mamba's scan
 ``3 * T * 6 * E * N`` per block (inner channels E, state size N; two blocks per layer).
 
@@ -129,7 +129,8 @@ def mixer_flops(cfg: DeltaNetConfig, T: int, B: int) -> float:
             K = D // 2
             total += 3 * T * H * (4 * K * D + cfg.chunk_size * (K + D))
         else:  # the delta rule's count; the gated and scalar-decay forms are counted the same
-            total += 3 * T * H * (6 * D * D + cfg.chunk_size * 3 * D)
+            V = cfg.retnet_value_factor * D if cfg.family == "retnet" else D  # RetNet: V = 2 K by default
+            total += 3 * T * H * (6 * D * V + cfg.chunk_size * (2 * D + V))
     return total * B
 
 

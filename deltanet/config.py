@@ -10,7 +10,12 @@ Families (``family``):
 - ``gated_deltanet``: every layer a Gated DeltaNet mixer (the delta rule with a Mamba2-style decay, output gate).
 - ``gated_deltanet_hybrid_swa``: sliding-window attention every other layer as in ``deltanet_hybrid_swa``, Gated
   DeltaNet elsewhere.
-- ``retnet``: every layer RetNet's multi-scale retention (fixed decay per head, RoPE, output gate).
+- ``retnet``: every layer RetNet's multi-scale retention (fixed decay per head, RoPE, output gate) in the published
+  design (Sun et al., 2023): ``retnet_norm`` ``"group"`` (GroupNorm with one group per head) and
+  ``retnet_value_factor`` 2 (value head dim 2 * head_dim).  Its default SwiGLU width is the Llama width less
+  ``(retnet_value_factor - 1) * num_heads * head_dim``: the wider values, gate and output projection add
+  ``3 * hidden * (factor - 1) * H * D`` weights per layer and the narrower FFN takes as many away, so a paper
+  size keeps its parameter count, as the paper keeps RetNet's equal to the Transformer's by a smaller FFN.
 - ``gla``: every layer gated linear attention (a data-dependent decay per key channel from a low-rank gate, key dim
   head_dim / 2, output gate).
 - ``transformer``: Transformer++ (RoPE, SwiGLU, RMSNorm, causal attention) in every layer.
@@ -93,6 +98,9 @@ class DeltaNetConfig:
     # With the fused glue: the backward recomputes the short convolutions' outputs (q, k, v) from the projection
     # instead of keeping them (three activations per layer less); False keeps them.
     recompute_conv: bool = True
+    # --- RetNet (family "retnet") ---
+    retnet_norm: str = "group"  # per-head output norm: "group" (the paper's GroupNorm, one group per head) | "rms"
+    retnet_value_factor: int = 2  # value head dim = factor * head_dim: 2 (the paper's) | 1
     # --- Mamba (family "mamba") ---
     ssm_state_size: int = 16  # N, the state size per channel
     ssm_expand: int = 2  # inner channels = ssm_expand * hidden_size
@@ -122,8 +130,20 @@ class DeltaNetConfig:
             raise ValueError(f"head_dim must be a positive int, got {self.head_dim!r}")
         if self.family not in ("deltanet", "mamba", "gated_deltanet") and self.head_dim % 2:
             raise ValueError(f"head_dim must be even for RoPE attention, got {self.head_dim}")
+        if self.retnet_norm not in ("group", "rms"):
+            raise ValueError(f"retnet_norm must be 'group' or 'rms', got {self.retnet_norm!r}")
+        v = self.retnet_value_factor
+        if isinstance(v, bool) or not isinstance(v, int) or v not in (1, 2):
+            raise ValueError(f"retnet_value_factor must be 1 or 2 (value head dim = factor * head_dim), "
+                             f"got {self.retnet_value_factor!r}")
         if self.intermediate_size is None:
             self.intermediate_size = _llama_intermediate_size(self.hidden_size)
+            if self.family == "retnet":  # the wider value path's weights come out of the FFN (module docstring)
+                self.intermediate_size -= (self.retnet_value_factor - 1) * self.num_heads * self.head_dim
+                if self.intermediate_size < 1:
+                    raise ValueError(
+                        f"intermediate_size: the RetNet default (Llama width less (retnet_value_factor - 1) * "
+                        f"num_heads * head_dim = {self.intermediate_size}) is not positive; set intermediate_size")
         if isinstance(self.intermediate_size, bool) or not isinstance(self.intermediate_size, int) \
                 or self.intermediate_size < 1:
             raise ValueError(f"intermediate_size must be a positive int, got {self.intermediate_size!r}")

@@ -73,7 +73,8 @@ RECORDED_BASE = {
     "conv_size": 4, "use_beta": True, "use_output_gate": False, "chunk_size": 64, "backend": "auto", "norm_eps": 1e-6,
     "initializer_range": 0.02, "loss_chunk_size": 4096,
     "ssm_state_size": 16, "ssm_expand": 2, "dt_rank": None, "dt_min": 0.001, "dt_max": 0.1,  # Mamba's fields (new)
-    "fused": True, "recompute_conv": True}  # the fused-glue switches (new)
+    "fused": True, "recompute_conv": True,  # the fused-glue switches (new)
+    "retnet_norm": "group", "retnet_value_factor": 2}  # RetNet's published design (new)
 RECORDED_FAMILY = {
     "deltanet": {},
     "deltanet_hybrid_swa": {"family": "deltanet_hybrid_swa", "attn_window": 2048},

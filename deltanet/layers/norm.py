@@ -1,4 +1,5 @@
-"""RMSNorm (computed in float32, cast back to the input dtype), optionally with a residual add or an output gate.
+"""RMSNorm (computed in float32, cast back to the input dtype), optionally with a residual add or an output gate;
+HeadGroupNorm, a GroupNorm with one group per head (RetNet's output norm).
 
 ``fused=True`` runs the Triton kernel of ``kernels/norm`` (one pass, saves the sum and one rstd per row); the plain
 form below is the CPU path and the reference the tests hold it to.
@@ -13,7 +14,7 @@ from torch import nn
 
 from kernels.norm import rms_norm
 
-__all__ = ["RMSNorm", "autocast_dtype"]
+__all__ = ["HeadGroupNorm", "RMSNorm", "autocast_dtype"]
 
 
 def autocast_dtype(x: torch.Tensor) -> Optional[torch.dtype]:
@@ -46,3 +47,28 @@ class RMSNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+class HeadGroupNorm(nn.Module):
+    """GroupNorm over the ``num_heads * head_dim`` channels of a multi-head output with one group per head (RetNet's
+    ``GroupNorm_h``, Sun et al., 2023): each head's outputs of one token are normalised by their own mean and
+    variance, ``(x - mean) / sqrt(var + eps)``, then scaled and shifted per channel (weight and bias of
+    ``num_heads * head_dim``).  Computed in float32 (``F.group_norm``), cast back to the input dtype."""
+
+    def __init__(self, num_heads: int, head_dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.num_heads, self.head_dim, self.eps = num_heads, head_dim, eps
+        self.weight = nn.Parameter(torch.ones(num_heads * head_dim))
+        self.bias = nn.Parameter(torch.zeros(num_heads * head_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (..., num_heads, head_dim) -> the same shape and dtype."""
+        shape = x.shape
+        if tuple(shape[-2:]) != (self.num_heads, self.head_dim):
+            raise ValueError(f"HeadGroupNorm({self.num_heads}, {self.head_dim}) got input of shape {tuple(shape)}")
+        y = F.group_norm(x.reshape(-1, self.num_heads * self.head_dim).float(), self.num_heads,
+                         self.weight.float(), self.bias.float(), self.eps)
+        return y.view(shape).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_heads} heads of {self.head_dim}, eps={self.eps}"

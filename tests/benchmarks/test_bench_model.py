@@ -37,6 +37,8 @@ def test_mixer_flops_counts_window_and_chunk():
     assert mod.mixer_flops(d, 10, 3) == 3 * 3 * 10 * 2 * (6 * 32 * 32 + 16 * 3 * 32)
     gla = DeltaNetConfig(family="gla", hidden_size=64, num_heads=2, num_layers=1, chunk_size=16)
     assert mod.mixer_flops(gla, 10, 3) == 3 * 3 * 10 * 2 * (4 * 16 * 32 + 16 * (16 + 32))  # K = D / 2 = 16
+    ret = DeltaNetConfig(family="retnet", hidden_size=64, num_heads=2, num_layers=1, chunk_size=16)
+    assert mod.mixer_flops(ret, 10, 3) == 3 * 3 * 10 * 2 * (6 * 32 * 64 + 16 * (2 * 32 + 64))  # V = 2 K = 64
 
 
 def test_bench_model_dry_run_gla(tmp_path):
