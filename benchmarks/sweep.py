@@ -72,3 +72,23 @@ def split(prev_rows: list[dict], key: Callable[[dict], Hashable], wanted: set,
         else:
             done[k] = r
     return kept, done, retry
+
+
+class Rows:
+    """The rows of a table in their order: ``kept`` (an earlier command's cells this one does not list), then one slot
+    per cell of this command, filled from ``earlier`` (key -> row) at the start.  Every row known is on disk from the
+    first write, so a command that dies early loses none of the earlier ones."""
+
+    def __init__(self, kept: list[dict], cells: Iterable[Hashable], earlier: Optional[dict] = None):
+        earlier = earlier or {}
+        self.kept = list(kept)
+        self.slots: dict = {c: earlier.get(c) for c in cells}
+
+    def __getitem__(self, cell: Hashable) -> Optional[dict]:
+        return self.slots[cell]
+
+    def __setitem__(self, cell: Hashable, row: dict) -> None:
+        self.slots[cell] = row
+
+    def list(self) -> list[dict]:
+        return self.kept + [r for r in self.slots.values() if r is not None]
