@@ -34,7 +34,6 @@ import gc
 import json
 import platform
 import sys
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -43,6 +42,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from deltanet import FAMILIES, DeltaNetConfig, DeltaNetForCausalLM  # noqa: E402
 from deltanet.generation import StaticCache  # noqa: E402
+from benchmarks.sweep import JOIN, SKIPPED, STARTED, Deadline, Rows, command_line, split  # noqa: E402
 
 DRY_SIZES = dict(vocab_size=97, hidden_size=64, num_layers=2, num_heads=2, chunk_size=16, attn_window=32,
                  ssm_state_size=4, backend="torch")
@@ -188,28 +188,24 @@ def main(argv: Optional[list[str]] = None) -> dict:
     if args.with_1p3b and not args.dry_run:
         cells += [("deltanet", "1.3B", 1, P) for P in sorted(args.prompts)]
     import triton
-    meta = {"command": "python " + " ".join([sys.argv[0] if argv is None else "benchmarks/bench_generate.py"]
-                                            + (sys.argv[1:] if argv is None else list(argv))),
+    meta = {"command": command_line("bench_generate.py", argv),
             "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
             "torch": torch.__version__, "triton": triton.__version__, "hbm_B_per_s": args.hbm,
             "steps": args.steps}
     args.out.mkdir(parents=True, exist_ok=True)
-    rows: list[dict] = []
+    kept: list[dict] = []
     done: dict = {}
     if args.resume and (args.out / "bench_generate.json").exists():
         prev = json.loads((args.out / "bench_generate.json").read_text())
-        meta["command"] = prev["meta"]["command"] + " && " + meta["command"]  # every command behind the table
-        wanted = {(f, p, b, P) for f, p, b, P in cells}
-        for r in prev["results"]:
-            if r["status"] == "started":  # the process died inside this cell (killed at a time limit, say)
-                r = {**r, "status": "killed (did not finish)"}
-            key = (r["family"], r["preset"], r["batch"], r["prompt"])
-            if key not in wanted:
-                rows.append(r)  # a cell of an earlier command that this one does not list stays in the table
-            elif r["status"] != "skipped (time)":
-                done[key] = r
+        meta["command"] = prev["meta"]["command"] + JOIN + meta["command"]  # every command behind the table
+        # a killed cell is kept as killed, not run again; a cell of an earlier command that this one does not list
+        # stays in the table
+        kept, done, _ = split(prev["results"], lambda r: (r["family"], r["preset"], r["batch"], r["prompt"]),
+                              set(cells), max_attempts=1)
+    table_rows = Rows(kept, cells, done)  # the earlier cells, on disk from the first write
 
     def write() -> None:  # after every cell, so a run cut short keeps what it measured
+        rows = table_rows.list()
         (args.out / "bench_generate.json").write_text(json.dumps({"meta": meta, "results": rows}, indent=1))
         md = ["# bench_generate: steady decode tokens/s against prompt length", "",
               f"Command: `{meta['command']}`  ", f"GPU: {meta['device']}; torch {meta['torch']}, triton "
@@ -219,20 +215,19 @@ def main(argv: Optional[list[str]] = None) -> dict:
         (args.out / "bench_generate.md").write_text("\n".join(md))
         plot(rows, args.out / "bench_generate.png")
 
-    t_start = time.time()
+    deadline = Deadline(args.max_seconds)
     model, built = None, None
-    for family, pre, B, P in cells:
+    for cell in cells:
+        family, pre, B, P = cell
         base = {"family": family, "preset": pre, "prompt": P, "batch": B}
-        if (family, pre, B, P) in done:
-            rows.append(done[family, pre, B, P])
+        if cell in done:
             continue
-        if args.max_seconds is not None and time.time() - t_start > args.max_seconds:
-            rows.append({**base, "status": "skipped (time)"})
+        if deadline.expired():
+            table_rows[cell] = {**base, "status": SKIPPED}
             write()
             continue
-        rows.append({**base, "status": "started"})  # on disk while it runs: a resumed sweep skips a cell that died
+        table_rows[cell] = {**base, "status": STARTED}  # on disk while it runs: a resumed sweep skips it if it died
         write()
-        rows.pop()
         try:
             if built != (family, pre):
                 model = None
@@ -242,17 +237,17 @@ def main(argv: Optional[list[str]] = None) -> dict:
                 model, built = build(family, pre, device), (family, pre)
             r = bench_cell(model, family, P, B, args.steps, device, args.hbm)
             r["preset"] = pre
-            rows.append(r)
+            table_rows[cell] = r
             print(f"{family} {pre} B={B} P={P}: prefill {r['prefill_ms']:.1f} ms, decode {r['decode_tok_s']:.0f} "
                   f"tok/s ({r['of_bound']:.2f} of bound {r['bound_tok_s']:.0f}), peak "
                   f"{r['peak_mem_gb'] if r['peak_mem_gb'] is not None else '-'} GB", flush=True)
         except torch.cuda.OutOfMemoryError:
-            rows.append({**base, "status": "OOM"})
+            table_rows[cell] = {**base, "status": "OOM"}
             print(f"{family} {pre} B={B} P={P}: OOM", flush=True)
             gc.collect()
             torch.cuda.empty_cache()
         write()
-    return {"meta": meta, "results": rows}
+    return {"meta": meta, "results": table_rows.list()}
 
 
 if __name__ == "__main__":

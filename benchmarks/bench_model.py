@@ -1,17 +1,25 @@
 """Question: how fast does a training step of our DeltaNet run, against fla's DeltaNet model, our Transformer++ and
 our hybrids, at a fixed number of tokens per step and growing T?  And how much memory does it take?
 
-    python benchmarks/bench_model.py --preset 340M --out benchmarks/results/bench_model
+    python benchmarks/bench_model.py --preset 340M --out benchmarks/results
     python benchmarks/bench_model.py --preset 1.3B --lengths 2048x8 8192x2 16384x1 --out DIR
     python benchmarks/bench_model.py --preset 340M --lengths 2048x8 --profile --out DIR     # + top-10 CUDA kernels
     python benchmarks/bench_model.py --dry-run --out /tmp/bench                             # tiny, on CPU
+
+One table over several commands (each starts no new cell after 480 s; repeat the second until no cell reads
+``skipped (time)`` or ``killed``, then add the profile; a resumed command may also list more models or lengths):
+
+    python benchmarks/bench_model.py --preset 340M --max-seconds 480 --out benchmarks/results
+    python benchmarks/bench_model.py --preset 340M --max-seconds 480 --resume --out benchmarks/results
+    python benchmarks/bench_model.py --preset 340M --resume --profile --out benchmarks/results
 
 Models (``--models``, all by default): ``deltanet`` (ours, fused glue: the default on CUDA), ``deltanet_plain`` (ours,
 ``fused=False``: the plain PyTorch glue around the same Triton delta rule), ``deltanet_keepconv`` (fused, but the
 short convolutions' outputs kept for the backward instead of recomputed: ``recompute_conv=False``), ``fla_deltanet``
 (``fla.models.DeltaNetForCausalLM`` with the same sizes, when fla is installed; skipped with a note otherwise),
-``transformer`` (our Transformer++), ``deltanet_hybrid_swa``, ``deltanet_hybrid_global``, and (named with ``--models``) ``gated_deltanet``, ``retnet``, ``gla``, ``mamba``.  All run in this process,
-one after another, on the same random token ids.
+``transformer`` (our Transformer++), ``deltanet_hybrid_swa``, ``deltanet_hybrid_global``, and (named with
+``--models``) ``gated_deltanet``, ``retnet``, ``gla``, ``mamba``.  All run in this process, one after another, on the
+same random token ids.
 
 Setup of every step: float32 weights under bf16 autocast, fused AdamW (lr 1e-4), gradient-norm clipping at 1.0; the
 time is the mean of ``--steps`` (10) steps after ``--warmup`` (4) warm-up steps (CUDA-synchronised wall clock);
@@ -30,6 +38,18 @@ halves of Q K^T, (Q K^T) U' and K K^T inside the chunk), also for Gated DeltaNet
 Outputs in ``--out``: ``bench_model.md`` (tables + ratios), ``bench_model.json``, ``bench_model.png`` (tokens/s and
 peak memory against T), and with ``--profile`` ``bench_model_profile.md`` (top-10 kernels of one step per model).
 Each records the command, GPU, torch, triton and fla versions.
+
+A table filled over several commands (the first step of each model compiles its kernels, fla's also autotunes, so a
+full table takes longer than one command may run): the three outputs are written after every cell (model, T, B),
+a cell about to run first as ``started``; an out-of-memory cell is recorded as OOM and the sweep goes on.
+``--max-seconds S`` starts no new cell, nor the profile (a note says so), after S seconds from the start of the
+script: the cells not started are written as ``skipped (time)``.  ``--resume`` keeps the cells already in ``--out``'s
+``bench_model.json`` (measured, OOM, or an error), also those of models or lengths this command does not list, and
+runs only the others: ``skipped (time)`` ones, new ones, and a ``started`` one, whose process died inside it: it is
+reported as ``killed (did not finish)`` and run again (once; killed twice, it stays killed).  The JSON's
+``meta["command"]`` holds every command behind the table, joined with `` && ``, and each row's ``command`` the index
+(from 1) of the one that wrote it, shown as [n] in the md.  A resume refuses a table measured with another preset,
+device, torch, triton or fla version, ``--warmup``, ``--steps``, setup or ``--peak-tflops``.
 """
 from __future__ import annotations
 
@@ -47,6 +67,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from deltanet import PRESETS, DeltaNetConfig, DeltaNetForCausalLM  # noqa: E402
+from benchmarks.sweep import (JOIN, KILLED, SKIPPED, STARTED, Deadline, Rows, check_same,  # noqa: E402
+                              command_line, commands, split)
 
 OURS = {"deltanet": dict(family="deltanet"), "deltanet_plain": dict(family="deltanet", fused=False),
         "deltanet_keepconv": dict(family="deltanet", recompute_conv=False),
@@ -227,44 +249,54 @@ def profile_one(name: str, preset: Optional[str], T: int, B: int, device: str, t
 # reporting
 # ---------------------------------------------------------------------------------------------------------------------
 
-def _get(rows: list[dict], model: str, T: int) -> Optional[dict]:
-    return next((r for r in rows if r["model"] == model and r["T"] == T and "error" not in r), None)
+def _get(rows: list[dict], model: str, T: int, B: int) -> Optional[dict]:
+    """The measured row of a cell, or None (not run yet, skipped, killed, out of memory)."""
+    return next((r for r in rows if (r["model"], r["T"], r["B"]) == (model, T, B) and "tokens_per_s" in r), None)
 
 
-def tables(rows: list[dict], models: list[str], lengths: list[tuple[int, int]]) -> str:
+def _unmeasured(rows: list[dict], model: str, T: int, B: int) -> str:
+    """What a cell without a measurement shows: its error (OOM), its status (skipped (time), ...) or -."""
+    r = next((r for r in rows if (r["model"], r["T"], r["B"]) == (model, T, B)), None)
+    return "-" if r is None else r.get("error") or r.get("status") or "-"
+
+
+def tables(rows: list[dict], models: list[str], lengths: list[tuple[int, int]], marks: bool = False) -> str:
+    """Tokens/s (MFU) and peak memory per (T, B) and model, parameters, and the ratios of the cells measured.  With
+    ``marks`` each cell ends in [n]: the index of the command that measured it (rows without one: the first)."""
     head = "| (T, B) | " + " | ".join(models) + " |\n|---|" + "---|" * len(models) + "\n"
     speed, mem = head, head
     for T, B in lengths:
         cells_s, cells_m = [], []
         for m in models:
-            r = _get(rows, m, T)
-            err = next((x["error"] for x in rows if x["model"] == m and x["T"] == T and "error" in x), None)
+            r = _get(rows, m, T, B)
             if r is None:
-                cells_s.append(err or "-")
+                cells_s.append(_unmeasured(rows, m, T, B))
                 cells_m.append("-")
                 continue
-            cells_s.append(f"{r['tokens_per_s'] / 1e3:.1f}K ({100 * r['mfu']:.1f}%)")
+            mark = f" [{r.get('command', 1)}]" if marks else ""
+            cells_s.append(f"{r['tokens_per_s'] / 1e3:.1f}K ({100 * r['mfu']:.1f}%){mark}")
             cells_m.append("-" if r["peak_mem_gib"] is None else f"{r['peak_mem_gib']:.1f}")
         speed += f"| {T}, {B} | " + " | ".join(cells_s) + " |\n"
         mem += f"| {T}, {B} | " + " | ".join(cells_m) + " |\n"
     params = " | ".join(f"{m}: {r['params'] / 1e6:.1f}M" for m in models
                         if (r := next((x for x in rows if x["model"] == m and "params" in x), None)))
-    text = ("tokens/s (MFU)\n\n" + speed + "\npeak memory (GiB)\n\n" + mem + f"\nparameters: {params}\n")
+    text = ("tokens/s (MFU)" + (", [n]: measured by command n" if marks else "") + "\n\n" + speed
+            + "\npeak memory (GiB)\n\n" + mem + f"\nparameters: {params or '-'}\n")
     ratios = []
     for T, B in lengths:
-        ours = _get(rows, "deltanet", T)
+        ours = _get(rows, "deltanet", T, B)
         for other, target in (("fla_deltanet", 1.3), ("transformer", 1.0), ("deltanet_plain", None)):
-            o = _get(rows, other, T)
+            o = _get(rows, other, T, B)
             if ours and o:
                 goal = f" (target >= {target})" if target else ""
                 ratios.append(f"- T = {T}: deltanet / {other} tokens/s {ours['tokens_per_s'] / o['tokens_per_s']:.2f}"
                               f"{goal}")
-        fla, tr = _get(rows, "fla_deltanet", T), _get(rows, "transformer", T)
+        fla, tr = _get(rows, "fla_deltanet", T, B), _get(rows, "transformer", T, B)
         if ours and fla and ours["peak_mem_gib"] is not None:
             ratios.append(f"- T = {T}: deltanet / fla_deltanet peak memory "
                           f"{ours['peak_mem_gib'] / fla['peak_mem_gib']:.2f} (target <= 1)")
         for hyb in ("deltanet_hybrid_swa", "deltanet_hybrid_global"):
-            h = _get(rows, hyb, T)
+            h = _get(rows, hyb, T, B)
             if h and tr:
                 ratios.append(f"- T = {T}: {hyb} / transformer tokens/s {h['tokens_per_s'] / tr['tokens_per_s']:.2f}"
                               + (" (target >= 1)" if T >= 8192 else ""))
@@ -280,7 +312,7 @@ def plot(rows: list[dict], models: list[str], path: Path, title: str) -> bool:
         return False
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
     for m in models:
-        rs = sorted((r for r in rows if r["model"] == m and "error" not in r), key=lambda r: r["T"])
+        rs = sorted((r for r in rows if r["model"] == m and "tokens_per_s" in r), key=lambda r: r["T"])
         if not rs:
             continue
         a1.plot([r["T"] for r in rs], [r["tokens_per_s"] / 1e3 for r in rs], marker="o", label=m)
@@ -291,7 +323,8 @@ def plot(rows: list[dict], models: list[str], path: Path, title: str) -> bool:
         a.set_xlabel("sequence length T (tokens per step fixed)")
         a.set_ylabel(y)
         a.grid(alpha=0.3)
-    a1.legend(fontsize=8)
+    if a1.lines:  # none when no cell is measured yet
+        a1.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -299,73 +332,138 @@ def plot(rows: list[dict], models: list[str], path: Path, title: str) -> bool:
     return True
 
 
+# what a resumed command must share with the table it adds to (setup holds warmup and steps for older JSONs)
+SAME = ("preset", "device", "torch", "triton", "fla", "warmup", "steps", "setup", "peak_tflops")
+PROFILE_NOT_RUN = "profile not run"
+
+
+def _unique(xs) -> list:
+    return list(dict.fromkeys(xs))
+
+
 def main(argv: Optional[list[str]] = None) -> dict:
+    deadline = Deadline(None)  # the time box counts from the start of the script
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="340M", choices=sorted(PRESETS))
     p.add_argument("--lengths", nargs="+", type=parse_length, default=None,
                    help="TxB pairs (default 2048x8 8192x2 16384x1: 16K tokens per step)")
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), choices=MODELS,
                    help="default: " + " ".join(DEFAULT_MODELS))
-    p.add_argument("--warmup", type=int, default=4)
-    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=None, help="warm-up steps per cell (default 4; dry run 1)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per cell (default 10; dry run 2)")
     p.add_argument("--peak-tflops", type=float, default=989.0)
     p.add_argument("--profile", action="store_true", help="also write the top kernels of one step per model")
     p.add_argument("--profile-top", type=int, default=10, help="how many kernels the profile lists (default 10)")
     p.add_argument("--profile-length", type=parse_length, default=None, help="TxB of the profiled step (default: "
                    "the first length)")
-    p.add_argument("--dry-run", action="store_true", help="tiny models on CPU (torch path), 1 + 2 steps: checks the "
-                   "script, measures nothing")
+    p.add_argument("--max-seconds", type=float, default=None, help="start no new cell (nor the profile) after this "
+                   "many seconds from the start; the cells not started are written as skipped (time)")
+    p.add_argument("--resume", action="store_true", help="keep the cells already in --out's bench_model.json "
+                   "(measured, OOM or error) and run only the others: skipped ones, new ones, and ones whose process "
+                   "died (killed (did not finish): run again once)")
+    p.add_argument("--dry-run", action="store_true", help="tiny models on CPU (torch path), 1 + 2 steps unless "
+                   "--warmup/--steps say otherwise: checks the script, measures nothing")
     p.add_argument("--out", required=True, help="directory for bench_model.md/.json/.png")
     a = p.parse_args(argv)
+    deadline.max_seconds = a.max_seconds
     device = "cpu" if a.dry_run else "cuda"
     if device == "cuda" and not torch.cuda.is_available():
         p.error("needs a CUDA device (or --dry-run)")
     preset = None if a.dry_run else a.preset
     lengths = a.lengths or ([(64, 2), (128, 1)] if a.dry_run else [parse_length(s) for s in DEFAULT_LENGTHS])
-    warmup, steps = (1, 2) if a.dry_run else (a.warmup, a.steps)
+    warmup = a.warmup if a.warmup is not None else 1 if a.dry_run else 4
+    steps = a.steps if a.steps is not None else 2 if a.dry_run else 10
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     import triton
-    meta = {"command": "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
+    meta = {"command": command_line("bench_model.py", argv),
             "preset": "dry-run (tiny, CPU)" if a.dry_run else a.preset,
             "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
             "torch": torch.__version__, "triton": triton.__version__, "fla": fla_version(),
             "setup": ("fp32 weights, " + ("no autocast, AdamW" if a.dry_run else "bf16 autocast, fused AdamW")
-                      + f", clip 1.0, mean of {steps} steps after {warmup} warm-up"), "peak_tflops": a.peak_tflops}
+                      + f", clip 1.0, mean of {steps} steps after {warmup} warm-up"), "peak_tflops": a.peak_tflops,
+            "warmup": warmup, "steps": steps}
     models = [m for m in a.models if m != "fla_deltanet" or meta["fla"] is not None]
     notes = [] if len(models) == len(a.models) else ["fla is not installed here: fla_deltanet skipped"]
-    rows: list[dict] = []
-    res = {"meta": meta, "notes": notes, "results": rows}
+    cells = [(m, T, B) for T, B in lengths for m in models]
+    res: dict[str, Any] = {"meta": meta, "notes": notes, "results": []}
+    kept: list[dict] = []
+    done: dict = {}
+    retry: dict = {}
+    earlier: list[dict] = []  # the earlier table's rows, in its order: its columns and lines come first
+    if a.resume and (out / "bench_model.json").exists():
+        prev = json.loads((out / "bench_model.json").read_text())
+        earlier = prev["results"]
+        check_same(prev["meta"], meta, SAME, out / "bench_model.json")
+        meta["command"] = prev["meta"]["command"] + JOIN + meta["command"]  # every command behind the table
+        notes[:] = _unique(prev.get("notes", []) + notes)
+        for k in ("plot", "profile"):  # kept until this command writes its own
+            if k in prev:
+                res[k] = prev[k]
+        # a cell killed twice is kept as killed: it would only take the whole of every later command
+        kept, done, retry = split(prev["results"], lambda r: (r["model"], r["T"], r["B"]), set(cells),
+                                    max_attempts=2)
+    table_rows = Rows(kept, cells, {**retry, **done})  # the earlier cells, on disk from the first write
+    n_cmd = len(commands(meta["command"]))  # this command's index, from 1, recorded in every row it writes
 
-    def write() -> None:  # after every measurement, so a run cut short keeps what it measured
+    def write() -> None:  # after every cell, so a run cut short keeps what it measured
+        rows = res["results"] = table_rows.list()
         (out / "bench_model.json").write_text(json.dumps(res, indent=2))
-        md = [f"# bench_model.py: training step, {meta['preset']}", "", "    " + meta["command"], "",
-              f"{meta['device']}; torch {meta['torch']}, triton {meta['triton']}, fla {meta['fla'] or '-'}; "
-              f"{meta['setup']}; MFU against {a.peak_tflops:g} TFLOP/s (FLOPs: see the script's docstring).", ""]
+        cmds = commands(meta["command"])
+        md = [f"# bench_model.py: training step, {meta['preset']}", ""]
+        md += (["    " + cmds[0]] if len(cmds) == 1 else
+               ["Commands behind this table, in order:", ""] + [f"    {i}: {c}" for i, c in enumerate(cmds, 1)])
+        md += ["", f"{meta['device']}; torch {meta['torch']}, triton {meta['triton']}, fla {meta['fla'] or '-'}; "
+               f"{meta['setup']}; MFU against {a.peak_tflops:g} TFLOP/s (FLOPs: see the script's docstring).", ""]
         md += [f"Note: {n}" for n in notes] + ([""] if notes else [])
-        md.append(tables(rows, models, lengths))
+        table_models = _unique([r["model"] for r in earlier] + models)  # an earlier command's models stay too
+        table_lengths = _unique([(r["T"], r["B"]) for r in earlier] + list(lengths))
+        md.append(tables(rows, table_models, table_lengths, marks=len(cmds) > 1))
         (out / "bench_model.md").write_text("\n".join(md))
+        if plot(rows, table_models, out / "bench_model.png", f"training step, {meta['preset']}, {meta['device']}"):
+            res["plot"] = "bench_model.png"
 
-    for T, B in lengths:
-        for m in models:
-            try:
-                r = bench_one(m, preset, T, B, warmup, steps, device, a.peak_tflops)
-            except torch.cuda.OutOfMemoryError as e:
-                r = {"model": m, "T": T, "B": B, "error": "OOM"}
-                print(f"{m} T={T}: {e}", file=sys.stderr)
-                gc.collect()
-                torch.cuda.empty_cache()
-            rows.append(r)
-            print(json.dumps(r), flush=True)
+    for cell in cells:
+        m, T, B = cell
+        if cell in done:
+            continue
+        killed = retry.get(cell)
+        if deadline.expired():  # a killed cell stays killed, to be run by a later command
+            table_rows[cell] = killed or {"model": m, "T": T, "B": B, "status": SKIPPED, "command": n_cmd}
             write()
-    if plot(rows, models, out / "bench_model.png", f"training step, {meta['preset']}, {meta['device']}"):
-        res["plot"] = "bench_model.png"
-    if a.profile:
+            continue
+        if killed:
+            notes.append(f"{m} ({T}, {B}): {KILLED} in command {killed.get('command', 1)}, started again in "
+                         f"command {n_cmd}")
+            print(f"{m} T={T} B={B}: {KILLED} in command {killed.get('command', 1)}; running it again",
+                  file=sys.stderr)
+        # on disk while it runs: a resumed command finds it killed if the process dies inside it
+        table_rows[cell] = {"model": m, "T": T, "B": B, "status": STARTED, "command": n_cmd,
+                            "attempts": killed.get("attempts", 1) + 1 if killed else 1}
+        write()
+        try:
+            r = bench_one(m, preset, T, B, warmup, steps, device, a.peak_tflops)
+        except torch.cuda.OutOfMemoryError as e:
+            r = {"model": m, "T": T, "B": B, "error": "OOM"}
+            print(f"{m} T={T}: {e}", file=sys.stderr)
+            gc.collect()
+            torch.cuda.empty_cache()
+        r["command"] = n_cmd
+        table_rows[cell] = r
+        print(json.dumps(r), flush=True)
+        write()
+    if a.profile and deadline.expired():
+        notes.append(f"{PROFILE_NOT_RUN} by command {n_cmd}: its --max-seconds {a.max_seconds:g} were spent (run "
+                     f"again with --resume --profile)")
+        print(f"{PROFILE_NOT_RUN}: --max-seconds spent", file=sys.stderr)
+    elif a.profile:
+        notes[:] = [n for n in notes if not n.startswith(PROFILE_NOT_RUN)]  # this command writes it
         T, B = a.profile_length or lengths[0]
         prof = {m: profile_one(m, preset, T, B, device, a.profile_top) for m in models}
         res["profile"] = {"T": T, "B": B, "kernels": prof}
         lines = [f"# Top-{a.profile_top} kernels of one training step, {meta['preset']}, T = {T}, B = {B}", "",
-                 "    " + meta["command"], "", f"{meta['device']}; torch {meta['torch']}, triton {meta['triton']}", ""]
+                 "    " + commands(meta["command"])[-1], "", f"{meta['device']}; torch {meta['torch']}, triton "
+                 f"{meta['triton']}", ""]
         for m, ks in prof.items():
             lines += [f"## {m}", "", "| kernel | calls | ms | share |", "|---|---|---|---|"]
             lines += [f"| `{k['kernel'][:90]}` | {k['calls']} | {k['ms']:.2f} | {100 * k['share']:.1f}% |" for k in ks]

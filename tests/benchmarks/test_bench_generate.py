@@ -65,3 +65,25 @@ def test_step_bytes_counts_weights_and_states():
     conv = 3 * c.num_heads * c.head_dim * (c.conv_size - 1) * 4
     rec = c.num_heads * c.head_dim * c.head_dim * 4 * 2  # read and written
     assert mod.step_bytes(model, 10, 1, 5) == w + c.num_layers * (conv + rec)
+
+
+def test_bench_generate_resume_keeps_later_cells_on_disk_while_it_runs(tmp_path):
+    """A resumed command that dies in its first cell leaves every earlier cell in the JSON, also those after it."""
+    import pytest
+    bench = _bench()
+    args = ["--dry-run", "--families", "deltanet", "retnet", "--prompts", "8", "--batch", "1", "--steps", "2",
+            "--out", str(tmp_path)]
+    first = bench.main(args)["results"]
+    path = tmp_path / "bench_generate.json"
+    saved = json.loads(path.read_text())
+    saved["results"][0] = {**{k: first[0][k] for k in ("family", "preset", "prompt", "batch")},
+                           "status": "skipped (time)"}
+    path.write_text(json.dumps(saved))
+
+    def dies(*a, **k):
+        raise RuntimeError("the process dies here")
+    bench.bench_cell = dies
+    with pytest.raises(RuntimeError):
+        bench.main(args + ["--resume"])
+    rows = json.loads(path.read_text())["results"]
+    assert [r["status"] for r in rows] == ["started", "ok"] and rows[1] == first[1]
