@@ -7,12 +7,13 @@
 #   kernels        pytest -m gpu tests/kernels          (the kernels against float64 and against fla, when installed)
 #   models         pytest -m gpu tests/deltanet         (the models on the Triton path)
 #   bench_kernels  benchmarks/bench_delta_rule.py       (chunk kernel vs fla vs SDPA, table + JSON + PNG)
-#   bench_model    benchmarks/bench_model.py            (training step of each family, table + JSON + PNG)
+#   bench_model    benchmarks/bench_model.py            (training step of each family, table + JSON + PNG; a rerun
+#                  into the same DEST resumes the table: --resume; MODEL_ARGS)
 #   tune           benchmarks/bench_chunk_tuning.py     (launch-setting sweep; arguments in TUNE_ARGS)
 #   bench_generate benchmarks/bench_generate.py         (decode tok/s of each family against prompt length; GEN_ARGS)
 # Needs the project's dependencies and pytest; fla (flash-linear-attention) is optional, for the comparisons.
 # Env overrides: <PART>_S (seconds per part, e.g. KERNELS_S=300), KERNELS_ARGS (pytest selection), BENCH_ARGS
-# (extra bench_delta_rule.py arguments), TUNE_ARGS, GEN_ARGS, TAIL_N (log lines shown at the end). A part that fails or runs
+# (extra bench_delta_rule.py arguments), MODEL_ARGS, TUNE_ARGS, GEN_ARGS, TAIL_N (log lines shown at the end). A part that fails or runs
 # out of time is logged and the next one still runs. With cold Triton caches the default parts take about 9 minutes.
 set -u
 if [ $# -lt 1 ]; then echo "usage: bash benchmarks/run_gpu.sh DEST [part ...]"; exit 2; fi
@@ -38,7 +39,8 @@ for part in "${parts[@]}"; do
     kernels)       run_part kernels python3 -m pytest -v -m gpu ${KERNELS_ARGS:-tests/kernels} -p no:cacheprovider ;;
     models)        run_part models python3 -m pytest -v -m gpu tests/deltanet -p no:cacheprovider ;;
     bench_kernels) run_part bench_kernels python3 benchmarks/bench_delta_rule.py --out "$DEST" ${BENCH_ARGS:-} ;;
-    bench_model)   run_part bench_model python3 benchmarks/bench_model.py --out "$DEST" ;;
+    bench_model)   run_part bench_model python3 benchmarks/bench_model.py --out "$DEST" --resume \
+                     --max-seconds $(( ${BUDGET[bench_model]} - 30 )) ${MODEL_ARGS:-} ;;
     tune)          run_part tune python3 benchmarks/bench_chunk_tuning.py --out "$DEST" ${TUNE_ARGS:-} ;;
     bench_generate) run_part bench_generate python3 benchmarks/bench_generate.py --out "$DEST" --max-seconds 840 ${GEN_ARGS:-} ;;
     *) echo "unknown part: $part (kernels models bench_kernels bench_model tune bench_generate)"; exit 2 ;;
