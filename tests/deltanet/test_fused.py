@@ -140,3 +140,27 @@ def test_fused_path_is_taken_on_triton_and_not_on_cpu_auto(monkeypatch):
 def test_fused_flag_must_be_bool():
     with pytest.raises(ValueError, match="fused"):
         tiny(fused="yes")
+
+
+def test_joint_projection_is_padded_to_aligned_rows(monkeypatch):
+    """The fused q/k/v/beta projection is padded with zero rows to a width divisible by ROW_ALIGN (the conv kernels'
+    vectorised loads), and the padding changes nothing: the loss equals that of the unpadded width, and the gradients
+    to rounding."""
+    widths = []
+    real_joint = dn_mod.conv_chunk_delta_rule
+    monkeypatch.setattr(dn_mod, "conv_chunk_delta_rule",
+                        lambda qkv, *a, **k: widths.append(qkv.shape[-1]) or real_joint(qkv, *a, **k))
+    ids = torch.randint(0, 97, (1, 20), generator=torch.Generator().manual_seed(5))
+    res = []
+    for align in (dn_mod.ROW_ALIGN, 1):
+        monkeypatch.setattr(dn_mod, "ROW_ALIGN", align)
+        torch.manual_seed(6)
+        m = DeltaNetForCausalLM(tiny(backend="triton"))
+        out = m(ids, labels=ids)
+        res.append((out.loss, _grads(m, out.loss)))
+    H, D = tiny().num_heads, tiny().head_dim
+    assert widths[0] % dn_mod.ROW_ALIGN == 0 and widths[0] > 3 * H * D + H  # padded
+    assert widths[-1] == 3 * H * D + H  # unpadded
+    assert torch.equal(res[0][0], res[1][0])
+    for n, g in res[1][1].items():  # the input gradient's product runs over a wider matrix: rounding only
+        assert rel_err(res[0][1][n], g) < 1e-6, n
