@@ -231,9 +231,11 @@ class Attention(nn.Module):
         slots (slot = position % window).  ``valid`` (B, slots) is True where a slot holds a real token."""
         H, D = self.num_heads, self.head_dim
         L = max_len if self.window is None else self.window
+        w = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight]).to(device)
         return {"k": torch.zeros(batch, H, L, D, device=device, dtype=dtype),
                 "v": torch.zeros(batch, H, L, D, device=device, dtype=dtype),
-                "valid": torch.zeros(batch, L, device=device, dtype=torch.bool)}
+                "valid": torch.zeros(batch, L, device=device, dtype=torch.bool),
+                "weights": {"in": w}}  # (3HD, C): q, k, v in one product (deltanet/layers/static.py)
 
     def load_static_state(self, static: dict, state: dict) -> None:
         """From the prefill cache: the global buffer holds positions 0..len-1 in its first slots, the ring buffer has
@@ -257,12 +259,10 @@ class Attention(nn.Module):
         masked by ``valid`` (every valid slot of the ring lies inside the window: it holds one of the last W)."""
         B = x.shape[0]
         H, D, W = self.num_heads, self.head_dim, self.window
-        q = self.q_proj(x).view(B, 1, H, D)
-        k = self.k_proj(x).view(B, 1, H, D)
-        v = self.v_proj(x).view(B, 1, H, D)
+        qkv = F.linear(x[:, 0], static["weights"]["in"]).view(B, 1, 3 * H, D)  # one product for q, k, v
         cos, sin = self.rotary(pos.view(1))
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, 1, D)
+        qk = apply_rotary(qkv[:, :, :2 * H], cos, sin)  # q and k rotated together
+        q, k, v = (t.transpose(1, 2) for t in (qk[:, :, :H], qk[:, :, H:], qkv[:, :, 2 * H:]))  # (B, H, 1, D)
         slot = pos.view(1) if W is None else torch.remainder(pos, W).view(1)
         kc, vc, valid = static["k"], static["v"], static["valid"]
         kc.index_copy_(2, slot, k.to(kc.dtype))
@@ -272,4 +272,4 @@ class Attention(nn.Module):
         scores = torch.matmul(q, kc.transpose(-1, -2).to(q.dtype)).float() * D ** -0.5
         scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
         o = torch.matmul(scores.softmax(-1).to(v.dtype), vc.to(v.dtype))  # (B, H, 1, D)
-        return self.o_proj(o.transpose(1, 2).reshape(B, 1, H * D))
+        return self.o_proj(o.transpose(1, 2).reshape(B, 1, H * D))  # (B, 1, C)

@@ -15,9 +15,9 @@ A mixer that supports the fast decoding path implements three methods:
         reads a Python-side length and never changes a shape, so it can be captured in a CUDA graph.
 
 Recurrent layers keep their prefill state's keys, so :func:`copy_state` is their ``load_static_state``.  A layer
-may also keep derived constants under the key ``"weights"`` (a dict; not state, so not copied): DeltaNet and Gated
-DeltaNet keep their input projections concatenated there, one matrix-vector product per token instead of four or
-five (a copy of those weights for the length of one ``generate`` call: 6 MiB per 340M layer).
+may also keep derived constants under the key ``"weights"`` (a dict; not state, so not copied): DeltaNet, Gated
+DeltaNet and attention keep their input projections concatenated there, one matrix-vector product per token instead
+of three to six (a copy of those weights for the length of one ``generate`` call: 6 MiB per 340M layer).
 
 Design of the recurrent single-token update (DeltaNet, Gated DeltaNet, retention): ``kernels.decode_step`` on the
 Triton backend, one kernel for the three short convs, the feature map, the per-head norm and the state update,
