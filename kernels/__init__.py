@@ -20,7 +20,7 @@ from .simple_gla import (
     naive_chunk_simple_gla,
     naive_recurrent_simple_gla,
 )
-from .decode import decode_step, naive_decode_step
+from .decode import decode_linear, decode_step, naive_decode_linear, naive_decode_step
 from .mamba import naive_selective_scan, naive_selective_scan_step, selective_scan, selective_scan_step
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "chunk_settings",
     "chunk_simple_gla",
     "current_chunk_settings",
+    "decode_linear",
     "decode_step",
     "fused_recurrent_delta_rule",
     "fused_recurrent_gla",
@@ -41,6 +42,7 @@ __all__ = [
     "naive_chunk_gla",
     "naive_chunk_gated_delta_rule",
     "naive_chunk_simple_gla",
+    "naive_decode_linear",
     "naive_decode_step",
     "naive_recurrent_delta_rule",
     "naive_recurrent_gla",
