@@ -41,6 +41,8 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
+from .layers.static import step_linear
+
 __all__ = ["GenerationMixin", "GenerationStats", "PREFILL_CHUNK_SIZE", "StaticCache", "check_prefill_chunk_size",
            "sample_next", "sample_static"]
 
@@ -178,7 +180,7 @@ class GenerationMixin:
         """One decode step on the static buffers: reads sc.tok at sc.pos, writes the next token into sc.tok and
         sc.out[:, sc.col], advances pos and col.  Device work only (capturable)."""
         h = self.model.step(sc.tok, sc.layers, sc.pos)  # (B, 1, C)
-        nxt = sample_static(self.lm_head(h[:, 0]), temperature, top_k, top_p, generator)  # (B,)
+        nxt = sample_static(step_linear(h[:, 0], self.lm_head.weight), temperature, top_k, top_p, generator)  # (B,)
         if eos_token_id is not None:
             nxt = torch.where(sc.done, torch.full_like(nxt, eos_token_id), nxt)
             sc.done.logical_or_(nxt == eos_token_id)

@@ -27,6 +27,7 @@ from torch.nn.attention.bias import causal_lower_right
 
 from ..config import DeltaNetConfig
 from .conv import varlen_positions
+from .static import step_linear
 
 __all__ = ["Attention", "RotaryEmbedding", "apply_rotary"]
 
@@ -259,7 +260,7 @@ class Attention(nn.Module):
         masked by ``valid`` (every valid slot of the ring lies inside the window: it holds one of the last W)."""
         B = x.shape[0]
         H, D, W = self.num_heads, self.head_dim, self.window
-        qkv = F.linear(x[:, 0], static["weights"]["in"]).view(B, 1, 3 * H, D)  # one product for q, k, v
+        qkv = step_linear(x[:, 0], static["weights"]["in"]).view(B, 1, 3 * H, D)  # one product for q, k, v
         cos, sin = self.rotary(pos.view(1))
         qk = apply_rotary(qkv[:, :, :2 * H], cos, sin)  # q and k rotated together
         q, k, v = (t.transpose(1, 2) for t in (qk[:, :, :H], qk[:, :, H:], qkv[:, :, 2 * H:]))  # (B, H, 1, D)
@@ -272,4 +273,4 @@ class Attention(nn.Module):
         scores = torch.matmul(q, kc.transpose(-1, -2).to(q.dtype)).float() * D ** -0.5
         scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
         o = torch.matmul(scores.softmax(-1).to(v.dtype), vc.to(v.dtype))  # (B, H, 1, D)
-        return self.o_proj(o.transpose(1, 2).reshape(B, 1, H * D))  # (B, 1, C)
+        return step_linear(o.transpose(1, 2).reshape(B, 1, H * D), self.o_proj.weight)  # (B, 1, C)

@@ -26,7 +26,7 @@ from kernels.conv import conv_chunk_delta_rule, short_conv_multi
 
 from .conv import ShortConvolution
 from .norm import RMSNorm
-from .static import copy_state, decode_step
+from .static import copy_state, decode_step, step_linear
 
 __all__ = ["DeltaNet", "delta_rule"]
 
@@ -192,7 +192,7 @@ class DeltaNet(nn.Module):
         cfg = self.config
         xt = x[:, 0]  # (B, C)
         n = H * D
-        proj = F.linear(xt, static["weights"]["in"])  # (B, 3HD [+ H] [+ HD]): q, k, v [, beta logits] [, gate], raw
+        proj = step_linear(xt, static["weights"]["in"])  # (B, 3HD [+ H] [+ HD]): q, k, v [, beta logits] [, gate], raw
         q, k, v = proj[:, :n], proj[:, n:2 * n], proj[:, 2 * n:3 * n]  # strided views
         c = 3 * n + (H if self.b_proj is not None else 0)
         beta = proj[:, 3 * n:c] if self.b_proj is not None else None  # (B, H) logits; None = 1
@@ -203,4 +203,4 @@ class DeltaNet(nn.Module):
             static["recurrent_state"], q, k, v, beta=beta, beta_logits=True, conv_states=convs, conv_weights=weights,
             qk_activation=cfg.qk_activation, qk_norm=cfg.qk_norm, v_activation="silu",
             o_norm_weight=self.o_norm.weight, o_norm_eps=self.o_norm.eps, gate=g)  # (B, H, D)
-        return self.o_proj(o.reshape(B, 1, H * D))
+        return step_linear(o.reshape(B, 1, H * D), self.o_proj.weight)

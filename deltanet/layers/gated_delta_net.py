@@ -33,7 +33,7 @@ from kernels.conv import short_conv_multi
 
 from .conv import ShortConvolution
 from .norm import RMSNorm
-from .static import copy_state, decode_step
+from .static import copy_state, decode_step, step_linear
 
 __all__ = ["GatedDeltaNet", "gated_delta_rule"]
 
@@ -174,7 +174,7 @@ class GatedDeltaNet(nn.Module):
         H, D = self.num_heads, self.head_dim
         xt = x[:, 0]  # (B, C)
         n = H * D
-        proj = F.linear(xt, static["weights"]["in"])  # (B, 3HD + 2H + HD): q, k, v, a, b, gate raw
+        proj = step_linear(xt, static["weights"]["in"])  # (B, 3HD + 2H + HD): q, k, v, a, b, gate raw
         beta = proj[:, 3 * n + H:3 * n + 2 * H]  # (B, H) logits
         g = -self.A_log.float().exp() * F.softplus(proj[:, 3 * n:3 * n + H].float() + self.dt_bias.float())  # (B, H)
         o = decode_step(self.resolve_backend(x))(
@@ -184,4 +184,4 @@ class GatedDeltaNet(nn.Module):
             conv_weights=(self.q_conv.weight, self.k_conv.weight, self.v_conv.weight),
             qk_activation="silu", qk_norm="l2", v_activation="silu", o_norm_weight=self.o_norm.weight,
             o_norm_eps=self.o_norm.eps, gate=proj[:, 3 * n + 2 * H:])  # (B, H, D): RMSNorm(o) * silu(gate) inside
-        return self.o_proj(o.reshape(B, 1, H * D))
+        return step_linear(o.reshape(B, 1, H * D), self.o_proj.weight)

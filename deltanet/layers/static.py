@@ -28,12 +28,23 @@ state that would need one more copy.  Inside a CUDA graph a step of a 24-layer m
 kernels (each costs a few microseconds however little it moves), not by bytes: the step reads the weights and
 states once, the fewest kernels possible around that.  A new family with a matrix-valued state uses the same
 kernel (its options: delta rule or plain update, decay, convs, feature maps) or adds its own update there.
+
+Design of a step's matrix products (:func:`step_linear`): ``kernels.decode_linear`` for a few rows on CUDA, with no
+gradients: at batch 1 cuBLAS runs these matrix-vector products well below the bandwidth bound, and they are most of
+the step (the 340M step's products took 667 of its 982 us of kernel time).  More rows, or the CPU: ``F.linear``.
+The MLP's gate and up products go through it as one kernel with the SwiGLU product (deltanet/layers/mlp.py).
 """
 from __future__ import annotations
 
-import kernels
+from typing import Optional
 
-__all__ = ["copy_state", "decode_step"]
+import torch
+import torch.nn.functional as F
+
+import kernels
+from kernels.decode.linear import MAX_ROWS
+
+__all__ = ["copy_state", "decode_step", "step_linear"]
 
 
 def copy_state(static: dict, state: dict) -> None:
@@ -57,3 +68,15 @@ def decode_step(backend: str):
     if backend == "torch":
         return kernels.naive_decode_step
     raise ValueError(f"backend must be 'triton' or 'torch' here, got {backend!r}")
+
+
+def step_linear(x: torch.Tensor, weight: torch.Tensor, weight2: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``x @ weight^T`` (with ``weight2``: ``silu(x @ weight^T) * (x @ weight2^T)``) for a decoding step:
+    ``kernels.decode_linear`` on CUDA for at most ``MAX_ROWS`` rows without gradients and x's dtype in the weights,
+    ``F.linear`` otherwise (same math)."""
+    if (x.is_cuda and x.numel() <= MAX_ROWS * x.shape[-1] and not torch.is_grad_enabled()
+            and weight.dtype == x.dtype and weight.is_contiguous()
+            and (weight2 is None or (weight2.dtype == x.dtype and weight2.is_contiguous()))):
+        return kernels.decode_linear(x, weight, weight2)
+    y = F.linear(x, weight)
+    return y if weight2 is None else F.silu(y) * F.linear(x, weight2)
