@@ -65,10 +65,15 @@ def _allowed(q_pos, k_pos, window, q_seq=None, k_seq=None) -> torch.Tensor:
     return m
 
 
+# dynamic=None (dynamo's automatic dynamic shapes): the first shape compiles static, a second one recompiles with
+# the changed sizes symbolic, and later shapes reuse that.  dynamic=False compiled once per (batch, length), and
+# past dynamo's recompile limit (8) flex_attention fell back to its eager form, which materialises the (B, H, T, T)
+# scores: a prefill of varying prompt lengths then ran out of memory (the SWA hybrid at batch 64, 8K-token prompts, in
+# benchmarks/bench_generate.py; it fits with dynamic=None).  Training, one shape, compiles once either way.
 @functools.lru_cache(maxsize=1)
 def _compiled_flex_attention():
     from torch.nn.attention.flex_attention import flex_attention
-    return torch.compile(flex_attention, dynamic=False)
+    return torch.compile(flex_attention, dynamic=None)
 
 
 @functools.lru_cache(maxsize=16)

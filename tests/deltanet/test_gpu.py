@@ -62,6 +62,31 @@ def test_flex_attention_equals_masked_reference(window, varlen):
     assert rel_err(gx.cpu(), gx_ref) < 1e-3
 
 
+
+def test_flex_attention_at_many_lengths_stays_fused():
+    """Sliding-window attention at more (batch, length) shapes than dynamo's recompile limit (8), as a prefill of
+    varying prompts or an evaluation does: every output equals the dense-mask path, and the last, long one never
+    holds a (B, H, T, T) score matrix (the eager fallback that a static-shape compile reaches past the limit)."""
+    torch.manual_seed(22)
+    layer = Attention(cfg(family="transformer"), window=64)
+    layer_gpu = Attention(cfg(family="transformer"), window=64).to(DEV)
+    layer_gpu.load_state_dict(layer.state_dict())
+    shapes = [(1, 100), (2, 513), (1, 1024), (3, 200), (1, 3000), (2, 4096), (1, 500), (1, 600), (2, 700),
+              (4, 999), (1, 1500)]
+    with torch.no_grad():
+        for B, T in shapes:
+            x = torch.randn(B, T, 256)
+            y_ref, _ = layer(x)
+            y, _ = layer_gpu(x.to(DEV))
+            assert rel_err(y.cpu(), y_ref) < 1e-3, (B, T)
+        B, T = 2, 16384
+        scores = B * 4 * T * T * 4  # float32 scores of 4 heads
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        layer_gpu(torch.randn(B, T, 256, device=DEV))
+        assert torch.cuda.max_memory_allocated() - base < scores / 8
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_cached_generation_on_gpu(family):
     """Full forward (Triton chunk kernel, FlexAttention SWA) == prefill + token steps (fused recurrent, ring buffer)."""
