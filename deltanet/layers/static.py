@@ -29,10 +29,9 @@ kernels (each costs a few microseconds however little it moves), not by bytes: t
 states once, the fewest kernels possible around that.  A new family with a matrix-valued state uses the same
 kernel (its options: delta rule or plain update, decay, convs, feature maps) or adds its own update there.
 
-Design of a step's matrix products (:func:`step_linear`): ``kernels.decode_linear`` for a few rows on CUDA, with no
-gradients: at batch 1 cuBLAS runs these matrix-vector products well below the bandwidth bound, and they are most of
-the step (the 340M step's products took 667 of its 982 us of kernel time).  More rows, or the CPU: ``F.linear``.
-The MLP's gate and up products go through it as one kernel with the SwiGLU product (deltanet/layers/mlp.py).
+A step's matrix products go through :func:`step_linear`: ``kernels.decode_linear`` for a few rows on CUDA without
+gradients (at batch 1 they were most of the step on cuBLAS: "The step's matrix products" in kernels/README.md),
+``F.linear`` otherwise.  The MLP's gate and up products are one such call with the SwiGLU product (layers/mlp.py).
 """
 from __future__ import annotations
 
