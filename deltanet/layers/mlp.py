@@ -5,10 +5,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.decode.linear import MAX_ROWS
 from kernels.mlp import swiglu_linear
 
-from .static import step_linear
+from .static import is_step_input, step_linear
 
 __all__ = ["SwiGLU"]
 
@@ -26,7 +25,7 @@ class SwiGLU(nn.Module):
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor, fused: bool = False) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
-        if fused and not torch.is_grad_enabled() and x.numel() <= MAX_ROWS * x.shape[-1]:  # a decoding step
+        if fused and is_step_input(x):  # a decoding step
             return step_linear(step_linear(x, self.gate_proj.weight, self.up_proj.weight), self.down_proj.weight)
         if fused:
             return swiglu_linear(self.gate_proj(x), self.up_proj(x), self.down_proj.weight)

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 import kernels
 from kernels.decode.linear import MAX_ROWS
 
-__all__ = ["copy_state", "decode_step", "step_linear"]
+__all__ = ["copy_state", "decode_step", "is_step_input", "step_linear"]
 
 
 def copy_state(static: dict, state: dict) -> None:
@@ -69,12 +69,16 @@ def decode_step(backend: str):
     raise ValueError(f"backend must be 'triton' or 'torch' here, got {backend!r}")
 
 
+def is_step_input(x: torch.Tensor) -> bool:
+    """x [..., C] is a decoding step's input: at most ``MAX_ROWS`` rows, no gradients."""
+    return x.numel() <= MAX_ROWS * x.shape[-1] and not torch.is_grad_enabled()
+
+
 def step_linear(x: torch.Tensor, weight: torch.Tensor, weight2: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``x @ weight^T`` (with ``weight2``: ``silu(x @ weight^T) * (x @ weight2^T)``) for a decoding step:
-    ``kernels.decode_linear`` on CUDA for at most ``MAX_ROWS`` rows without gradients and x's dtype in the weights,
+    ``kernels.decode_linear`` on CUDA for a step's input (:func:`is_step_input`) with x's dtype in the weights,
     ``F.linear`` otherwise (same math)."""
-    if (x.is_cuda and x.numel() <= MAX_ROWS * x.shape[-1] and not torch.is_grad_enabled()
-            and weight.dtype == x.dtype and weight.is_contiguous()
+    if (x.is_cuda and is_step_input(x) and weight.dtype == x.dtype and weight.is_contiguous()
             and (weight2 is None or (weight2.dtype == x.dtype and weight2.is_contiguous()))):
         return kernels.decode_linear(x, weight, weight2)
     y = F.linear(x, weight)

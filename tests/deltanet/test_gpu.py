@@ -62,7 +62,6 @@ def test_flex_attention_equals_masked_reference(window, varlen):
     assert rel_err(gx.cpu(), gx_ref) < 1e-3
 
 
-
 def test_flex_attention_at_many_lengths_stays_fused():
     """Sliding-window attention at more (batch, length) shapes than dynamo's recompile limit (8), as a prefill of
     varying prompts or an evaluation does: every output equals the dense-mask path, and the last, long one never
