@@ -4,8 +4,6 @@ Providers (bf16, inputs [B, T, H, D], K = V = D):
   ours_chunk      kernels.chunk_delta_rule             (chunkwise WY/UT, Triton)
   ours_chunk_plain  the same under kernels.chunk_settings(keep_states=False, fold_blocks=False) (the backward
                   recomputes the chunk states; 2-D grids), to measure those two switches side by side
-  ours_chunk_keep   the same under kernels.chunk_settings(keep_states=True) (the backward reuses the forward's
-                  chunk states at every K: one state walk fewer, h and V' kept)
   ours_recurrent  kernels.fused_recurrent_delta_rule   (token by token, Triton)
   fla_chunk       fla.ops.delta_rule.chunk_delta_rule           (if fla is installed)
   fla_recurrent   fla.ops.delta_rule.fused_recurrent_delta_rule (if fla is installed)
@@ -49,8 +47,7 @@ DEFAULT_SHAPES = [(8, 2048, 16, 128), (2, 8192, 16, 128), (1, 32768, 16, 128), (
                   (1, 16384, 8, 128), (1, 65536, 8, 128)]
 PROVIDERS = ["ours_chunk", "ours_recurrent", "fla_chunk", "fla_recurrent", "sdpa_flash"]
 # kernels.chunk_settings changes in force while a provider is timed (forward and backward)
-PROVIDER_SETTINGS = {"ours_chunk_plain": {"keep_states": False, "fold_blocks": False},
-                     "ours_chunk_keep": {"keep_states": True}}
+PROVIDER_SETTINGS = {"ours_chunk_plain": {"keep_states": False, "fold_blocks": False}}
 RECURRENT = {"ours_recurrent", "fla_recurrent"}
 MODES = ["fwd", "fwdbwd"]
 
@@ -72,7 +69,7 @@ def load_providers():
     try:
         from kernels import chunk_delta_rule
         out["ours_chunk"] = lambda q, k, v, b: chunk_delta_rule(q, k, v, b)[0]
-        out["ours_chunk_plain"] = out["ours_chunk_keep"] = out["ours_chunk"]  # PROVIDER_SETTINGS in force
+        out["ours_chunk_plain"] = out["ours_chunk"]  # with PROVIDER_SETTINGS in force around its timing
     except Exception as e:  # noqa: BLE001 - the chunk kernel may be missing or broken; the others still run
         out["ours_chunk"] = f"import failed: {type(e).__name__}: {e}"
     try:

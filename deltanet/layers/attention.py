@@ -76,18 +76,54 @@ def _compiled_flex_attention():
     return torch.compile(flex_attention, dynamic=None)
 
 
+FLEX_BLOCK = 128  # FlexAttention's block of queries and of keys
+
+
+def _block_mask(q_lo, q_hi, kv_lo, kv_hi, seq_lo, seq_hi, window: Optional[int], mask_mod, T: int):
+    """BlockMask built from per-block bounds, never from a (T, T) mask.
+
+    `create_block_mask` evaluates `mask_mod` at every (query, key) pair: at T = 16384 that held 2.8 GB of
+    temporaries (45 GB at 64K) for a mask whose blocks number (T / 128)^2.  Here q_lo/q_hi, kv_lo/kv_hi are each
+    block's first and last position, seq_lo/seq_hi its first and last sequence id (packed sequences in order; all
+    zero without cu_seqlens).  A block pair is visited when some pair of its tokens may attend (causal, same
+    sequence, inside the window), and is full (mask_mod skipped) when every pair does.  Blocks that run past T are
+    never full."""
+    qlo, qhi, qs0, qs1 = q_lo[:, None], q_hi[:, None], seq_lo[:, None], seq_hi[:, None]
+    klo, khi, ks0, ks1 = kv_lo[None], kv_hi[None], seq_lo[None], seq_hi[None]
+    visit = (qhi >= klo) & (ks1 >= qs0) & (ks0 <= qs1)
+    full = (qlo >= khi) & (qs0 == qs1) & (ks0 == ks1) & (qs0 == ks0)
+    if window is not None:
+        visit &= qlo - khi < window
+        full &= qhi - klo < window
+    whole = (q_hi - q_lo + 1) == FLEX_BLOCK
+    full &= visit & whole[:, None] & whole[None]
+    partial = visit & ~full
+
+    def lists(m):  # (count per query block, key-block indices with the selected ones first, in order)
+        order = torch.argsort((~m).to(torch.int8), dim=-1, stable=True).to(torch.int32)
+        return m.sum(-1, dtype=torch.int32)[None, None], order[None, None]
+
+    from torch.nn.attention.flex_attention import BlockMask
+    (n, idx), (nf, idxf) = lists(partial), lists(full)
+    return BlockMask.from_kv_blocks(n, idx, nf, idxf, BLOCK_SIZE=FLEX_BLOCK, mask_mod=mask_mod, seq_lengths=(T, T))
+
+
+def _block_bounds(T: int, device):
+    lo = torch.arange(0, T, FLEX_BLOCK, device=device)
+    return lo, torch.clamp(lo + FLEX_BLOCK - 1, max=T - 1)
+
+
 @functools.lru_cache(maxsize=16)
 def _window_block_mask(T: int, window: int, device: str):
-    from torch.nn.attention.flex_attention import create_block_mask
-
     def mask_mod(b, h, q_idx, kv_idx):
         return (q_idx >= kv_idx) & (q_idx - kv_idx < window)
 
-    return create_block_mask(mask_mod, B=None, H=None, Q_LEN=T, KV_LEN=T, device=device)
+    lo, hi = _block_bounds(T, device)
+    zero = torch.zeros_like(lo)
+    return _block_mask(lo, hi, lo, hi, zero, zero, window, mask_mod, T)
 
 
 def _varlen_block_mask(seq_id: torch.Tensor, window: Optional[int]):
-    from torch.nn.attention.flex_attention import create_block_mask
     T = seq_id.shape[0]
 
     def mask_mod(b, h, q_idx, kv_idx):
@@ -96,7 +132,8 @@ def _varlen_block_mask(seq_id: torch.Tensor, window: Optional[int]):
             m = m & (q_idx - kv_idx < window)
         return m
 
-    return create_block_mask(mask_mod, B=None, H=None, Q_LEN=T, KV_LEN=T, device=seq_id.device)
+    lo, hi = _block_bounds(T, seq_id.device)
+    return _block_mask(lo, hi, lo, hi, seq_id[lo], seq_id[hi], window, mask_mod, T)
 
 
 class Attention(nn.Module):

@@ -155,7 +155,8 @@ class ChunkSettings:
         seq_bv: V block of the two state walks, a power of two in [16, 256] capped at the padded V; None: 32 for
             K <= 128, 64 above.
         keep_states: whether the backward reuses the forward's chunk states h and V' instead of recomputing them:
-            True, False or "auto" (only for K > 128).
+            True (the default: one state walk fewer, h and V' kept until the backward), False, or "auto" (only
+            for K > 128, the memory-saving choice at K <= 128).  Measured in kernels/README.md, "Kept states".
         fold_blocks: whether a chunk-parallel kernel with several V (fwd_o, bwd_dv_local) or K (bwd_dqkw) blocks
             per chunk runs them on adjacent programs of a 1-D grid: True, False or "auto" (at more than two blocks).
         fp32_prec: ``tl.dot`` input precision of float32 calls: "tf32x3" (float32-accurate), "ieee" or "tf32"
@@ -173,7 +174,7 @@ class ChunkSettings:
     bwd_dqkw: KernelSettings = KernelSettings()
     wy_bwd: KernelSettings = KernelSettings()
     seq_bv: Optional[int] = None
-    keep_states: Union[bool, str] = "auto"
+    keep_states: Union[bool, str] = True
     fold_blocks: Union[bool, str] = "auto"
     fp32_prec: str = "tf32x3"
     blocked_inv: bool = True

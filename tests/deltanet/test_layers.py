@@ -160,3 +160,37 @@ def test_flex_block_masks_match_dense_masks(window, varlen):
         warnings.simplefilter("ignore")  # eager flex_attention warns that it is not compiled
         out = flex_attention(q, k, v, block_mask=bm)
     assert rel_err(out, F.scaled_dot_product_attention(q, k, v, attn_mask=dense)) < 1e-5
+
+
+@pytest.mark.parametrize("T,window,cu", [(300, 64, None), (640, 200, None), (512, 128, None), (256, 1, None),
+                                         (1000, None, [0, 5, 130, 131, 640, 1000]), (768, 300, [0, 256, 768]),
+                                         (384, 129, [0, 384]), (640, 127, None), (640, 255, None), (640, 2, None),
+                                         (640, 130, None), (640, 129, [0, 200, 640])])
+def test_flex_block_masks_are_exact_and_as_sparse_as_torchs(T, window, cu):
+    """The block masks built from block bounds (no (T, T) mask): every (query, key) pair they imply, a full block
+    (mask_mod skipped) or a partial one (mask_mod applied) or a skipped one, equals the dense mask; and they visit
+    no block pair that torch's create_block_mask (which evaluates mask_mod at every pair) does not."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    from deltanet.layers.attention import FLEX_BLOCK, _allowed, _varlen_block_mask, _window_block_mask
+    from deltanet.layers.conv import varlen_positions
+    if cu is None:
+        pos = torch.arange(T)
+        bm, dense = _window_block_mask(T, window, "cpu"), _allowed(pos, pos, window)
+    else:
+        seq_id, pos = varlen_positions(torch.tensor(cu), T)
+        bm, dense = _varlen_block_mask(seq_id, window), _allowed(pos, pos, window, seq_id, seq_id)
+    nb = -(-T // FLEX_BLOCK)
+    kind = torch.zeros(nb, nb, dtype=torch.long)  # 0 skipped, 1 partial, 2 full
+    for num, idx, val in ((bm.kv_num_blocks, bm.kv_indices, 1), (bm.full_kv_num_blocks, bm.full_kv_indices, 2)):
+        for i in range(nb):
+            for j in idx[0, 0, i, :num[0, 0, i]].tolist():
+                assert kind[i, j] == 0, "a block pair listed twice"
+                kind[i, j] = val
+    qi, ki = torch.arange(T)[:, None], torch.arange(T)[None]
+    k = kind[qi // FLEX_BLOCK, ki // FLEX_BLOCK]
+    implied = (k == 2) | ((k == 1) & bm.mask_mod(0, 0, qi, ki))
+    assert torch.equal(implied, dense)
+    ref = create_block_mask(bm.mask_mod, None, None, T, T, device="cpu")
+    ref_visits = (ref.kv_num_blocks + ref.full_kv_num_blocks).sum().item()
+    assert (kind > 0).sum().item() <= ref_visits

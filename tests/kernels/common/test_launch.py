@@ -28,10 +28,12 @@ def test_defaults():
         ks = s.kernel(name)
         assert ks.launch == (4, 2) and ks.tile is None and ks.tile_wide is None
         assert ks.launch_wide == ((8, 2) if name in ("fwd_h", "bwd_dhu") else None)
-    assert (s.seq_bv, s.keep_states, s.fold_blocks, s.fp32_prec, s.blocked_inv) == (None, "auto", "auto", "tf32x3",
+    assert (s.seq_bv, s.keep_states, s.fold_blocks, s.fp32_prec, s.blocked_inv) == (None, True, "auto", "tf32x3",
                                                                                      True)
     assert s.launch_for("fwd_h", 256, 64) == (8, 2) and s.launch_for("fwd_h", 128, 128) == (4, 2)
-    assert s.keeps_states(256) and not s.keeps_states(128)
+    assert s.keeps_states(256) and s.keeps_states(128)
+    auto = s.replace(keep_states="auto")
+    assert auto.keeps_states(256) and not auto.keeps_states(128)
     assert s.folds(4) and not s.folds(2)
 
 
@@ -91,7 +93,7 @@ def test_context_manager_nests_and_restores_on_exception():
                 pass
         assert current_chunk_settings() is outer
         with chunk_settings(ChunkSettings(), blocked_inv=False) as whole:  # from a whole object
-            assert whole.keep_states == "auto" and whole.blocked_inv is False
+            assert whole.keep_states is True and whole.blocked_inv is False
     assert current_chunk_settings() is before
 
 
