@@ -118,7 +118,7 @@ def _short_conv_bwd_dy_kernel(x, w, do, dy, dw, pos, T, D, SX, G, NT, eps, W: tl
     else:
         b_da = b_do
     b_dy = tl.where(m, b_da * _act_grad(b_y, ACT), 0.)
-    tl.store(dy + row + o_t[:, None] * D + o_d[None, :], b_dy.to(dy.dtype.element_ty), mask=m)
+    tl.store(dy + row + o_t[:, None] * D + o_d[None, :], b_dy, mask=m)
     # this block's share of dw[d, j] = sum_t dy_t[d] x_{t - shift}[d]
     if VARLEN:
         b_p = tl.load(pos + o_t, mask=m_t, other=0)
@@ -172,8 +172,6 @@ def _positions(cu_seqlens: Optional[torch.Tensor], T: int, device) -> Optional[t
 
 
 BT_FWD, BT_BWD = 64, 32
-WARPS_FWD, WARPS_BWD = 4, 4
-DY_DTYPE = torch.float32
 
 
 def short_conv_fwd(x, w, act, norm_dim, pos):
@@ -184,7 +182,7 @@ def short_conv_fwd(x, w, act, norm_dim, pos):
     grid = (triton.cdiv(T, BT_FWD), NG, B)
     _short_conv_fwd_kernel[grid](x, w, o, pos if pos is not None else x, T, D, x.stride(1), G, NORM_EPS,
                                  W=w.shape[1], ACT=act, NORM=norm_dim is not None, VARLEN=pos is not None,
-                                 BT=BT_FWD, BD=BD, num_warps=WARPS_FWD)
+                                 BT=BT_FWD, BD=BD)
     return o
 
 
@@ -194,16 +192,14 @@ def short_conv_bwd(x, w, do, act, norm_dim, pos, dx):
     W = w.shape[1]
     G, BD, NG = _blocks(D, norm_dim)
     NT = triton.cdiv(T, BT_BWD)
-    dy = torch.empty(B, T, D, device=x.device, dtype=DY_DTYPE)
+    dy = torch.empty(B, T, D, device=x.device, dtype=torch.float32)
     dw = torch.empty(B * NT, D, W, device=x.device, dtype=torch.float32)
     p = pos if pos is not None else x
     _short_conv_bwd_dy_kernel[(NT, NG, B)](x, w, do, dy, dw, p, T, D, x.stride(1), G, NT, NORM_EPS, W=W, ACT=act,
-                                           NORM=norm_dim is not None, VARLEN=pos is not None, BT=BT_BWD, BD=BD,
-                                           num_warps=WARPS_BWD)
+                                           NORM=norm_dim is not None, VARLEN=pos is not None, BT=BT_BWD, BD=BD)
     BDX = min(128, triton.next_power_of_2(D))
     _short_conv_bwd_dx_kernel[(NT, triton.cdiv(D, BDX), B)](dy, w, dx, p, T, D, dx.stride(1), W=W,
-                                                            VARLEN=pos is not None, BT=BT_BWD, BD=BDX,
-                                                            num_warps=WARPS_BWD)
+                                                            VARLEN=pos is not None, BT=BT_BWD, BD=BDX)
     return dw.sum(0)
 
 
