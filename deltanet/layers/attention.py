@@ -82,8 +82,9 @@ FLEX_BLOCK = 128  # FlexAttention's block of queries and of keys
 def _block_mask(q_lo, q_hi, kv_lo, kv_hi, seq_lo, seq_hi, window: Optional[int], mask_mod, T: int):
     """BlockMask built from per-block bounds, never from a (T, T) mask.
 
-    `create_block_mask` evaluates `mask_mod` at every (query, key) pair: at T = 16384 that held 2.8 GB of
-    temporaries (45 GB at 64K) for a mask whose blocks number (T / 128)^2.  Here q_lo/q_hi, kv_lo/kv_hi are each
+    `create_block_mask` evaluates `mask_mod` at every (query, key) pair: on the H200, a window layer's first call
+    at B = 2, T = 16384 peaked 2.8 GB above its inputs with it (test_gpu.py's bound, 1.07 GB, failed), for a mask
+    of (T / 128)^2 blocks.  Here q_lo/q_hi, kv_lo/kv_hi are each
     block's first and last position, seq_lo/seq_hi its first and last sequence id (packed sequences in order; all
     zero without cu_seqlens).  A block pair is visited when some pair of its tokens may attend (causal, same
     sequence, inside the window), and is full (mask_mod skipped) when every pair does.  Blocks that run past T are
