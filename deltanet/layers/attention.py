@@ -82,13 +82,12 @@ FLEX_BLOCK = 128  # FlexAttention's block of queries and of keys
 def _block_mask(q_lo, q_hi, kv_lo, kv_hi, seq_lo, seq_hi, window: Optional[int], mask_mod, T: int):
     """BlockMask built from per-block bounds, never from a (T, T) mask.
 
-    `create_block_mask` evaluates `mask_mod` at every (query, key) pair: on the H200, a window layer's first call
-    at B = 2, T = 16384 peaked 2.8 GB above its inputs with it (test_gpu.py's bound, 1.07 GB, failed), for a mask
-    of (T / 128)^2 blocks.  Here q_lo/q_hi, kv_lo/kv_hi are each
-    block's first and last position, seq_lo/seq_hi its first and last sequence id (packed sequences in order; all
-    zero without cu_seqlens).  A block pair is visited when some pair of its tokens may attend (causal, same
-    sequence, inside the window), and is full (mask_mod skipped) when every pair does.  Blocks that run past T are
-    never full."""
+    `create_block_mask` evaluates `mask_mod` at every (query, key) pair: on the H200, a window layer's first call at
+    B = 2, T = 16384 peaked 2.8 GB above its inputs with it (test_gpu.py's bound, 1.07 GB, failed), for a mask of
+    (T / 128)^2 blocks.  Here q_lo/q_hi, kv_lo/kv_hi are each block's first and last position, seq_lo/seq_hi its first
+    and last sequence id (packed sequences in order; all zero without cu_seqlens).  A block pair is visited when
+    some pair of its tokens may attend (causal, same sequence, inside the window), and is full (mask_mod skipped)
+    when every pair does.  Blocks that run past T are never full."""
     qlo, qhi, qs0, qs1 = q_lo[:, None], q_hi[:, None], seq_lo[:, None], seq_hi[:, None]
     klo, khi, ks0, ks1 = kv_lo[None], kv_hi[None], seq_lo[None], seq_hi[None]
     visit = (qhi >= klo) & (ks1 >= qs0) & (ks0 <= qs1)

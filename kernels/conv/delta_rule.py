@@ -4,9 +4,10 @@
     o       = chunk_delta_rule(q, k, v, beta)
 
 Chained as two autograd functions, the convolution saves its input (the fused projection, (B, T, 3 H D)) and the delta
-rule saves its inputs q, k, v: the same amount again.  Here the function saves the projection, beta and the delta
-rule's A only; the backward recomputes q, k, v with the three forward conv kernels (one read of the projection, one
-write) before the delta rule's backward.  Training path only: no initial or final state.
+rule saves its inputs q, k, v: the same amount again. Here the function saves the projection, beta and the delta
+rule's A (and the chunk states h, V' when ChunkSettings.keep_states keeps them, the default) only; the backward
+recomputes q, k, v with the three forward conv kernels (one read of the projection, one write) before the delta rule's
+backward. Training path only: no initial or final state.
 """
 from __future__ import annotations
 
