@@ -53,7 +53,9 @@ def main(argv: list[str] | None = None) -> dict:
     steps = 4 if a.dry_run else a.steps
     common = ["experiment=smoke", f"trainer.max_steps={steps}", "trainer.log_every_n_steps=1", f"seed={a.seed}",
               "run_final_validation=false", f"trainer.val_check_interval={steps}", "trainer.limit_val_batches=1",
-              f"paths.data_dir={out / 'data'}"]
+              f"paths.data_dir={out / 'data'}",
+              # no checkpoints: at the default width one is ~1.8 GB and the smoke recipe writes one every 10 steps
+              "~callbacks.model_checkpoint", "+trainer.enable_checkpointing=false"]
     common += ["trainer.accelerator=cpu", "trainer.deterministic=true"] if a.dry_run else a.model
     losses, secs = {}, {}
     for name, over in RUNS.items():
@@ -64,9 +66,11 @@ def main(argv: list[str] | None = None) -> dict:
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
         secs[name] = time.time() - t0
-        (out / f"{name}.log").write_text(proc.stdout[-20000:] + proc.stderr[-20000:])
+        log = proc.stdout[-20000:] + proc.stderr[-20000:]
+        (out / f"{name}.log").write_text(log)
         if proc.returncode != 0:
-            raise SystemExit(f"{name} failed ({proc.returncode}); see {out / (name + '.log')}")
+            tail = "\n".join(log.strip().splitlines()[-15:])
+            raise SystemExit(f"{name} failed (exit status {proc.returncode}); the end of {out / (name + '.log')}:\n{tail}")
         losses[name] = read_losses(out / name)
     n = min(len(v) for v in losses.values())
     f, b, r = (losses[k][:n] for k in ("fused_bf16", "plain_bf16", "plain_fp32"))

@@ -1,0 +1,36 @@
+"""benchmarks/bench_fused_loss.py: the dry run (three 4-step run.py trainings on the embedded corpus, CPU) writes its
+table and per-step losses and no checkpoints (at the GPU width each is ~1.8 GB), and a failing training names
+itself and shows the end of its log."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_fused_loss", ROOT / "benchmarks" / "bench_fused_loss.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_dry_run_writes_losses_and_no_checkpoints(tmp_path):
+    res = _bench().main(["--out", str(tmp_path), "--dry-run"])
+    assert res["summary"]["steps"] == 4
+    data = json.loads((tmp_path / "bench_fused_loss.json").read_text())
+    assert set(data["losses"]) == {"fused_bf16", "plain_bf16", "plain_fp32"}
+    # on the CPU all three take the plain float32 path: the same losses
+    assert data["summary"]["max_abs_fused_minus_plain"] < 1e-5
+    assert "abs(fused bf16 - plain bf16)" in (tmp_path / "bench_fused_loss.md").read_text()
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_failing_training_names_itself_and_shows_its_log(tmp_path):
+    expected = r"(?s)fused_bf16 failed \(exit status [1-9]\d*\); the end of .*fused_bf16.log:\n.*num_heads=3 must divide"
+    with pytest.raises(SystemExit, match=expected):
+        _bench().main(["--out", str(tmp_path), "--dry-run", "--", "model.num_heads=3"])
