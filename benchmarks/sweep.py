@@ -1,4 +1,5 @@
-"""Bookkeeping of a benchmark sweep that is filled over several commands (used by bench_generate.py, bench_model.py).
+"""Bookkeeping of a benchmark sweep that is filled over several commands (used by bench_generate.py, bench_model.py,
+op_bench.py).
 
 A sweep is a list of cells, one result row each, written to the script's JSON after every cell so that a command cut
 short keeps what it measured.  A cell about to run is first written with status ``started``: a process that dies

@@ -30,6 +30,6 @@ def test_tiny_run_writes_table_and_json(tmp_path):
     assert all(isinstance(cells[f"ours_chunk|{m}|1,40,2,32"], float) and cells[f"ours_chunk|{m}|1,40,2,32"] > 0
                for m in ("fwd", "fwdbwd"))
     assert cells["nope|fwd|1,40,2,32"].startswith("unknown provider")
-    assert data["key_ratio"] == 0.5
+    assert data["meta"]["options"] == {"key_ratio": 0.5}
     md = (tmp_path / "bench_gla.md").read_text()
     assert "| 1, 40, 2, 32 | fwdbwd |" in md and "K = 0.5 D" in md
