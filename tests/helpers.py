@@ -1,6 +1,7 @@
-"""Shared test helpers: run `run.py` in a subprocess and read its TensorBoard scalars."""
+"""Shared test helpers: run `run.py` in a subprocess, read its TensorBoard scalars, load a script as a module."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -32,3 +33,13 @@ def read_scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
         if tag in acc.Tags()["scalars"]:
             values += [(e.step, e.value) for e in acc.Scalars(tag)]
     return sorted(values)
+
+
+def load_script(relpath: str):
+    """A fresh module of the script at ``relpath`` from the repository root (e.g. "benchmarks/bench_gla.py"), for
+    the scripts that are not a package's modules; each call executes it anew."""
+    path = ROOT / relpath
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

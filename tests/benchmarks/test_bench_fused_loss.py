@@ -3,20 +3,15 @@ table and per-step losses and no checkpoints (at the GPU width each is ~1.8 GB),
 itself and shows the end of its log."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import load_script
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_fused_loss", ROOT / "benchmarks" / "bench_fused_loss.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/bench_fused_loss.py")
 
 
 def test_dry_run_writes_losses_and_no_checkpoints(tmp_path):

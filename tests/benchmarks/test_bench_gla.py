@@ -2,24 +2,19 @@
 forward+backward and writes its table and JSON; an unavailable provider is a table cell, not a crash."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import load_script
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported (the script reads --tiny from argv)
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_gla", ROOT / "benchmarks" / "bench_gla.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/bench_gla.py")
 
 
 def test_tiny_run_writes_table_and_json(tmp_path):

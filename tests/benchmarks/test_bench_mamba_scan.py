@@ -2,18 +2,13 @@
 the roofline byte count adds up the passes' traffic as documented."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import load_script
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_mamba_scan", ROOT / "benchmarks" / "bench_mamba_scan.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/bench_mamba_scan.py")
 
 
 bench = _bench()

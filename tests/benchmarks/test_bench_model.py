@@ -1,17 +1,13 @@
 """bench_model.py runs end to end in its CPU dry-run mode and writes its table, JSON, plot and profile."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import load_script
 
 
 def test_bench_model_dry_run_writes_outputs(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_model", ROOT / "benchmarks" / "bench_model.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("benchmarks/bench_model.py")
     res = mod.main(["--dry-run", "--profile", "--lengths", "32x2", "48x1", "--models", "deltanet", "transformer",
                     "deltanet_hybrid_swa", "--out", str(tmp_path)])
     assert {r["model"] for r in res["results"]} == {"deltanet", "transformer", "deltanet_hybrid_swa"}
@@ -25,9 +21,7 @@ def test_bench_model_dry_run_writes_outputs(tmp_path):
 
 
 def test_mixer_flops_counts_window_and_chunk():
-    spec = importlib.util.spec_from_file_location("bench_model", ROOT / "benchmarks" / "bench_model.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("benchmarks/bench_model.py")
     from deltanet import DeltaNetConfig
     c = DeltaNetConfig(family="transformer", hidden_size=64, num_heads=2, num_layers=1)
     assert mod.mixer_flops(c, 4, 1) == 3 * 4 * 2 * 32 * (1 + 2 + 3 + 4)
@@ -42,8 +36,6 @@ def test_mixer_flops_counts_window_and_chunk():
 
 
 def test_bench_model_dry_run_gla(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_model", ROOT / "benchmarks" / "bench_model.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("benchmarks/bench_model.py")
     res = mod.main(["--dry-run", "--lengths", "32x1", "--models", "gla", "--out", str(tmp_path)])
     assert [r["model"] for r in res["results"]] == ["gla"] and res["results"][0]["tokens_per_s"] > 0

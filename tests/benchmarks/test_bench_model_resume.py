@@ -3,20 +3,17 @@ byte for byte and runs only the missing ones, ``--max-seconds`` writes the cells
 whose process died is reported as killed and run again, and a resume under other settings is refused."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import load_script
 
 
 def _bench():
     """A fresh bench_model module whose bench_one counts the cells it measures (in ``mod.measured``)."""
-    spec = importlib.util.spec_from_file_location("bench_model", ROOT / "benchmarks" / "bench_model.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("benchmarks/bench_model.py")
     mod.measured = []
     real = mod.bench_one
 

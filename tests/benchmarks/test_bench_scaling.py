@@ -3,7 +3,6 @@ of the embedded corpus, the repeated corpus that keeps a run inside one epoch, t
 a real ddp2 vs ddp1 run on 2 CPU processes whose loss curves must agree to float32 rounding."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -16,15 +15,14 @@ import pytest
 
 from datamodules.packed import epoch_batches
 
+from tests.helpers import load_script
+
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "benchmarks" / "bench_scaling.py"
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_scaling", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/bench_scaling.py")
 
 
 bench = _bench()

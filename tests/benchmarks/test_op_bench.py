@@ -4,15 +4,13 @@ those, a cell whose process died is run once more and then stays killed, and a r
 is refused."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import load_script
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported
@@ -21,11 +19,7 @@ KEY = "ours_chunk|{}|1,40,2,32"
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_gated_delta_rule",
-                                                  ROOT / "benchmarks" / "bench_gated_delta_rule.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/bench_gated_delta_rule.py")
 
 
 def _json(out):

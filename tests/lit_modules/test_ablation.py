@@ -4,16 +4,11 @@ from __future__ import annotations
 import json
 import re
 
-from tests.helpers import ROOT, run_py
+from tests.helpers import load_script, run_py
 
 
 def load_collect():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("collect_results", ROOT / "scripts" / "collect_results.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/collect_results.py")
 
 
 def test_ablation_multirun_is_collected_into_one_table(tmp_path, shared_data_dir):
