@@ -15,10 +15,18 @@ where one forward+backward run takes longer than --max-run-s (1 s).  A failing c
 is reported in the table and the run goes on.
 
 Writes bench_delta_rule.md (table + ratios), bench_delta_rule.json (command, GPU, versions, our chunk settings, all
-cells) and bench_delta_rule.png (ms vs T, when matplotlib is available) to --out; prints the ratios last.
+cells) and bench_delta_rule.png (ms vs T, when matplotlib is available) to --out after every cell; prints the ratios
+last.  fla's first compilation of a shape can take minutes, so a table may be filled over several commands
+(bookkeeping in ``sweep.py``): ``--max-seconds S`` starts no new cell after S seconds (the rest are written
+``skipped (time)``), and ``--resume`` keeps the measured cells of ``--out``'s JSON (also of shapes this command does
+not list) and runs the others; it refuses a table of another GPU, versions, timing or chunk settings.
 
     python benchmarks/bench_delta_rule.py --out benchmarks/results          # all shapes, all providers
+    python benchmarks/bench_delta_rule.py --out benchmarks/results --max-seconds 480
+    python benchmarks/bench_delta_rule.py --out benchmarks/results --resume  # the cells not yet measured
     python benchmarks/bench_delta_rule.py --out DIR --shapes 8,2048,16,128 --providers ours_chunk,fla_chunk
+    python benchmarks/bench_delta_rule.py --out DIR --tiny   # CPU check of the script: one tiny float16 shape under
+                                                             # TRITON_INTERPRET=1, wall-clock timing
 """
 from __future__ import annotations
 
@@ -38,7 +46,10 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+if "--tiny" in sys.argv and not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported
 
+from benchmarks.sweep import JOIN, SKIPPED, Deadline, check_same  # noqa: E402
 from kernels import chunk_settings, current_chunk_settings  # noqa: E402
 from kernels.common.launch import tuned_configs  # noqa: E402
 
@@ -50,6 +61,9 @@ PROVIDERS = ["ours_chunk", "ours_recurrent", "fla_chunk", "fla_recurrent", "sdpa
 PROVIDER_SETTINGS = {"ours_chunk_plain": {"keep_states": False, "fold_blocks": False}}
 RECURRENT = {"ours_recurrent", "fla_recurrent"}
 MODES = ["fwd", "fwdbwd"]
+TINY_SHAPES = [(1, 40, 2, 32)]
+# what a resumed command must share with the table it adds to
+SAME = ("gpu", "versions", "dtype", "timing", "chunk_settings")
 
 
 def command(argv) -> str:
@@ -97,19 +111,24 @@ def load_providers():
     return out
 
 
-def make_inputs(B, T, H, D, seed=0):
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    kw = dict(device="cuda", generator=g)
-    q = F.normalize(torch.randn(B, T, H, D, **kw), dim=-1).bfloat16()
-    k = F.normalize(torch.randn(B, T, H, D, **kw), dim=-1).bfloat16()
-    v = torch.randn(B, T, H, D, **kw).bfloat16()
-    beta = torch.rand(B, T, H, **kw).sigmoid().bfloat16()
-    do = torch.randn(B, T, H, D, **kw).bfloat16()
+def make_inputs(B, T, H, D, seed=0, device="cuda", dtype=torch.bfloat16):
+    g = torch.Generator(device=device).manual_seed(seed)
+    kw = dict(device=device, generator=g)
+    q = F.normalize(torch.randn(B, T, H, D, **kw), dim=-1).to(dtype)
+    k = F.normalize(torch.randn(B, T, H, D, **kw), dim=-1).to(dtype)
+    v = torch.randn(B, T, H, D, **kw).to(dtype)
+    beta = torch.rand(B, T, H, **kw).sigmoid().to(dtype)
+    do = torch.randn(B, T, H, D, **kw).to(dtype)
     return [x.requires_grad_() for x in (q, k, v, beta)], do
 
 
-def time_cell(fn, inputs, do, mode, warmup, rep, max_run_s, recurrent):
-    """Median ms of one provider/mode, or raise."""
+def _sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def time_cell(fn, inputs, do, mode, warmup, rep, max_run_s, recurrent, tiny=False):
+    """Median ms of one provider/mode (tiny: the ms of one wall-clock run), or raise."""
     import triton.testing
 
     if mode == "fwd":
@@ -120,11 +139,13 @@ def time_cell(fn, inputs, do, mode, warmup, rep, max_run_s, recurrent):
         def run():
             fn(*inputs).backward(do)
     run()  # compile / autotune outside the timing
-    torch.cuda.synchronize()
+    _sync()
     t0 = time.perf_counter()
     run()
-    torch.cuda.synchronize()
+    _sync()
     one = time.perf_counter() - t0
+    if tiny:
+        return one * 1e3
     if recurrent and one > max_run_s:
         raise _Skip(f"skipped (one run {one:.1f} s > {max_run_s:g} s)")
     return triton.testing.do_bench(run, warmup=warmup, rep=rep, grad_to_none=inputs, return_mode="median")
@@ -143,6 +164,7 @@ def ratio(a, b):
 
 
 def main(argv=None):
+    deadline = Deadline(None)
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, help="directory for bench_delta_rule.md/.json/.png")
     ap.add_argument("--shapes", nargs="*", default=None, help="B,T,H,D ... (default: the seven shapes of DEFAULT_SHAPES)")
@@ -150,10 +172,23 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=25, help="do_bench warm-up, ms")
     ap.add_argument("--rep", type=int, default=100, help="do_bench measurement time, ms")
     ap.add_argument("--max-run-s", type=float, default=1.0, help="skip recurrent kernels slower than this per run")
+    ap.add_argument("--max-seconds", type=float, default=None,
+                    help="start no new cell after this many seconds; the rest are written as skipped (time)")
+    ap.add_argument("--resume", action="store_true", help="keep the measured cells of --out's JSON, run the others")
+    ap.add_argument("--tiny", action="store_true", help="one tiny float16 shape on CPU (interpreter) or GPU")
     args = ap.parse_args(argv)
-    if not torch.cuda.is_available():
-        sys.exit("bench_delta_rule.py needs a CUDA GPU")
-    shapes = [tuple(int(x) for x in s.split(",")) for s in args.shapes] if args.shapes else DEFAULT_SHAPES
+    deadline.max_seconds = args.max_seconds
+    try:
+        shapes = TINY_SHAPES if args.tiny else (
+            [tuple(int(x) for x in s.split(",")) for s in args.shapes] if args.shapes else DEFAULT_SHAPES)
+    except ValueError:
+        shapes = [()]
+    if any(len(s) != 4 for s in shapes):
+        ap.error(f"--shapes must be B,T,H,D (four integers each), got {args.shapes}")
+    cuda = torch.cuda.is_available()
+    if not cuda and not args.tiny:
+        sys.exit("bench_delta_rule.py needs a CUDA GPU (use --tiny to check the script on CPU)")
+    device, dtype = ("cuda" if cuda else "cpu"), (torch.float16 if args.tiny else torch.bfloat16)
     wanted = [p for p in args.providers.split(",") if p]
     available = load_providers()
 
@@ -165,36 +200,63 @@ def main(argv=None):
             versions[mod] = None
     meta = {
         "command": command(argv if argv is not None else sys.argv[1:]),
-        "gpu": torch.cuda.get_device_name(),
+        "gpu": torch.cuda.get_device_name() if cuda else "cpu (interpreter)",
         "versions": versions,
-        "dtype": "bfloat16",
-        "timing": f"triton.testing.do_bench median, warmup={args.warmup} ms, rep={args.rep} ms",
+        "dtype": str(dtype).replace("torch.", ""),
+        "timing": ("one wall-clock run (the interpreter: checks the script, measures nothing)" if args.tiny else
+                   f"triton.testing.do_bench median, warmup={args.warmup} ms, rep={args.rep} ms"),
         "chunk_settings": current_chunk_settings().as_dict(),
         "provider_settings": {p: PROVIDER_SETTINGS[p] for p in wanted if p in PROVIDER_SETTINGS},
     }
+    out = Path(args.out)
+    earlier: dict = {}  # shape -> the earlier table's row
+    if args.resume and (out / "bench_delta_rule.json").exists():
+        prev = json.loads((out / "bench_delta_rule.json").read_text())
+        check_same(prev, json.loads(json.dumps(meta)), SAME, out / "bench_delta_rule.json")  # as the JSON holds it
+        meta["command"] = prev["command"] + JOIN + meta["command"]
+        if prev.get("notes"):
+            meta["notes"] = prev["notes"]
+        meta["provider_settings"] = {**prev.get("provider_settings", {}), **meta["provider_settings"]}
+        earlier = {tuple(r["shape"]): r for r in prev["results"]}
+        before = prev.get("providers") or [p for r in prev["results"] for m in MODES for p in r[m]]
+        wanted = list(dict.fromkeys(before + wanted))
     print(json.dumps(meta), flush=True)
+    meta["providers"] = wanted
+    this = [p for p in args.providers.split(",") if p]
+    rows = {s: earlier.get(s) or {"shape": list(s), "fwd": {}, "fwdbwd": {}} for s in list(earlier) + shapes}
 
-    lines = []
-    results = []  # one dict per shape: {"shape": [B,T,H,D], "fwd": {provider: ms|str}, "fwdbwd": {...}, "check": ...}
+    def save():
+        return write_outputs(out, meta, list(rows.values()), wanted)
+
     for B, T, H, D in shapes:
-        row = {"shape": [B, T, H, D], "fwd": {}, "fwdbwd": {}}
-        try:
-            inputs, do = make_inputs(B, T, H, D)
-        except Exception as e:  # noqa: BLE001
-            for m in MODES:
-                row[m] = {p: f"inputs failed: {type(e).__name__}" for p in wanted}
-            results.append(row)
+        shape = (B, T, H, D)
+        row = rows[shape]
+        todo = [(p, m) for p in this for m in MODES if not isinstance(row[m].get(p), float)]
+        if not todo:
             continue
-        for p in wanted:
+        if deadline.expired():
+            for p, m in todo:
+                row[m][p] = SKIPPED
+            save()
+            continue
+        try:
+            inputs, do = make_inputs(B, T, H, D, device=device, dtype=dtype)
+        except Exception as e:  # noqa: BLE001
+            for p, m in todo:
+                row[m][p] = f"inputs failed: {type(e).__name__}"
+            save()
+            continue
+        for p, m in todo:
             fn = available.get(p, "unknown provider")
-            for m in MODES:
-                if isinstance(fn, str):
-                    row[m][p] = fn
-                    continue
+            if isinstance(fn, str):
+                row[m][p] = fn
+            elif deadline.expired():
+                row[m][p] = SKIPPED
+            else:
                 try:
                     with chunk_settings(**PROVIDER_SETTINGS.get(p, {})):
                         row[m][p] = time_cell(fn, inputs, do, m, args.warmup, args.rep, args.max_run_s,
-                                              p in RECURRENT)
+                                              p in RECURRENT, tiny=args.tiny)
                 except _Skip as e:
                     row[m][p] = str(e)
                 except torch.cuda.OutOfMemoryError:
@@ -204,9 +266,10 @@ def main(argv=None):
                     traceback.print_exc()
                 for x in inputs:
                     x.grad = None
-                torch.cuda.empty_cache()
-                print(f"  {B},{T},{H},{D} {p:15s} {m:7s} {fmt(row[m][p])}", flush=True)
-                write_outputs(Path(args.out), meta, results + [row], wanted)  # a cut-short run keeps its cells
+                if cuda:
+                    torch.cuda.empty_cache()
+            print(f"  {B},{T},{H},{D} {p:15s} {m:7s} {fmt(row[m][p])}", flush=True)
+            save()  # a cut-short run keeps its cells
         # Sanity: our two kernels agree on this shape (catches a fast but wrong kernel).
         if not isinstance(available.get("ours_chunk"), str) and not isinstance(available.get("ours_recurrent"), str):
             try:
@@ -217,10 +280,9 @@ def main(argv=None):
             except Exception as e:  # noqa: BLE001
                 row["rel_err_chunk_vs_recurrent"] = f"error: {type(e).__name__}"
         del inputs, do
-        torch.cuda.empty_cache()
-        results.append(row)
-        lines = write_outputs(Path(args.out), meta, results, wanted)
-
+        if cuda:
+            torch.cuda.empty_cache()
+    lines = save()
     print("\n".join(lines))
 
 
@@ -246,9 +308,12 @@ def summary_lines(results):
 
 def write_outputs(out: Path, meta, results, providers):
     out.mkdir(parents=True, exist_ok=True)
-    md = [f"# Delta-rule kernel benchmark ({meta['gpu']})", "",
-          f"Command: `{meta['command']}`  ", f"Versions: {meta['versions']}  ",
-          f"dtype {meta['dtype']}; {meta['timing']}. Times in ms.", ""]
+    cmds = meta["command"].split(JOIN)
+    md = [f"# Delta-rule kernel benchmark ({meta['gpu']})", ""]
+    md += ([f"Command: `{cmds[0]}`  "] if len(cmds) == 1 else
+           ["Commands behind this table, in order:", ""] + [f"    {i}: {c}" for i, c in enumerate(cmds, 1)] + [""])
+    md += [f"Versions: {meta['versions']}  ", f"dtype {meta['dtype']}; {meta['timing']}. Times in ms.", ""]
+    md += (["Notes:", ""] + [f"- {n}" for n in meta["notes"]] + [""]) if meta.get("notes") else []
     for m, title in (("fwd", "Forward"), ("fwdbwd", "Forward + backward")):
         md += [f"## {title}", "", "| B, T, H, D | " + " | ".join(providers) + " |", "|---" * (len(providers) + 1) + "|"]
         for r in results:
