@@ -3,17 +3,22 @@
 #
 #   bash benchmarks/run_gpu.sh DEST [part ...]
 #
-# Parts (default: all but tune and bench_generate, in this order):
+# Parts (default: kernels models bench_kernels bench_model, in this order):
 #   kernels        pytest -m gpu tests/kernels          (the kernels against float64 and against fla, when installed)
 #   models         pytest -m gpu tests/deltanet         (the models on the Triton path)
-#   bench_kernels  benchmarks/bench_delta_rule.py       (chunk kernel vs fla vs SDPA, table + JSON + PNG)
+#   bench_kernels  benchmarks/bench_delta_rule.py       (chunk kernel vs fla vs SDPA, table + JSON + PNG; a rerun
+#                  into the same DEST resumes the table: --resume; BENCH_ARGS)
+#   bench_gla      benchmarks/bench_gla.py --key-ratio 0.5  (our GLA kernel vs fla's; resumes; GLA_ARGS)
+#   bench_gdr      benchmarks/bench_gated_delta_rule.py (our Gated DeltaNet kernel vs fla's; resumes; GDR_ARGS)
+#   fused_loss     benchmarks/bench_fused_loss.py       (200 steps: fused vs plain glue vs float32; LOSS_ARGS)
 #   bench_model    benchmarks/bench_model.py            (training step of each family, table + JSON + PNG; a rerun
 #                  into the same DEST resumes the table: --resume; MODEL_ARGS)
 #   tune           benchmarks/bench_chunk_tuning.py     (launch-setting sweep; arguments in TUNE_ARGS)
 #   bench_generate benchmarks/bench_generate.py         (decode tok/s of each family against prompt length; GEN_ARGS)
 # Needs the project's dependencies and pytest; fla (flash-linear-attention) is optional, for the comparisons.
 # Env overrides: <PART>_S (seconds per part, e.g. KERNELS_S=300), KERNELS_ARGS (pytest selection), BENCH_ARGS
-# (extra bench_delta_rule.py arguments), MODEL_ARGS, TUNE_ARGS, GEN_ARGS, TAIL_N (log lines shown at the end). A part that fails or runs
+# (extra bench_delta_rule.py arguments), MODEL_ARGS, TUNE_ARGS, GEN_ARGS, GLA_ARGS, GDR_ARGS, LOSS_ARGS, TAIL_N (log
+# lines shown at the end). A part that fails or runs
 # out of time is logged and the next one still runs. With cold Triton caches the default parts take about 9 minutes.
 set -u
 if [ $# -lt 1 ]; then echo "usage: bash benchmarks/run_gpu.sh DEST [part ...]"; exit 2; fi
@@ -21,7 +26,7 @@ DEST=$(mkdir -p "$1" && cd "$1" && pwd); shift
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 
-declare -A BUDGET=([kernels]=${KERNELS_S:-360} [models]=${MODELS_S:-120} [bench_kernels]=${BENCH_KERNELS_S:-150} [bench_model]=${BENCH_MODEL_S:-240} [tune]=${TUNE_S:-300} [bench_generate]=${BENCH_GENERATE_S:-900})
+declare -A BUDGET=([kernels]=${KERNELS_S:-360} [models]=${MODELS_S:-120} [bench_kernels]=${BENCH_KERNELS_S:-300} [bench_model]=${BENCH_MODEL_S:-240} [tune]=${TUNE_S:-300} [bench_generate]=${BENCH_GENERATE_S:-900} [bench_gla]=${BENCH_GLA_S:-240} [bench_gdr]=${BENCH_GDR_S:-240} [fused_loss]=${FUSED_LOSS_S:-600})
 parts=("$@")
 [ ${#parts[@]} -eq 0 ] && parts=(kernels models bench_kernels bench_model)
 
@@ -38,12 +43,18 @@ for part in "${parts[@]}"; do
   case $part in
     kernels)       run_part kernels python3 -m pytest -v -m gpu ${KERNELS_ARGS:-tests/kernels} -p no:cacheprovider ;;
     models)        run_part models python3 -m pytest -v -m gpu tests/deltanet -p no:cacheprovider ;;
-    bench_kernels) run_part bench_kernels python3 benchmarks/bench_delta_rule.py --out "$DEST" ${BENCH_ARGS:-} ;;
+    bench_kernels) run_part bench_kernels python3 benchmarks/bench_delta_rule.py --out "$DEST" --resume \
+                     --max-seconds $(( ${BUDGET[bench_kernels]} - 60 )) ${BENCH_ARGS:-} ;;
+    bench_gla)     run_part bench_gla python3 benchmarks/bench_gla.py --out "$DEST" --key-ratio 0.5 --resume \
+                     --max-seconds $(( ${BUDGET[bench_gla]} - 60 )) ${GLA_ARGS:-} ;;
+    bench_gdr)     run_part bench_gdr python3 benchmarks/bench_gated_delta_rule.py --out "$DEST" --resume \
+                     --max-seconds $(( ${BUDGET[bench_gdr]} - 60 )) ${GDR_ARGS:-} ;;
+    fused_loss)    run_part fused_loss python3 benchmarks/bench_fused_loss.py --out "$DEST/fused_loss" ${LOSS_ARGS:-} ;;
     bench_model)   run_part bench_model python3 benchmarks/bench_model.py --out "$DEST" --resume \
                      --max-seconds $(( ${BUDGET[bench_model]} - 30 )) ${MODEL_ARGS:-} ;;
     tune)          run_part tune python3 benchmarks/bench_chunk_tuning.py --out "$DEST" ${TUNE_ARGS:-} ;;
     bench_generate) run_part bench_generate python3 benchmarks/bench_generate.py --out "$DEST" --max-seconds 840 ${GEN_ARGS:-} ;;
-    *) echo "unknown part: $part (kernels models bench_kernels bench_model tune bench_generate)"; exit 2 ;;
+    *) echo "unknown part: $part (kernels models bench_kernels bench_model tune bench_generate bench_gla bench_gdr fused_loss)"; exit 2 ;;
   esac
 done
 for f in "$DEST"/*.log; do echo "== $f"; tail -n "${TAIL_N:-6}" "$f"; done
