@@ -1,7 +1,8 @@
 """MQAR sweep: launch family x width x lr runs of ``python run.py experiment=mqar``, and report the best run per point.
 
     # one run per (family, width, lr) in the fast loop (--task train: Lightning), --workers at a time sharing the
-    # GPU; each stops at 99% test accuracy (callbacks=early_stopping), at trainer.max_steps or trainer.max_time
+    # GPU (with --gpus 0 1 ...: spread over those GPUs, each run on the one with the fewest runs); each stops at 99%
+    # test accuracy (callbacks=early_stopping), at trainer.max_steps or trainer.max_time
     python scripts/mqar_sweep.py launch --runs RUNS --family deltanet transformer --width 64 128 --lr 1e-3 3e-3 \\
         --workers 4 -- 'data.train_kv_pairs=[4,8,16,32,64]' data.fresh_train_data=true \\
         trainer.reload_dataloaders_every_n_epochs=1 trainer.val_check_interval=250
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -50,20 +52,29 @@ def launch(args: argparse.Namespace) -> None:
         run_dir = runs / run_name(family, width, lr)
         if not (run_dir / "metrics.json").is_file():  # a finished run is kept
             todo.append((run_dir, run_command(family, width, lr, run_dir, args)))
+    gpus = [str(g) for g in args.gpus or []]
     if args.dry_run:
-        print("\n".join(shlex.join(["python", *cmd[1:]]) for _, cmd in todo))
+        for i, (_, cmd) in enumerate(todo):  # the GPU each would get if every run took as long
+            env = [f"CUDA_VISIBLE_DEVICES={gpus[i % len(gpus)]}"] if gpus else []
+            print(shlex.join([*env, "python", *cmd[1:]]))
         return
     runs.mkdir(parents=True, exist_ok=True)
-    running, t0 = [], time.time()  # (run dir, process) pairs
+    running, t0 = [], time.time()  # (run dir, process, GPU) triples
     while todo or running:
-        for run_dir, proc in [r for r in running if r[1].poll() is not None]:
-            running.remove((run_dir, proc))
+        for run_dir, proc, gpu in [r for r in running if r[1].poll() is not None]:
+            running.remove((run_dir, proc, gpu))
             print(f"[sweep {time.time() - t0:6.0f}s] {run_dir.name}: exit {proc.returncode}", flush=True)
         while todo and len(running) < args.workers:
             run_dir, cmd = todo.pop(0)
+            env = dict(os.environ)
+            gpu = min(gpus, key=lambda g: sum(r[2] == g for r in running)) if gpus else None
+            if gpu is not None:
+                env["CUDA_VISIBLE_DEVICES"] = gpu
             log = open(runs / f"{run_dir.name}.log", "a")
-            running.append((run_dir, subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)))
-            print(f"[sweep {time.time() - t0:6.0f}s] {run_dir.name}: started", flush=True)
+            running.append((run_dir, subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT),
+                            gpu))
+            print(f"[sweep {time.time() - t0:6.0f}s] {run_dir.name}: started"
+                  + (f" on GPU {gpu}" if gpu is not None else ""), flush=True)
         time.sleep(1.0)
 
 
@@ -183,7 +194,9 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--lr", nargs="+", type=float, required=True)
     s.add_argument("--head-dim", type=int, default=64, help="model.num_heads = width // head_dim (at least 1)")
     s.add_argument("--task", choices=["train_fast", "train"], default="train_fast", help="fast loop or Lightning")
-    s.add_argument("--workers", type=int, default=1, help="runs at a time (sharing the GPU)")
+    s.add_argument("--workers", type=int, default=1, help="runs at a time, in all (sharing the GPUs)")
+    s.add_argument("--gpus", nargs="+", type=int, default=None, help="GPU indices to spread the runs over, each run "
+                   "on the one with the fewest runs (CUDA_VISIBLE_DEVICES); default: the runs see this process's GPUs")
     s.add_argument("--dry-run", action="store_true", help="print the commands only")
     s.add_argument("overrides", nargs="*", help="Hydra overrides for every run (after --)")
     s = sub.add_parser("report", help="tables and plot from the runs' records")

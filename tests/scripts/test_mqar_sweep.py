@@ -112,3 +112,32 @@ def test_tiny_sweep_on_cpu_end_to_end(tmp_path):
     main(["report", str(runs), "--out", str(out)])
     data = json.loads((out / "mqar.json").read_text())
     assert len(data["runs"]) == 2 and len(data["best"]) == 1 and data["best"][0]["width"] == 32
+
+
+def test_launch_spreads_runs_over_the_gpus(tmp_path, monkeypatch, capsys):
+    """--gpus: each run starts on the GPU with the fewest runs in flight (CUDA_VISIBLE_DEVICES of its process)."""
+    import scripts.mqar_sweep as sweep
+
+    started = []
+
+    class FakeRun:  # a run that is still going at its first poll and done at its second
+        def __init__(self, cmd, env, **kw):
+            started.append((cmd[cmd.index("experiment=mqar") + 1], env.get("CUDA_VISIBLE_DEVICES")))
+            self.polls, self.returncode = 0, None
+
+        def poll(self):
+            self.polls += 1
+            self.returncode = 0 if self.polls > 1 else None
+            return self.returncode
+
+    monkeypatch.setattr(sweep.subprocess, "Popen", FakeRun)
+    monkeypatch.setattr(sweep.time, "sleep", lambda s: None)
+    main(["launch", "--runs", str(tmp_path / "runs"), "--family", "deltanet", "--width", "64", "128", "--lr", "1e-3",
+          "3e-3", "--workers", "3", "--gpus", "2", "5"])
+    gpus = [g for _, g in started]
+    assert len(started) == 4 and gpus[:3] == ["2", "5", "2"]  # the first three at once: 2, then 5, then 2 again
+    assert "on GPU 5" in capsys.readouterr().out
+    main(["launch", "--runs", str(tmp_path / "dry"), "--family", "deltanet", "--width", "64", "128", "--lr", "1e-3",
+          "--gpus", "0", "1", "--dry-run"])
+    cmds = capsys.readouterr().out.strip().splitlines()
+    assert [c.split()[0] for c in cmds] == ["CUDA_VISIBLE_DEVICES=0", "CUDA_VISIBLE_DEVICES=1"]
