@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 import time
@@ -46,6 +45,7 @@ if str(ROOT) not in sys.path:
 import triton  # noqa: E402
 from triton.testing import do_bench  # noqa: E402
 
+from benchmarks.sweep import command_line  # noqa: E402
 from kernels import (  # noqa: E402
     ChunkSettings, KernelSettings, chunk_delta_rule, chunk_settings, current_chunk_settings,
 )
@@ -310,17 +310,6 @@ def tuned_totals(sw, q, k, v, beta, do, fn):
             "seq_bv": seq_bv}
 
 
-def command(argv) -> str:
-    """The command line as run from the repository root, with the output directory written relative to it (or as
-    DIR when it lies outside)."""
-    argv = list(argv)
-    for i, a in enumerate(argv[:-1]):
-        if a == "--out":
-            p = Path(argv[i + 1]).resolve()
-            argv[i + 1] = os.path.relpath(p, ROOT) if p.is_relative_to(ROOT) else "DIR"
-    return "python benchmarks/bench_chunk_tuning.py " + " ".join(argv)
-
-
 def diag_variants() -> dict:
     """Settings changed one at a time (chunk_settings keyword arguments), to localise a wrong stage."""
     d = ChunkSettings()
@@ -344,7 +333,7 @@ def run_diag(args, out: Path):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     shapes = [tuple(int(x) for x in sp.split(",")) for sp in args.diag_shapes.split(";")]
     dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
-    res = {"command": command(sys.argv[1:]), "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+    res = {"command": command_line("bench_chunk_tuning.py", None), "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
            "torch": torch.__version__, "triton": triton.__version__, "rows": []}
     lines = ["| variant | dtype | K, V | " + " | ".join(DIAG_STAGES) + " |", "|---" * (len(DIAG_STAGES) + 3) + "|"]
     for name, changes in diag_variants().items():
@@ -408,7 +397,7 @@ def main():
 def run(args, out: Path):
     t_start = time.time()
     res = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-           "command": command(sys.argv[1:]), "default_settings": ChunkSettings(autotune=False).as_dict(),
+           "command": command_line("bench_chunk_tuning.py", None), "default_settings": ChunkSettings(autotune=False).as_dict(),
            "breakdown": {}, "sweep": {}, "totals": {}, "tuned": {}}
     try:
         from fla.ops.delta_rule import chunk_delta_rule as fla_chunk

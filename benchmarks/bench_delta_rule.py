@@ -49,7 +49,7 @@ if str(ROOT) not in sys.path:
 if "--tiny" in sys.argv and not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported
 
-from benchmarks.sweep import JOIN, SKIPPED, Deadline, check_same  # noqa: E402
+from benchmarks.sweep import JOIN, SKIPPED, Deadline, check_same, command_line  # noqa: E402
 from kernels import chunk_settings, current_chunk_settings  # noqa: E402
 from kernels.common.launch import tuned_configs  # noqa: E402
 
@@ -64,17 +64,6 @@ MODES = ["fwd", "fwdbwd"]
 TINY_SHAPES = [(1, 40, 2, 32)]
 # what a resumed command must share with the table it adds to
 SAME = ("gpu", "versions", "dtype", "timing", "chunk_settings")
-
-
-def command(argv) -> str:
-    """The command line as run from the repository root, with the output directory written relative to it (or as
-    DIR when it lies outside)."""
-    argv = list(argv)
-    for i, a in enumerate(argv[:-1]):
-        if a == "--out":
-            p = Path(argv[i + 1]).resolve()
-            argv[i + 1] = os.path.relpath(p, ROOT) if p.is_relative_to(ROOT) else "DIR"
-    return "python benchmarks/bench_delta_rule.py " + " ".join(argv)
 
 
 def load_providers():
@@ -199,7 +188,7 @@ def main(argv=None):
         except Exception:  # noqa: BLE001
             versions[mod] = None
     meta = {
-        "command": command(argv if argv is not None else sys.argv[1:]),
+        "command": command_line("bench_delta_rule.py", argv),
         "gpu": torch.cuda.get_device_name() if cuda else "cpu (interpreter)",
         "versions": versions,
         "dtype": str(dtype).replace("torch.", ""),

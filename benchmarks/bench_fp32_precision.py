@@ -39,6 +39,7 @@ if str(ROOT) not in sys.path:
 
 import triton  # noqa: E402
 
+from benchmarks.sweep import command_line  # noqa: E402
 from kernels import chunk_delta_rule, chunk_settings, naive_recurrent_delta_rule  # noqa: E402
 from kernels.common.chunk_h import bwd_dhu, bwd_dv_local, fwd_h  # noqa: E402
 from kernels.common.chunk_o import bwd_dqkw, fwd_o  # noqa: E402
@@ -61,17 +62,6 @@ def log(*a):
 def sync():
     if DEVICE == "cuda":
         torch.cuda.synchronize()
-
-
-def command(argv) -> str:
-    """The command line as run from the repository root, with the output directory written relative to it (or as
-    DIR when it lies outside)."""
-    argv = list(argv)
-    for i, a in enumerate(argv[:-1]):
-        if a == "--out":
-            p = Path(argv[i + 1]).resolve()
-            argv[i + 1] = os.path.relpath(p, ROOT) if p.is_relative_to(ROOT) else "DIR"
-    return "python benchmarks/bench_fp32_precision.py " + " ".join(argv)
 
 
 def rel(a, b):
@@ -186,7 +176,7 @@ def main():
         sys.exit("bench_fp32_precision.py needs a CUDA GPU, or TRITON_INTERPRET=1 on CPU (shape 'tiny')")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"command": command(sys.argv[1:]), "gpu": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu",
+    meta = {"command": command_line("bench_fp32_precision.py", None), "gpu": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu",
             "torch": torch.__version__, "triton": triton.__version__}
     log(json.dumps(meta))
     rows = []

@@ -3,7 +3,8 @@
 Providers (inputs [B, T, D] in --dtype, N = 16, A float32 [D, N], D and z given, as Mamba's layer calls it):
   ours            kernels.selective_scan (chunked Triton scan, forward and backward)
   torch_seq       kernels.naive_selective_scan: the token-by-token PyTorch loop (autograd for the backward), skipped
-                  where one run takes longer than --max-run-s
+                  where one run takes longer than --max-run-s, or would by the time per token of its earlier shapes
+                  (a run at T = 16384 would take minutes)
 
 Roofline: the bytes each pass must move through HBM (inputs read once, outputs written once, the chunk-start states
 the forward stores and the backward reads, and the backward's per-channel-block dB/dC partials written and summed),
@@ -40,6 +41,7 @@ if str(ROOT) not in sys.path:
 if not torch.cuda.is_available():  # --dry-run on CPU runs the Triton kernels in the interpreter
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from benchmarks.sweep import command_line  # noqa: E402
 from kernels.mamba import DEFAULT_TUNING, ScanTuning, naive_selective_scan, selective_scan  # noqa: E402
 
 HBM_BYTES_PER_S = 4.8e12  # H200
@@ -106,8 +108,14 @@ def run_fn(provider, inputs, do, mode, tuning):
     return fn
 
 
+SEQ_S_PER_TOKEN: dict = {}  # mode -> the most seconds per token a torch_seq run has taken in this process
+
+
 def time_cell(provider, shape, mode, args, device, tuning=DEFAULT_TUNING):
     B, T, D, N = shape
+    est = SEQ_S_PER_TOKEN.get(mode, 0.0) * T
+    if provider == "torch_seq" and est > args.max_run_s:  # the loop's time grows with T: do not wait to find out
+        return {"skipped": f"one run ~{est:.0f} s > {args.max_run_s:g} s (by the time per token at a smaller T)"}
     dtype = getattr(torch, args.dtype)
     inputs, do = make_inputs(B, T, D, N, dtype, device)
     if mode == "fwdbwd":
@@ -124,6 +132,7 @@ def time_cell(provider, shape, mode, args, device, tuning=DEFAULT_TUNING):
         if device == "cuda":
             torch.cuda.synchronize()
         one = time.perf_counter() - t0
+        SEQ_S_PER_TOKEN[mode] = max(SEQ_S_PER_TOKEN.get(mode, 0.0), one / T)
         if one > args.max_run_s:
             return {"skipped": f"one run {one:.1f} s > {args.max_run_s:g} s"}
         return {"ms": one * 1e3, "note": "one run"}  # a Python loop over T: one run is its own median
@@ -134,8 +143,9 @@ def time_cell(provider, shape, mode, args, device, tuning=DEFAULT_TUNING):
             "GB_per_s": nbytes / (ms * 1e-3) / 1e9}
 
 
-def sweep(shape, args, device):
-    """ours over BT x BD x warps, forward and fwd+bwd (the backward's BD/warps swept with the forward's)."""
+def sweep(shape, args, device, save=lambda rows: None):
+    """ours over BT x BD x warps, forward and fwd+bwd (the backward's BD/warps swept with the forward's); ``save`` is
+    called with the rows after every cell."""
     rows = []
     bts = [8, 16, 32] if not args.dry_run else [8, 16]
     bds = [8, 16, 32, 64] if not args.dry_run else [16]
@@ -151,6 +161,7 @@ def sweep(shape, args, device):
                         cell = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
                     rows.append({"tuning": asdict(tuning), "mode": mode, **cell})
                     print(f"sweep BT={bt} BD={bd} warps={w} {mode}: {fmt(cell)}", flush=True)
+                    save(rows)
     return rows
 
 
@@ -181,7 +192,7 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     import triton
-    meta = {"command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+    meta = {"command": command_line("bench_mamba_scan.py", argv),
             "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
             "torch": torch.__version__, "triton": triton.__version__, "dtype": args.dtype,
             "tuning": asdict(DEFAULT_TUNING), "hbm_bytes_per_s": HBM_BYTES_PER_S, "dry_run": args.dry_run,
@@ -198,7 +209,7 @@ def main(argv=None):
                 results.append({"provider": p, "shape": list(shape), "mode": mode, **cell})
                 print(f"{p} B,T,D,N={shape} {mode}: {fmt(cell)}", flush=True)
                 write(out, meta, results, [])
-    sweep_rows = sweep(shapes[0], args, device) if args.sweep else []
+    sweep_rows = sweep(shapes[0], args, device, lambda rows: write(out, meta, results, rows)) if args.sweep else []
     write(out, meta, results, sweep_rows)
     for line in ratio_lines(results):
         print(line)
@@ -223,6 +234,7 @@ def write(out: Path, meta, results, sweep_rows):
     lines = ["# bench_mamba_scan", "", f"`{meta['command']}` on {meta['device']}, torch {meta['torch']}, "
              f"triton {meta['triton']}, {meta['dtype']}, tuning {meta['tuning']}", "",
              "Milliseconds (median); `(Nx)` = time / memory roofline at 4.8 TB/s.", "",
+             *[f"Note: {n}" for n in meta.get("notes", [])], *([""] if meta.get("notes") else []),
              "| B, T, D, N | mode | " + " | ".join(sorted({r['provider'] for r in results})) + " |",
              "|---|---|" + "---|" * len({r['provider'] for r in results})]
     provs = sorted({r["provider"] for r in results})

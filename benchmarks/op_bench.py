@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 import time
@@ -29,22 +28,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_delta_rule import DEFAULT_SHAPES  # noqa: E402
-from benchmarks.sweep import JOIN, KILLED, SKIPPED, STARTED, Deadline, check_same, commands  # noqa: E402
+from benchmarks.sweep import (JOIN, KILLED, SKIPPED, STARTED, Deadline, check_same, command_line,  # noqa: E402
+                             commands)
 
 PROVIDERS = ["ours_chunk", "fla_chunk"]
 MODES = ["fwd", "fwdbwd"]
 TINY_SHAPES = [(1, 40, 2, 32)]
 SAME = ("device", "torch", "triton", "fla", "dtype", "warmup", "rep", "options", "tiny")
-
-
-def command(name: str, argv) -> str:
-    """The command as run from the repository root, ``--out`` relative to it (or DIR when it lies outside)."""
-    argv = list(argv)
-    for i, a in enumerate(argv[:-1]):
-        if a == "--out":
-            p = Path(argv[i + 1]).resolve()
-            argv[i + 1] = os.path.relpath(p, ROOT) if p.is_relative_to(ROOT) else "DIR"
-    return " ".join(["python", f"benchmarks/{name}.py", *argv])
 
 
 def cell_key(provider: str, mode: str, shape) -> str:
@@ -110,7 +100,7 @@ def main(argv, *, name: str, doc: str, load_providers: Callable[[], dict], make_
     dtype = torch.float16 if args.tiny else torch.bfloat16  # the CPU interpreter's bf16 tl.dot is wrong
     names = [p for p in args.providers.split(",") if p]
     import triton
-    meta = {"command": command(name, argv),
+    meta = {"command": command_line(f"{name}.py", argv),
             "device": torch.cuda.get_device_name() if device == "cuda" else "cpu (interpreter)",
             "torch": torch.__version__, "triton": triton.__version__, "fla": fla_version(),
             "python": platform.python_version(), "dtype": str(dtype), "warmup": args.warmup, "rep": args.rep,

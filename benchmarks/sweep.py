@@ -10,19 +10,27 @@ joined with `` && ``.
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Callable, Hashable, Iterable, Optional
 
+ROOT = Path(__file__).resolve().parents[1]
 STARTED, SKIPPED, KILLED = "started", "skipped (time)", "killed (did not finish)"
 JOIN = " && "
 
 
 def command_line(script: str, argv: Optional[Iterable[str]]) -> str:
     """The command as run from the repository root: ``python benchmarks/<script> ARGS`` (this process's arguments
-    when ``argv`` is None)."""
-    return " ".join(["python", f"benchmarks/{script}", *(sys.argv[1:] if argv is None else argv)])
+    when ``argv`` is None), with ``--out`` written relative to the root, or as DIR when it lies outside (a recorded
+    table names no machine's paths)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for i, a in enumerate(argv[:-1]):
+        if a == "--out":
+            p = Path(argv[i + 1]).resolve()
+            argv[i + 1] = os.path.relpath(p, ROOT) if p.is_relative_to(ROOT) else "DIR"
+    return " ".join(["python", f"benchmarks/{script}", *argv])
 
 
 def commands(command: str) -> list[str]:

@@ -32,3 +32,16 @@ def test_dry_run_writes_table_and_json(tmp_path):
     assert all(r["ms"] > 0 for r in cells.values())
     assert cells[("ours", "fwd")]["bytes"] > 0 and cells[("ours", "fwdbwd")]["roofline_ms"] > 0
     assert "| 1, 40, 16, 4 | fwdbwd |" in (tmp_path / "bench_mamba_scan.md").read_text()
+
+
+def test_the_pytorch_loop_is_skipped_where_its_time_per_token_says_it_would_be_too_slow(tmp_path):
+    b = _bench()  # a fresh module: no times per token yet
+    b.main(["--out", str(tmp_path), "--dry-run", "--dtype", "float32", "--providers", "torch_seq"])
+    assert b.SEQ_S_PER_TOKEN["fwd"] > 0
+    per_token = min(b.SEQ_S_PER_TOKEN.values())
+    # a shape long enough that, at the time per token just measured, one run would exceed --max-run-s
+    T = int(2.0 / per_token) + 1
+    b.main(["--out", str(tmp_path), "--dry-run", "--dtype", "float32", "--providers", "torch_seq",
+            "--max-run-s", "1", "--shapes", f"1,{T},16,4"])
+    rows = json.loads((tmp_path / "bench_mamba_scan.json").read_text())["results"]
+    assert all("by the time per token" in r["skipped"] for r in rows)  # skipped without being run

@@ -47,9 +47,10 @@ def test_resume_keeps_earlier_cells_and_names_every_command(tmp_path):
     assert all(rows[c]["command"] == 2 and rows[c]["tokens_per_s"] > 0 for c in mod.measured)
     assert res["results"] == _results(tmp_path)
     cmds = res["meta"]["command"].split(" && ")
-    assert cmds == ["python benchmarks/bench_model.py " + " ".join(first_cmd),
+    # --out outside the repository is written DIR: a recorded table names no machine's paths
+    assert cmds == ["python benchmarks/bench_model.py " + " ".join(first_cmd[:-1] + ["DIR"]),
                     "python benchmarks/bench_model.py --dry-run --models deltanet transformer --lengths 16x1 24x1 "
-                    f"--resume --out {tmp_path}"]
+                    "--resume --out DIR"]
     md = (tmp_path / "bench_model.md").read_text()
     assert f"    1: {cmds[0]}" in md and f"    2: {cmds[1]}" in md
     speed = md.split("peak memory")[0]
@@ -159,3 +160,10 @@ def test_resume_refuses_a_table_measured_otherwise(tmp_path):
         _bench().main(args + ["--resume", "--steps", "3"])
     # without --resume a new table replaces the old one
     assert _bench().main(args + ["--steps", "3"])["meta"]["command"].count(" && ") == 0
+
+
+def test_command_line_writes_out_relative_to_the_repository():
+    from benchmarks.sweep import ROOT, command_line
+    assert (command_line("bench_x.py", ["--out", str(ROOT / "benchmarks" / "results"), "--resume"])
+            == "python benchmarks/bench_x.py --out benchmarks/results --resume")
+    assert command_line("bench_x.py", ["--out", "/elsewhere/r"]) == "python benchmarks/bench_x.py --out DIR"
