@@ -67,16 +67,18 @@ def fla_version() -> Optional[str]:
 
 def main(argv, *, name: str, doc: str, load_providers: Callable[[], dict], make_inputs: Callable,
          add_args: Optional[Callable[[argparse.ArgumentParser], None]] = None,
-         options: Callable[[argparse.Namespace], dict] = lambda a: {}, note: str = "") -> dict:
+         options: Callable[[argparse.Namespace], dict] = lambda a: {}, note: str = "",
+         providers: Optional[list] = None) -> dict:
     """``load_providers()``: provider -> callable(*inputs) -> o, or -> str (why it is unavailable).
     ``make_inputs(B, T, H, D, device=, dtype=, **options(args))`` -> (grad-requiring inputs, do).
-    ``options(args)``: the script's own settings, recorded and compared on ``--resume``; ``note``: a line of the md."""
+    ``options(args)``: the script's own settings, recorded and compared on ``--resume``; ``note``: a line of the md;
+    ``providers``: the default ``--providers`` (ours_chunk, fla_chunk).  The ratio column is ours_chunk / fla_chunk."""
     argv = sys.argv[1:] if argv is None else list(argv)
     deadline = Deadline(None)
     ap = argparse.ArgumentParser(description=doc.split("\n")[0])
     ap.add_argument("--out", required=True, help=f"directory for {name}.md/.json")
     ap.add_argument("--shapes", nargs="*", default=None, help="B,T,H,D ... (default: bench_delta_rule's shapes)")
-    ap.add_argument("--providers", default=",".join(PROVIDERS))
+    ap.add_argument("--providers", default=",".join(providers or PROVIDERS))
     ap.add_argument("--tiny", action="store_true", help="one tiny float16 shape on CPU (interpreter) or GPU")
     ap.add_argument("--warmup", type=int, default=25, help="do_bench warm-up, ms")
     ap.add_argument("--rep", type=int, default=100, help="do_bench measurement time, ms")
@@ -163,7 +165,7 @@ def main(argv, *, name: str, doc: str, load_providers: Callable[[], dict], make_
         (out / f"{name}.md").write_text("\n".join(lines) + "\n")
         return ratios
 
-    providers = load_providers()
+    available = load_providers()
     todo = [(n, m, s) for s in shapes for n in names for m in MODES if cell_key(n, m, s) not in cells]
     for i, (n, mode, shape) in enumerate(todo):
         key = cell_key(n, mode, shape)
@@ -171,7 +173,7 @@ def main(argv, *, name: str, doc: str, load_providers: Callable[[], dict], make_
             for n2, m2, s2 in todo[i:]:
                 cells[cell_key(n2, m2, s2)], by[cell_key(n2, m2, s2)] = SKIPPED, n_cmd
             break
-        fn = providers.get(n, f"unknown provider {n!r}")
+        fn = available.get(n, f"unknown provider {n!r}")
         if isinstance(fn, str):
             cells[key], by[key] = fn, n_cmd
             continue
