@@ -66,6 +66,20 @@ TINY_SHAPES = [(1, 40, 2, 32)]
 SAME = ("gpu", "versions", "dtype", "timing", "chunk_settings")
 
 
+def parse_shapes(ap: argparse.ArgumentParser, specs, fixed=None) -> list:
+    """``--shapes`` ("B,T,H,D" each) as tuples: ``fixed`` when given (the tiny run's), else the specs, else
+    DEFAULT_SHAPES; anything but four integers each is an argparse error naming the flag."""
+    if fixed:
+        return list(fixed)
+    try:
+        shapes = [tuple(int(x) for x in s.split(",")) for s in specs] if specs else DEFAULT_SHAPES
+    except ValueError:
+        shapes = [()]
+    if any(len(s) != 4 for s in shapes):
+        ap.error(f"--shapes must be B,T,H,D (four integers each), got {specs}")
+    return shapes
+
+
 def load_providers():
     """name -> callable(q, k, v, beta) -> o [B, T, H, D], or name -> str (why it is unavailable)."""
     out = {}
@@ -167,13 +181,7 @@ def main(argv=None):
     ap.add_argument("--tiny", action="store_true", help="one tiny float16 shape on CPU (interpreter) or GPU")
     args = ap.parse_args(argv)
     deadline.max_seconds = args.max_seconds
-    try:
-        shapes = TINY_SHAPES if args.tiny else (
-            [tuple(int(x) for x in s.split(",")) for s in args.shapes] if args.shapes else DEFAULT_SHAPES)
-    except ValueError:
-        shapes = [()]
-    if any(len(s) != 4 for s in shapes):
-        ap.error(f"--shapes must be B,T,H,D (four integers each), got {args.shapes}")
+    shapes = parse_shapes(ap, args.shapes, TINY_SHAPES if args.tiny else None)
     cuda = torch.cuda.is_available()
     if not cuda and not args.tiny:
         sys.exit("bench_delta_rule.py needs a CUDA GPU (use --tiny to check the script on CPU)")

@@ -1,5 +1,5 @@
-"""One op's chunk kernel, ours against fla's, forward and forward+backward: the driver that bench_gla.py and
-bench_gated_delta_rule.py share (each script gives its providers and inputs).
+"""One op's chunk kernel, ours against fla's, forward and forward+backward: the driver that bench_gla.py,
+bench_gated_delta_rule.py and bench_retention.py share (each script gives its providers and inputs).
 
 Cells are (provider, mode, shape).  Each is the median of triton.testing.do_bench (``--tiny``: one wall-clock run
 under the CPU interpreter, which checks the script and measures nothing); forward under torch.no_grad(),
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_delta_rule import DEFAULT_SHAPES  # noqa: E402
+from benchmarks.bench_delta_rule import parse_shapes  # noqa: E402
 from benchmarks.sweep import (JOIN, KILLED, SKIPPED, STARTED, Deadline, check_same, command_line,  # noqa: E402
                              commands)
 
@@ -89,13 +89,7 @@ def main(argv, *, name: str, doc: str, load_providers: Callable[[], dict], make_
         add_args(ap)
     args = ap.parse_args(argv)
     deadline.max_seconds = args.max_seconds
-    try:
-        shapes = TINY_SHAPES if args.tiny else (
-            [tuple(int(x) for x in s.split(",")) for s in args.shapes] if args.shapes else DEFAULT_SHAPES)
-    except ValueError:
-        ap.error(f"--shapes must be B,T,H,D (four integers each), got {args.shapes}")
-    if any(len(s) != 4 for s in shapes):
-        ap.error(f"--shapes must be B,T,H,D (four integers each), got {args.shapes}")
+    shapes = parse_shapes(ap, args.shapes, TINY_SHAPES if args.tiny else None)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu" and not args.tiny:
         ap.error("needs a CUDA GPU (use --tiny to check the script on CPU)")
