@@ -49,7 +49,7 @@ if str(ROOT) not in sys.path:
 if "--tiny" in sys.argv and not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported
 
-from benchmarks.sweep import JOIN, SKIPPED, Deadline, check_same, command_line  # noqa: E402
+from benchmarks.sweep import JOIN, SKIPPED, Deadline, check_same, command_line, commands  # noqa: E402
 from kernels import chunk_settings, current_chunk_settings  # noqa: E402
 from kernels.common.launch import tuned_configs  # noqa: E402
 
@@ -186,7 +186,8 @@ def main(argv=None):
     if not cuda and not args.tiny:
         sys.exit("bench_delta_rule.py needs a CUDA GPU (use --tiny to check the script on CPU)")
     device, dtype = ("cuda" if cuda else "cpu"), (torch.float16 if args.tiny else torch.bfloat16)
-    wanted = [p for p in args.providers.split(",") if p]
+    this = [p for p in args.providers.split(",") if p]  # this command's providers
+    wanted = list(this)  # the table's columns: an earlier table's first, on --resume
     available = load_providers()
 
     versions = {"torch": torch.__version__, "python": platform.python_version()}
@@ -219,7 +220,6 @@ def main(argv=None):
         wanted = list(dict.fromkeys(before + wanted))
     print(json.dumps(meta), flush=True)
     meta["providers"] = wanted
-    this = [p for p in args.providers.split(",") if p]
     rows = {s: earlier.get(s) or {"shape": list(s), "fwd": {}, "fwdbwd": {}} for s in list(earlier) + shapes}
 
     def save():
@@ -305,7 +305,7 @@ def summary_lines(results):
 
 def write_outputs(out: Path, meta, results, providers):
     out.mkdir(parents=True, exist_ok=True)
-    cmds = meta["command"].split(JOIN)
+    cmds = commands(meta["command"])
     md = [f"# Delta-rule kernel benchmark ({meta['gpu']})", ""]
     md += ([f"Command: `{cmds[0]}`  "] if len(cmds) == 1 else
            ["Commands behind this table, in order:", ""] + [f"    {i}: {c}" for i, c in enumerate(cmds, 1)] + [""])

@@ -16,7 +16,6 @@ there, fla says): those cells read ``failed: RuntimeError``.
 """
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -26,10 +25,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-if "--tiny" in sys.argv and not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported
 
-from benchmarks import op_bench  # noqa: E402
+from benchmarks import op_bench  # noqa: E402  (first: with --tiny on CPU it sets TRITON_INTERPRET before triton loads)
 from kernels import chunk_gated_delta_rule  # noqa: E402
 
 NAME = "bench_gated_delta_rule"

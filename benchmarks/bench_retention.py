@@ -19,7 +19,6 @@ ratios ours/fla_chunk; bench_retention.json) are ``op_bench.py``'s.
 from __future__ import annotations
 
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -28,10 +27,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-if "--tiny" in sys.argv and not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported
 
-from benchmarks import op_bench  # noqa: E402
+from benchmarks import op_bench  # noqa: E402  (first: with --tiny on CPU it sets TRITON_INTERPRET before triton loads)
 from kernels import chunk_simple_gla  # noqa: E402
 
 NAME = "bench_retention"

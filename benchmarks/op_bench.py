@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -26,6 +27,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+if "--tiny" in sys.argv and not torch.cuda.is_available():  # a script imports this module before its kernels
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported
 
 from benchmarks.bench_delta_rule import parse_shapes  # noqa: E402
 from benchmarks.sweep import (JOIN, KILLED, SKIPPED, STARTED, Deadline, check_same, command_line,  # noqa: E402
@@ -107,12 +110,12 @@ def main(argv, *, name: str, doc: str, load_providers: Callable[[], dict], make_
     cells: dict = {}
     by: dict = {}  # key -> index (from 1) of the command that wrote it
     attempts: dict = {}
-    earlier: list = []  # an earlier table's shapes and providers come first
+    all_shapes, all_names = [], []  # the table's rows and columns: an earlier table's first
     if args.resume and path.exists():
         prev = json.loads(path.read_text())
         check_same(prev["meta"], meta, SAME, path)
         meta["command"] = prev["meta"]["command"] + JOIN + meta["command"]
-        earlier = [tuple(s) for s in prev.get("shapes", [])], prev.get("providers", [])
+        all_shapes, all_names = [tuple(s) for s in prev.get("shapes", [])], prev.get("providers", [])
         attempts = prev.get("attempts", {})
         for k, v in prev["cells"].items():
             v = KILLED if v == STARTED else v
@@ -123,8 +126,8 @@ def main(argv, *, name: str, doc: str, load_providers: Callable[[], dict], make_
                 continue
             cells[k], by[k] = v, prev.get("by", {}).get(k, 1)
     n_cmd = len(commands(meta["command"]))
-    all_shapes = list(dict.fromkeys((earlier[0] if earlier else []) + shapes))
-    all_names = list(dict.fromkeys((earlier[1] if earlier else []) + names))
+    all_shapes = list(dict.fromkeys(all_shapes + shapes))
+    all_names = list(dict.fromkeys(all_names + names))
 
     def write() -> list:
         res = {"meta": meta, "shapes": [list(s) for s in all_shapes], "providers": all_names, "cells": cells,
