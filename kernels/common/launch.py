@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import types
 import warnings
@@ -118,17 +119,22 @@ class KernelSettings:
         tile: ``(BK, BV)`` block sizes of a chunk-parallel kernel, each a power of two in [16, 256] and capped at the
             padded K, V of a call (None: 64 x 64).  Not for the two state walks (``fwd_h``, ``bwd_dhu``).
         tile_wide: instead of ``tile`` for calls with K or V > 128 (None: ``tile``).
+        launch_small: instead of ``launch`` (K, V <= 128) when the grid has at most one program per SM (None:
+            ``launch``); the state walks use it, whose time on few programs is the latency of their loads.
     """
 
     launch: Launch = Launch(4, 2)
     launch_wide: Optional[Launch] = None
     tile: Optional[Tuple[int, int]] = None
     tile_wide: Optional[Tuple[int, int]] = None
+    launch_small: Optional[Launch] = None
 
     def __post_init__(self):
         object.__setattr__(self, "launch", _as_launch(self.launch, "launch"))
         if self.launch_wide is not None:
             object.__setattr__(self, "launch_wide", _as_launch(self.launch_wide, "launch_wide"))
+        if self.launch_small is not None:
+            object.__setattr__(self, "launch_small", _as_launch(self.launch_small, "launch_small"))
         object.__setattr__(self, "tile", _as_tile(self.tile, "tile"))
         object.__setattr__(self, "tile_wide", _as_tile(self.tile_wide, "tile_wide"))
 
@@ -137,7 +143,9 @@ def _autotune_from_env() -> bool:
     return os.environ.get("DELTANET_AUTOTUNE", "0") == "1"
 
 
-_WALK = KernelSettings(launch_wide=Launch(8, 2))  # the state walks at K or V > 128 (kernels/README.md)
+# the state walks: 8 warps at K or V > 128, deeper load pipelines on a grid of at most one wave (kernels/README.md)
+_FWD_WALK = KernelSettings(launch_wide=Launch(8, 2), launch_small=Launch(4, 4))
+_BWD_WALK = KernelSettings(launch_wide=Launch(8, 2), launch_small=Launch(4, 3))
 
 
 @dataclass(frozen=True)
@@ -152,8 +160,9 @@ class ChunkSettings:
         wy_fwd, fwd_h, fwd_o, bwd_dv_local, bwd_dhu, bwd_dqkw, wy_bwd: :class:`KernelSettings` per kernel (a mapping
             with its fields is accepted too).  The state walks ``fwd_h`` and ``bwd_dhu`` run with 8 warps at K or
             V > 128.
-        seq_bv: V block of the two state walks, a power of two in [16, 256] capped at the padded V; None: 32 for
-            K <= 128, 64 above.
+        seq_bv: V block of the two state walks, a power of two in [16, 256] capped at the padded V; None: 64 for
+            K > 128; for K <= 128, 16 when the walk's grid at that block still has at most one program per SM,
+            else 32.
         keep_states: whether the backward reuses the forward's chunk states h and V' instead of recomputing them:
             True (the default: one state walk fewer, h and V' kept until the backward), False, or "auto" (only
             for K > 128, the memory-saving choice at K <= 128).  Measured in kernels/README.md, "Kept states".
@@ -167,10 +176,10 @@ class ChunkSettings:
     """
 
     wy_fwd: KernelSettings = KernelSettings()
-    fwd_h: KernelSettings = _WALK
+    fwd_h: KernelSettings = _FWD_WALK
     fwd_o: KernelSettings = KernelSettings()
     bwd_dv_local: KernelSettings = KernelSettings()
-    bwd_dhu: KernelSettings = _WALK
+    bwd_dhu: KernelSettings = _BWD_WALK
     bwd_dqkw: KernelSettings = KernelSettings()
     wy_bwd: KernelSettings = KernelSettings()
     seq_bv: Optional[int] = None
@@ -223,10 +232,13 @@ class ChunkSettings:
             raise ValueError(f"unknown kernel {name!r}; kernels: {KERNELS}")
         return getattr(self, name)
 
-    def launch_for(self, name: str, K: int, V: int) -> Launch:
-        """``(num_warps, num_stages)`` of kernel `name` for a call with dims K, V."""
+    def launch_for(self, name: str, K: int, V: int, small: bool = False) -> Launch:
+        """``(num_warps, num_stages)`` of kernel `name` for a call with dims K, V (`small`: a grid of at most one
+        program per SM)."""
         ks = self.kernel(name)
-        return ks.launch_wide if is_wide(K, V) and ks.launch_wide is not None else ks.launch
+        if is_wide(K, V):
+            return ks.launch_wide if ks.launch_wide is not None else ks.launch
+        return ks.launch_small if small and ks.launch_small is not None else ks.launch
 
     def tile_for(self, name: str, K: int, V: int) -> Optional[Tuple[int, int]]:
         """The ``(BK, BV)`` asked for kernel `name` at dims K, V (before capping), or None for the default."""
@@ -315,7 +327,19 @@ class ChunkMeta:
         self.BV = min(64, _pow2(self.V))
         self.BKs = _pow2(self.K) if self.K <= 128 else 64
         seq_bv = self.settings.seq_bv
-        self.BVs = min(seq_bv if seq_bv is not None else (64 if self.K > 128 else 32), _pow2(self.V))
+        if seq_bv is None:
+            seq_bv = 64 if self.K > 128 else (16 if self.N * self.H * triton.cdiv(self.V, 16) <= sm_count(q) else 32)
+        self.BVs = min(seq_bv, _pow2(self.V))
+
+
+def sm_count(x: torch.Tensor) -> int:
+    """Streaming multiprocessors of x's GPU (132 for CPU tensors under the interpreter, an H100/H200's count)."""
+    if x.device.type != "cuda":
+        return 132
+    return _sm_counts.setdefault(x.device.index, torch.cuda.get_device_properties(x.device).multi_processor_count)
+
+
+_sm_counts: dict = {}
 
 
 def tile_sizes(m: ChunkMeta, name: str) -> Tuple[int, int]:
@@ -372,7 +396,8 @@ def launch(settings: ChunkSettings, name: str, kernel, grid, *args, **consts) ->
     """Launch `kernel` (the Triton kernel of stage `name`) on `grid` with `args` and constexprs `consts` (which
     include K and V).
 
-    The setting is ``settings.launch_for(name, K, V)``.  A setting that needs more shared memory than the GPU has
+    The setting is ``settings.launch_for(name, K, V, small)``, small when the grid has at most one program per SM.
+    A setting that needs more shared memory than the GPU has
     raises OutOfResources before the kernel runs; it is retried with :func:`_smaller_launch` and the setting that
     fitted is remembered per (kernel, setting asked for, constexprs, dtype of the first argument).  With
     ``settings.autotune`` (compiled CUDA only) the kernel runs through a ``triton.autotune`` wrapper built once per
@@ -391,7 +416,8 @@ def launch(settings: ChunkSettings, name: str, kernel, grid, *args, **consts) ->
             _state.autotune_failed = True
             warnings.warn(f"chunk_delta_rule: autotuning {name} failed ({type(e).__name__}: {e}); using the fixed "
                           "launch settings from now on", RuntimeWarning)
-    cfg = settings.launch_for(name, consts["K"], consts["V"])
+    small = math.prod(grid) <= sm_count(next(a for a in args if isinstance(a, torch.Tensor)))
+    cfg = settings.launch_for(name, consts["K"], consts["V"], small)
     key = None
     if _state.fallback:  # the key is built only once some launch has fallen back
         key = (name, cfg, tuple(sorted(consts.items())), args[0].dtype)

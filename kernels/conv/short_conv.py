@@ -171,7 +171,8 @@ def _positions(cu_seqlens: Optional[torch.Tensor], T: int, device) -> Optional[t
     return (idx - cu[torch.searchsorted(cu[1:], idx, right=True)]).to(torch.int32)
 
 
-BT_FWD, BT_BWD = 64, 32
+#: (tokens per program, num_warps) of each kernel (kernels/README.md: conv launch settings)
+FWD_LAUNCH, DY_LAUNCH, DX_LAUNCH = (64, 4), (64, 8), (64, 8)
 
 
 def short_conv_fwd(x, w, act, norm_dim, pos):
@@ -179,10 +180,10 @@ def short_conv_fwd(x, w, act, norm_dim, pos):
     B, T, D = x.shape
     G, BD, NG = _blocks(D, norm_dim)
     o = torch.empty(B, T, D, device=x.device, dtype=x.dtype)
-    grid = (triton.cdiv(T, BT_FWD), NG, B)
-    _short_conv_fwd_kernel[grid](x, w, o, pos if pos is not None else x, T, D, x.stride(1), G, NORM_EPS,
-                                 W=w.shape[1], ACT=act, NORM=norm_dim is not None, VARLEN=pos is not None,
-                                 BT=BT_FWD, BD=BD)
+    BT, nw = FWD_LAUNCH
+    _short_conv_fwd_kernel[(triton.cdiv(T, BT), NG, B)](x, w, o, pos if pos is not None else x, T, D, x.stride(1), G,
+                                                        NORM_EPS, W=w.shape[1], ACT=act, NORM=norm_dim is not None,
+                                                        VARLEN=pos is not None, BT=BT, BD=BD, num_warps=nw)
     return o
 
 
@@ -191,15 +192,18 @@ def short_conv_bwd(x, w, do, act, norm_dim, pos, dx):
     B, T, D = x.shape
     W = w.shape[1]
     G, BD, NG = _blocks(D, norm_dim)
-    NT = triton.cdiv(T, BT_BWD)
+    BT, nw = DY_LAUNCH
+    NT = triton.cdiv(T, BT)
     dy = torch.empty(B, T, D, device=x.device, dtype=torch.float32)
     dw = torch.empty(B * NT, D, W, device=x.device, dtype=torch.float32)
     p = pos if pos is not None else x
     _short_conv_bwd_dy_kernel[(NT, NG, B)](x, w, do, dy, dw, p, T, D, x.stride(1), G, NT, NORM_EPS, W=W, ACT=act,
-                                           NORM=norm_dim is not None, VARLEN=pos is not None, BT=BT_BWD, BD=BD)
+                                           NORM=norm_dim is not None, VARLEN=pos is not None, BT=BT, BD=BD,
+                                           num_warps=nw)
     BDX = min(128, triton.next_power_of_2(D))
-    _short_conv_bwd_dx_kernel[(NT, triton.cdiv(D, BDX), B)](dy, w, dx, p, T, D, dx.stride(1), W=W,
-                                                            VARLEN=pos is not None, BT=BT_BWD, BD=BDX)
+    BT, nw = DX_LAUNCH
+    _short_conv_bwd_dx_kernel[(triton.cdiv(T, BT), triton.cdiv(D, BDX), B)](
+        dy, w, dx, p, T, D, dx.stride(1), W=W, VARLEN=pos is not None, BT=BT, BD=BDX, num_warps=nw)
     return dw.sum(0)
 
 

@@ -13,7 +13,7 @@ with S the state before the chunk and dS the gradient of the state after it.  **
 GLA): exp(G_i - G_j) cannot be split into exp(G_i) exp(-G_j) over a whole chunk (exp(-G) overflows: 64 tokens of
 g = -5 give exp(320)).  A is built from 16 x 16 sub-blocks: an off-diagonal block (I > J) splits the exponent at
 the first token r of block I, (q_I exp(G_I - G_r)) (k_J exp(G_r - G_J))^T, both factors <= 1, one tensor-core
-dot; a diagonal block is summed token by token in float32 with the exponent masked before the exp.  The backward
+dot; a diagonal block is one [16, 16, channels] float32 product with the exponent masked before the exp.  The backward
 intra kernel uses the same split (for dK the split point is the last token of the key block).
 """
 
@@ -35,6 +35,18 @@ BC = 16  # sub-chunk of the within-chunk attention
 
 def _pow2(n: int) -> int:
     return max(16, triton.next_power_of_2(n))
+
+
+BKD = tl.constexpr(32)  # key channels per step of a diagonal block's [BC, BC, BKD] float32 product (64 registers at 4 warps)
+
+
+@triton.jit
+def diag_decay(b_G, m_i, BC: tl.constexpr):
+    """E [BC, BC, n] = exp(G_i - G_j) per channel for j <= i of one 16-token block (G [BC, n], float32; rows
+    outside m_i and j > i give 0: the exponent is masked to -inf before the exp, so it is always <= 0)."""
+    o_i = tl.arange(0, BC)
+    m_e = (o_i[:, None] >= o_i[None, :]) & m_i[:, None]
+    return tl.exp(tl.where(m_e[:, :, None], b_G[:, None, :] - b_G[None, :, :], float("-inf")))
 
 
 @triton.jit
@@ -96,19 +108,12 @@ def gla_fwd_A_kernel(
                 b_Gj = load_tile(G + base, T_rem, K, H * K, i_j * BC, i_k * BK, BC, BK)
                 b_kr = (b_k * tl.exp(b_Gr[None, :] - b_Gj)).to(k.dtype.element_ty)
                 b_A += tl.dot(b_qr, tl.trans(b_kr), input_precision=PREC)
-        elif i_j == i_i:  # the diagonal block, key by key in float32
-            for i_k in tl.static_range((K + BK - 1) // BK):
-                o_k = i_k * BK + tl.arange(0, BK)
-                b_q = load_tile(q + base, T_rem, K, H * K, r0, i_k * BK, BC, BK).to(tl.float32)
-                b_Gi = load_tile(G + base, T_rem, K, H * K, r0, i_k * BK, BC, BK)
-                for jj in tl.static_range(BC):
-                    m_j = (o_k < K) & (r0 + jj + 0 * o_k < T_rem)  # row test as a vector (interpreter)
-                    b_kj = tl.load(k + base + (r0 + jj) * H * K + o_k, mask=m_j, other=0.).to(tl.float32)
-                    b_Gj = tl.load(G + base + (r0 + jj) * H * K + o_k, mask=m_j, other=0.)
-                    m_e = (o_i[:, None] >= jj) & m_i[:, None]
-                    b_e = tl.exp(tl.where(m_e, b_Gi - b_Gj[None, :], float("-inf")))
-                    b_col = tl.sum(b_q * b_kj[None, :] * b_e, 1)
-                    b_A += tl.where(o_i[None, :] == jj, b_col[:, None], 0.)
+        elif i_j == i_i:  # the diagonal block in float32, BKD channels at a time as one [BC, BC, BKD] product
+            for i_k in tl.static_range((K + BKD - 1) // BKD):
+                b_q = load_tile(q + base, T_rem, K, H * K, r0, i_k * BKD, BC, BKD).to(tl.float32)
+                b_k = load_tile(k + base, T_rem, K, H * K, r0, i_k * BKD, BC, BKD).to(tl.float32)
+                b_G = load_tile(G + base, T_rem, K, H * K, r0, i_k * BKD, BC, BKD)
+                b_A += tl.sum(b_q[:, None, :] * b_k[None, :, :] * diag_decay(b_G, m_i, BC), 2)
         store_tile(A + (t0 * H + i_h) * BT, b_A, T_rem, BT, H * BT, r0, i_j * BC, BC, BC)
 
 
@@ -188,7 +193,6 @@ def gla_bwd_intra_kernel(
         base = (t0 * H + i_h) * K
         p_dA = dA + (t0 * H + i_h) * BT
         o_i = tl.arange(0, BC)
-        o_k = i_k * BK + tl.arange(0, BK)
         m_i = r0 + o_i < T_rem
         b_q = load_tile(q + base, T_rem, K, H * K, r0, i_k * BK, BC, BK).to(tl.float32)
         b_k = load_tile(k + base, T_rem, K, H * K, r0, i_k * BK, BC, BK).to(tl.float32)
@@ -216,20 +220,11 @@ def gla_bwd_intra_kernel(
             b_dAji = load_tile(p_dA, T_rem, BT, H * BT, i_j * BC, r0, BC, BC)
             b_dk += tl.dot(tl.trans(b_dAji.to(dt)), b_qjr, input_precision=PREC)
         b_dk *= tl.exp(tl.where(m_i[:, None], b_Gl[None, :] - b_Gi, 0.))
-        # the diagonal block, token by token in float32 (exponents masked before the exp)
-        for jj in tl.static_range(BC):
-            m_j = (o_k < K) & (r0 + jj + 0 * o_k < T_rem)  # row test as a vector (interpreter)
-            b_kj = tl.load(k + base + (r0 + jj) * H * K + o_k, mask=m_j, other=0.).to(tl.float32)
-            b_qj = tl.load(q + base + (r0 + jj) * H * K + o_k, mask=m_j, other=0.).to(tl.float32)
-            b_Gj = tl.load(G + base + (r0 + jj) * H * K + o_k, mask=m_j, other=0.)
-            # dq_i += dA_{i, jj} k_jj exp(G_i - G_jj) for i >= jj
-            b_col = tl.load(p_dA + (r0 + o_i) * H * BT + r0 + jj, mask=m_i, other=0.)
-            m_lo = (o_i[:, None] >= jj) & m_i[:, None]
-            b_dq += b_col[:, None] * b_kj[None, :] * tl.exp(tl.where(m_lo, b_Gi - b_Gj[None, :], float("-inf")))
-            # dk_j += dA_{jj, j} q_jj exp(G_jj - G_j) for j <= jj
-            b_row = tl.load(p_dA + (r0 + jj) * H * BT + r0 + o_i, mask=m_i & (r0 + jj + 0 * o_i < T_rem), other=0.)
-            m_up = (o_i[:, None] <= jj) & m_i[:, None] & (r0 + jj + 0 * o_i[:, None] < T_rem)
-            b_dk += b_row[:, None] * b_qj[None, :] * tl.exp(tl.where(m_up, b_Gj[None, :] - b_Gi, float("-inf")))
+        # the diagonal block in float32 as [BC, BC, BK] products (exponents masked before the exp):
+        # dq_i += sum_{j <= i} dA_ij k_j exp(G_i - G_j),  dk_j += sum_{i >= j} dA_ij q_i exp(G_i - G_j)
+        b_dAd = load_tile(p_dA, T_rem, BT, H * BT, r0, r0, BC, BC)[:, :, None] * diag_decay(b_Gi, m_i, BC)
+        b_dq += tl.sum(b_dAd * b_k[None, :, :], 1)
+        b_dk += tl.sum(b_dAd * b_q[:, None, :], 0)
         store_tile(dq + base, b_dq, T_rem, K, H * K, r0, i_k * BK, BC, BK)
         store_tile(dk + base, b_dk, T_rem, K, H * K, r0, i_k * BK, BC, BK)
 
@@ -335,7 +330,7 @@ def gla_bwd_dA(m: ChunkMeta, v: torch.Tensor, do: torch.Tensor, A: torch.Tensor,
 
 def gla_bwd_intra(m: ChunkMeta, q: torch.Tensor, k: torch.Tensor, G: torch.Tensor, dA: torch.Tensor):
     """Returns the within-chunk (dQ, dK) [B, T, H, K] float32."""
-    BK, _ = _tiles(m)
+    BK = min(BKD, _pow2(m.K))  # the diagonal block's [BC, BC, BK] product bounds the K block
     dq = torch.empty(q.shape, dtype=torch.float32, device=q.device)
     dk = torch.empty_like(dq)
     gla_bwd_intra_kernel[(m.NT * m.H, m.BT // BC, triton.cdiv(m.K, BK))](

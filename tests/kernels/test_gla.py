@@ -85,6 +85,12 @@ def test_strong_decays():
     check(seed=403, B=1, T=75, H=2, K=16, V=32, chunk_size=64, strong=True)
 
 
+def test_strong_decays_several_key_blocks():
+    # K = 80: the diagonal blocks' [16, 16, 32]-channel products take three steps (the last one part-masked), and
+    # the backward's within-chunk kernel three K blocks
+    check(seed=415, B=1, T=70, H=1, K=80, V=16, chunk_size=64, strong=True)
+
+
 def test_varlen_without_initial_state():
     cu = torch.tensor([0, 7, 7, 40], dtype=torch.int32)
     check(seed=405, B=1, T=40, H=3, K=16, V=32, chunk_size=16, cu_seqlens=cu, use_h0=False, strong=True)
