@@ -31,6 +31,10 @@ def test_defaults():
     assert (s.seq_bv, s.keep_states, s.fold_blocks, s.fp32_prec, s.blocked_inv) == (None, True, "auto", "tf32x3",
                                                                                      True)
     assert s.launch_for("fwd_h", 256, 64) == (8, 2) and s.launch_for("fwd_h", 128, 128) == (4, 2)
+    # a grid of at most one program per SM: deeper load pipelines for the walks only, never at K or V > 128
+    assert s.launch_for("fwd_h", 128, 128, small=True) == (4, 4)
+    assert s.launch_for("bwd_dhu", 128, 128, small=True) == (4, 3)
+    assert s.launch_for("fwd_h", 256, 64, small=True) == (8, 2) and s.launch_for("fwd_o", 128, 128, True) == (4, 2)
     assert s.keeps_states(256) and s.keeps_states(128)
     auto = s.replace(keep_states="auto")
     assert auto.keeps_states(256) and not auto.keeps_states(128)
@@ -156,7 +160,7 @@ def test_changed_settings_reach_the_launches(recorded):
     (grid, kw), = by["bwd_dqkw"]
     assert (kw["num_warps"], kw["num_stages"], kw["BK"], kw["BV"], kw["FOLD"]) == (2, 3, 16, 32, True)
     (grid, kw), = by["fwd_h"]
-    assert (kw["num_warps"], kw["num_stages"]) == (4, 2)  # unchanged entries keep their defaults
+    assert (kw["num_warps"], kw["num_stages"]) == (4, 4)  # unchanged entries keep their defaults (a one-program grid)
 
 
 def test_wide_entries_and_state_block_reach_the_launches(recorded):
@@ -204,7 +208,7 @@ def test_launch_falls_back_when_shared_memory_runs_out(monkeypatch):
     assert calls == [(8, 3)]  # another setting asked for is another key
     calls.clear()
     launch.launch(s, "fwd_h", FakeKernel(lambda w, st: w == 4, calls), (1,), x, K=64, V=64, BT=64)
-    assert calls == [(4, 2)]
+    assert calls == [(4, 4)]  # a grid of one program: the walk's launch_small
     calls.clear()
     launch.launch(s, "fwd_h", FakeKernel(lambda w, st: w == 4 and st == 1, calls), (1,), x, K=200, V=64)
     assert calls == [(8, 2), (8, 1), (4, 1)]
@@ -248,5 +252,17 @@ def test_autotune_runs_through_triton_autotune_and_falls_back_on_failure(monkeyp
         launch.launch(s, "wy_fwd", kernel, (1,), x, K=99, V=64)
     assert calls == [(4, 2)]  # the fixed setting, at once
     launch.launch(s, "fwd_h", kernel, (1,), x, K=64, V=64, BT=64)
-    assert calls == [(4, 2), (4, 2)] and len(used) == 4  # no more autotuning
+    assert calls == [(4, 2), (4, 4)] and len(used) == 4  # no more autotuning (fwd_h: a one-program grid)
 
+
+@pytest.mark.parametrize("B,H,V,bv", [(1, 8, 128, 16), (2, 8, 128, 16), (4, 8, 128, 32), (1, 2, 256, 64)])
+def test_walk_block_follows_the_grid(B, H, V, bv):
+    """seq_bv None: BV 16 while N H cdiv(V, 16) programs still fit one wave of SMs, else 32 (K <= 128); 64 above."""
+    K = 200 if V == 256 else 64
+    q = torch.empty(B, 64, H, K, device=DEVICE)
+    v = torch.empty(B, 64, H, V, device=DEVICE)
+    sms = launch.sm_count(q)
+    m = launch.ChunkMeta(q, v, None, 64)
+    expect = bv if DEVICE == "cpu" else (64 if K > 128 else (16 if B * H * V // 16 <= sms else 32))
+    assert m.BVs == expect
+    assert launch.ChunkMeta(q, v, None, 64, ChunkSettings(seq_bv=128)).BVs == min(128, V)
