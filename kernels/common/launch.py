@@ -416,7 +416,8 @@ def launch(settings: ChunkSettings, name: str, kernel, grid, *args, **consts) ->
             _state.autotune_failed = True
             warnings.warn(f"chunk_delta_rule: autotuning {name} failed ({type(e).__name__}: {e}); using the fixed "
                           "launch settings from now on", RuntimeWarning)
-    small = math.prod(grid) <= sm_count(next(a for a in args if isinstance(a, torch.Tensor)))
+    small = (settings.kernel(name).launch_small is not None  # only the walks have one: no grid test elsewhere
+             and math.prod(grid) <= sm_count(next(a for a in args if isinstance(a, torch.Tensor))))
     cfg = settings.launch_for(name, consts["K"], consts["V"], small)
     key = None
     if _state.fallback:  # the key is built only once some launch has fallen back
