@@ -81,11 +81,17 @@ def main(argv: list[str] | None = None) -> dict:
                "mean_last20_fused_minus_plain": sum(d_fused[last]) / len(d_fused[last]),
                "mean_last20_bf16_minus_fp32": sum(d_bf16[last]) / len(d_bf16[last]),
                "final": {k: v[n - 1] for k, v in losses.items()}, "seconds": secs}
+    shown = [o.replace(str(out), a.out.rstrip("/")) for o in common]  # --out as given, not this machine's path
+    import torch
+    import triton
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     res = {"command": " ".join(["python", "benchmarks/bench_fused_loss.py"] + (argv or sys.argv[1:])),
-           "overrides": common, "summary": summary, "losses": losses}
+           "device": device, "torch": torch.__version__, "triton": triton.__version__,
+           "overrides": shown, "summary": summary, "losses": losses}
     (out / "bench_fused_loss.json").write_text(json.dumps(res, indent=2))
     md = ["# bench_fused_loss.py: fused vs plain glue, loss per step on the embedded corpus", "",
-          "    " + res["command"], "", "run.py overrides: `" + " ".join(common) + "`", "",
+          "    " + res["command"], "", f"{device}; torch {torch.__version__}, triton {triton.__version__}", "",
+          "run.py overrides: `" + " ".join(shown) + "`", "",
           "| | max over steps | mean of the last 20 steps |", "|---|---|---|",
           f"| abs(fused bf16 - plain bf16) | {summary['max_abs_fused_minus_plain']:.4f} | "
           f"{summary['mean_last20_fused_minus_plain']:.4f} |",

@@ -14,14 +14,19 @@ def _bench():
     return load_script("benchmarks/bench_fused_loss.py")
 
 
-def test_dry_run_writes_losses_and_no_checkpoints(tmp_path):
-    res = _bench().main(["--out", str(tmp_path), "--dry-run"])
+def test_dry_run_writes_losses_and_no_checkpoints(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path.parent)
+    res = _bench().main(["--out", tmp_path.name, "--dry-run"])  # a relative --out, as the README gives it
     assert res["summary"]["steps"] == 4
     data = json.loads((tmp_path / "bench_fused_loss.json").read_text())
     assert set(data["losses"]) == {"fused_bf16", "plain_bf16", "plain_fp32"}
     # on the CPU all three take the plain float32 path: the same losses
     assert data["summary"]["max_abs_fused_minus_plain"] < 1e-5
-    assert "abs(fused bf16 - plain bf16)" in (tmp_path / "bench_fused_loss.md").read_text()
+    md = (tmp_path / "bench_fused_loss.md").read_text()
+    assert "abs(fused bf16 - plain bf16)" in md
+    # the recorded overrides name the data directory as --out gave it, not this machine's absolute path
+    assert f"paths.data_dir={tmp_path.name}/data" in md and str(tmp_path) not in md
+    assert data["device"] and data["torch"]
     assert not list(tmp_path.rglob("*.ckpt"))
 
 
