@@ -193,6 +193,7 @@ def _selective_scan_bwd_kernel(
         b_dBx = b_dtx[:, :, None] * b_B[:, None, :]
         b_ac, b_bc = tl.associative_scan((b_dA, b_dBx), 0, _first_order_combine)
         b_hs = b_ac * b_h[None, :, :] + b_bc  # h_t
+        b_hpd = b_hs - b_dBx  # exp(dt_t A) h_{t-1}
         if HAS_Z:
             b_z = tl.load(z + o_td, mask=m_td, other=0.).to(tl.float32)
             b_sz = tl.sigmoid(b_z)
@@ -204,12 +205,13 @@ def _selective_scan_bwd_kernel(
             tl.store(dz + o_td, b_dz.to(dz.dtype.element_ty), mask=m_td)
         else:
             b_g = b_do
+        b_dC = tl.sum(b_hs * b_g[:, :, None], 1)  # [BT, BN], this block's channels only
         # dh_t = exp(dt_{t+1} A) dh_{t+1} + C_t g_t, as a reverse scan carrying dh of the chunk after
         b_dAn = tl.exp(b_dtn[:, :, None] * b_A[None, :, :])
         b_gC = b_g[:, :, None] * b_C[:, None, :]
         b_ra, b_rb = tl.associative_scan((b_dAn, b_gC), 0, _first_order_combine, reverse=True)
         b_dhs = b_ra * b_dh[None, :, :] + b_rb  # [BT, BD, BN]
-        b_hd = b_dhs * (b_hs - b_dBx)  # dh_t * exp(dt_t A) h_{t-1}
+        b_hd = b_dhs * b_hpd  # dh_t * exp(dt_t A) h_{t-1}
         b_dhB = tl.sum(b_dhs * b_B[:, None, :], 2)  # [BT, BD]
         b_ddt = tl.where(m_td, (tl.sum(b_hd * b_A[None, :, :], 2) + b_dhB * b_x) * b_dt_grad, 0.)  # d raw dt
         if HAS_DT_BIAS:
@@ -219,8 +221,7 @@ def _selective_scan_bwd_kernel(
             b_dx += b_Ds[None, :] * b_g
             b_dD_acc += tl.sum(b_g * b_x, 0)
         b_dA_acc += tl.sum(b_hd * b_dt[:, :, None], 0)
-        b_dB = tl.sum(b_dhs * b_dtx[:, :, None], 1)  # [BT, BN], this block's channels only
-        b_dC = tl.sum(b_hs * b_g[:, :, None], 1)
+        b_dB = tl.sum(b_dhs * b_dtx[:, :, None], 1)
         tl.store(dx + o_td, b_dx.to(dx.dtype.element_ty), mask=m_td)
         tl.store(ddt + o_td, b_ddt.to(ddt.dtype.element_ty), mask=m_td)
         o_part = i_d.to(tl.int64) * TOTAL * N + o_tn
