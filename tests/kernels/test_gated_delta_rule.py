@@ -238,7 +238,8 @@ def test_bad_g_raises(fn):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("B,T,H,K,V,chunk_size", [(2, 1000, 4, 128, 128, 64), (2, 300, 2, 48, 100, 32),
-                                                  (1, 400, 2, 256, 256, 64), (2, 257, 2, 16, 16, 16)])
+                                                  (1, 400, 2, 256, 256, 64), (2, 257, 2, 16, 16, 16),
+                                                  (2, 500, 3, 64, 64, 64)])  # K = 64: see test_chunk
 def test_gpu_bfloat16_matches_float64(B, T, H, K, V, chunk_size):
     check(seed=T + K, B=B, T=T, H=H, K=K, V=V, chunk_size=chunk_size, dtype=torch.bfloat16, tol_o=1e-2, tol_g=2e-2)
 
