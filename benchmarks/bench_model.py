@@ -49,7 +49,9 @@ runs only the others: ``skipped (time)`` ones, new ones, and a ``started`` one, 
 reported as ``killed (did not finish)`` and run again (once; killed twice, it stays killed).  The JSON's
 ``meta["command"]`` holds every command behind the table, joined with `` && ``, and each row's ``command`` the index
 (from 1) of the one that wrote it, shown as [n] in the md.  A resume refuses a table measured with another preset,
-device, torch, triton or fla version, ``--warmup``, ``--steps``, setup or ``--peak-tflops``.
+device, torch, triton or fla version, ``--warmup``, ``--steps``, setup or ``--peak-tflops``.  ``--resume
+--remeasure`` runs the cells it lists again even where the table has them (one column after a change to that model,
+say); the others stay, and a note names the cells measured again.
 """
 from __future__ import annotations
 
@@ -361,10 +363,15 @@ def main(argv: Optional[list[str]] = None) -> dict:
     p.add_argument("--resume", action="store_true", help="keep the cells already in --out's bench_model.json "
                    "(measured, OOM or error) and run only the others: skipped ones, new ones, and ones whose process "
                    "died (killed (did not finish): run again once)")
+    p.add_argument("--remeasure", action="store_true", help="with --resume: run this command's cells again even "
+                   "where the table has them (after a code change, say); an earlier row stays in the table until this "
+                   "command reaches its cell")
     p.add_argument("--dry-run", action="store_true", help="tiny models on CPU (torch path), 1 + 2 steps unless "
                    "--warmup/--steps say otherwise: checks the script, measures nothing")
     p.add_argument("--out", required=True, help="directory for bench_model.md/.json/.png")
     a = p.parse_args(argv)
+    if a.remeasure and not a.resume:
+        p.error("--remeasure replaces cells of an earlier table: it needs --resume")
     deadline.max_seconds = a.max_seconds
     device = "cpu" if a.dry_run else "cuda"
     if device == "cuda" and not torch.cuda.is_available():
@@ -405,6 +412,12 @@ def main(argv: Optional[list[str]] = None) -> dict:
                                     max_attempts=2)
     table_rows = Rows(kept, cells, {**retry, **done})  # the earlier cells, on disk from the first write
     n_cmd = len(commands(meta["command"]))  # this command's index, from 1, recorded in every row it writes
+    again = {}  # --remeasure: the measured cells run again, their earlier rows kept until then
+    if a.remeasure:
+        again, done = done, {}
+        if again:
+            notes.append(f"command {n_cmd} measured again (--remeasure) the cells it lists: "
+                         + ", ".join(f"{m} ({T}, {B})" for m, T, B in again))
 
     def write() -> None:  # after every cell, so a run cut short keeps what it measured
         rows = res["results"] = table_rows.list()
@@ -429,7 +442,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
             continue
         killed = retry.get(cell)
         if deadline.expired():  # a killed cell stays killed, to be run by a later command
-            table_rows[cell] = killed or {"model": m, "T": T, "B": B, "status": SKIPPED, "command": n_cmd}
+            table_rows[cell] = (again.get(cell) or killed
+                                or {"model": m, "T": T, "B": B, "status": SKIPPED, "command": n_cmd})
             write()
             continue
         if killed:

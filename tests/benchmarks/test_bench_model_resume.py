@@ -167,3 +167,33 @@ def test_command_line_writes_out_relative_to_the_repository():
     assert (command_line("bench_x.py", ["--out", str(ROOT / "benchmarks" / "results"), "--resume"])
             == "python benchmarks/bench_x.py --out benchmarks/results --resume")
     assert command_line("bench_x.py", ["--out", "/elsewhere/r"]) == "python benchmarks/bench_x.py --out DIR"
+
+
+def test_remeasure_runs_the_listed_cells_again_and_keeps_the_others(tmp_path):
+    _bench().main(["--dry-run", "--models", "deltanet", "transformer", "--lengths", "16x1", "--out", str(tmp_path)])
+    first = _by_cell(_results(tmp_path))
+    mod = _bench()
+    res = mod.main(["--dry-run", "--models", "deltanet", "--lengths", "16x1", "--resume", "--remeasure",
+                    "--out", str(tmp_path)])
+    assert mod.measured == [("deltanet", 16, 1)]  # measured again although the table had it
+    rows = _by_cell(res["results"])
+    assert rows["deltanet", 16, 1]["command"] == 2 and rows["deltanet", 16, 1]["tokens_per_s"] > 0
+    assert json.dumps(rows["transformer", 16, 1]) == json.dumps(first["transformer", 16, 1])  # not listed: kept
+    assert any("--remeasure" in n and "deltanet (16, 1)" in n for n in res["notes"])
+    assert "measured again (--remeasure)" in (tmp_path / "bench_model.md").read_text()
+
+
+def test_remeasure_past_the_deadline_keeps_the_earlier_row(tmp_path):
+    _bench().main(["--dry-run", "--models", "deltanet", "--lengths", "16x1", "--out", str(tmp_path)])
+    first = _results(tmp_path)
+    mod = _bench()
+    res = mod.main(["--dry-run", "--models", "deltanet", "--lengths", "16x1", "--resume", "--remeasure",
+                    "--max-seconds", "0", "--out", str(tmp_path)])
+    assert mod.measured == []
+    assert json.dumps(res["results"]) == json.dumps(first)  # not replaced by a skipped row
+
+
+def test_remeasure_without_resume_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        _bench().main(["--dry-run", "--remeasure", "--out", str(tmp_path)])
+    assert "--remeasure replaces cells of an earlier table: it needs --resume" in capsys.readouterr().err
