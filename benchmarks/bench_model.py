@@ -36,7 +36,9 @@ halves of Q K^T, (Q K^T) U' and K K^T inside the chunk), also for Gated DeltaNet
 ``3 * T * 6 * E * N`` per block (inner channels E, state size N; two blocks per layer).
 
 Outputs in ``--out``: ``bench_model.md`` (tables + ratios), ``bench_model.json``, ``bench_model.png`` (tokens/s and
-peak memory against T), and with ``--profile`` ``bench_model_profile.md`` (top-10 kernels of one step per model).
+peak memory against T), and with ``--profile`` ``bench_model_profile.md`` (top-10 kernels of one step per model; on
+the GPU also its kernel launches and the share of the table's step time spent in kernels, which is low when the step
+waits on the host).
 Each records the command, GPU, torch, triton and fla versions.
 
 A table filled over several commands (the first step of each model compiles its kernels, fla's also autotunes, so a
@@ -238,13 +240,27 @@ def profile_one(name: str, preset: Optional[str], T: int, B: int, device: str, t
     else:  # CPU dry run: self times of the ops, so nested ops are not counted twice
         rows = {e.key: [e.count, float(e.self_cpu_time_total)] for e in prof.key_averages()}
     total = sum(v[1] for v in rows.values()) or 1.0
+    launches = int(sum(v[0] for v in rows.values()))
     out = [{"kernel": k, "calls": int(v[0]), "ms": v[1] / 1e3, "share": v[1] / total}
            for k, v in sorted(rows.items(), key=lambda kv: -kv[1][1])[:top]]
     del model, opt, step
     gc.collect()
     if device == "cuda":
         torch.cuda.empty_cache()
-    return out + [{"kernel": "(all kernels of the step)", "calls": 0, "ms": total / 1e3, "share": 1.0}]
+    return out + [{"kernel": ALL_KERNELS, "calls": launches, "ms": total / 1e3, "share": 1.0}]
+
+
+ALL_KERNELS = "(all kernels of the step)"
+
+
+def busy_line(kernel_ms: float, launches: int, step_ms: Optional[float]) -> str:
+    """How much of a step the GPU spends in kernels: the profiled step's kernel time against the table's step time
+    (measured without the profiler).  A share well under 1 means the step waits on the host (launches, Python)."""
+    line = f"{launches} kernel launches, {kernel_ms:.1f} ms of kernels"
+    if step_ms:
+        line += (f"; the step takes {step_ms:.1f} ms in the table, so the GPU runs kernels for "
+                 f"{100 * kernel_ms / step_ms:.0f}% of it")
+    return line + "."
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -481,6 +497,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
         for m, ks in prof.items():
             lines += [f"## {m}", "", "| kernel | calls | ms | share |", "|---|---|---|---|"]
             lines += [f"| `{k['kernel'][:90]}` | {k['calls']} | {k['ms']:.2f} | {100 * k['share']:.1f}% |" for k in ks]
+            if device == "cuda":  # on the CPU the rows are ops' self times, not a device's busy time
+                cell = _get(table_rows.list(), m, T, B)
+                lines += ["", busy_line(ks[-1]["ms"], ks[-1]["calls"], cell["ms"] if cell else None)]
             lines.append("")
         (out / "bench_model_profile.md").write_text("\n".join(lines))
     write()

@@ -18,6 +18,16 @@ def test_bench_model_dry_run_writes_outputs(tmp_path):
     assert (tmp_path / "bench_model.png").stat().st_size > 0
     prof = (tmp_path / "bench_model_profile.md").read_text()
     assert prof.count("## ") == 3 and "aten::" in prof
+    # the all-kernels row counts every launch of the step (not only the top rows')
+    for ks in res["profile"]["kernels"].values():
+        assert ks[-1]["kernel"] == mod.ALL_KERNELS and ks[-1]["calls"] >= sum(k["calls"] for k in ks[:-1]) > 0
+
+
+def test_busy_line_gives_the_share_of_the_step_in_kernels():
+    mod = load_script("benchmarks/bench_model.py")
+    assert mod.busy_line(30.0, 1200, 120.0) == ("1200 kernel launches, 30.0 ms of kernels; the step takes 120.0 ms "
+                                                "in the table, so the GPU runs kernels for 25% of it.")
+    assert mod.busy_line(30.0, 1200, None) == "1200 kernel launches, 30.0 ms of kernels."
 
 
 def test_mixer_flops_counts_window_and_chunk():
