@@ -214,6 +214,9 @@ def bench_one(name: str, preset: Optional[str], T: int, B: int, warmup: int, ste
     return res
 
 
+ALL_KERNELS = "(all kernels of the step)"  # the last row of a profile: every kernel of the step
+
+
 def profile_one(name: str, preset: Optional[str], T: int, B: int, device: str, top: int = 10) -> list[dict]:
     """Top ``top`` kernels (self CUDA time) of one training step after 3 warm-up steps."""
     from torch.profiler import ProfilerActivity, profile
@@ -248,9 +251,6 @@ def profile_one(name: str, preset: Optional[str], T: int, B: int, device: str, t
     if device == "cuda":
         torch.cuda.empty_cache()
     return out + [{"kernel": ALL_KERNELS, "calls": launches, "ms": total / 1e3, "share": 1.0}]
-
-
-ALL_KERNELS = "(all kernels of the step)"
 
 
 def busy_line(kernel_ms: float, launches: int, step_ms: Optional[float]) -> str:
