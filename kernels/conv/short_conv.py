@@ -9,8 +9,9 @@ and the autograd function saves only x: the backward recomputes y, a and the nor
 Kernels:
   ``_short_conv_fwd_kernel``: one program per (token block, channel group, batch row) -> o.
   ``_short_conv_bwd_dy_kernel``: recomputes the forward of its block, back through norm and activation -> dy
-      (float32, transient), and this block's partial weight gradient dw.
-  ``_short_conv_bwd_dx_kernel``: dx_t = sum_j w[:, j] dy_{t + (W-1) - j} (the convolution transposed).
+      (float32, transient).
+  ``_short_conv_bwd_dx_kernel``: dx_t = sum_j w[:, j] dy_{t + (W-1) - j} (the convolution transposed), and the
+      weight gradient dw[:, j] = sum_t dy_{t + (W-1) - j} x_t of its span of token blocks from the same loads of dy.
 With the norm, a channel group is one head (``norm_dim`` channels), so the norm's sum stays inside a program.
 Packed sequences (``cu_seqlens``, B = 1) pass each token's position inside its sequence, so taps that would reach
 across a sequence start are masked out, in the forward and in the transposed convolution alike.
@@ -95,7 +96,7 @@ def _short_conv_fwd_kernel(x, w, o, pos, T, D, SX, G, eps, W: tl.constexpr, ACT:
 
 
 @triton.jit
-def _short_conv_bwd_dy_kernel(x, w, do, dy, dw, pos, T, D, SX, G, NT, eps, W: tl.constexpr, ACT: tl.constexpr,
+def _short_conv_bwd_dy_kernel(x, w, do, dy, pos, T, D, SX, G, eps, W: tl.constexpr, ACT: tl.constexpr,
                               NORM: tl.constexpr, VARLEN: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr):
     i_t, i_d, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     o_t = i_t * BT + tl.arange(0, BT)
@@ -104,8 +105,7 @@ def _short_conv_bwd_dy_kernel(x, w, do, dy, dw, pos, T, D, SX, G, NT, eps, W: tl
     m_t, m_d = o_t < T, (o_g < G) & (o_d < D)
     m = m_t[:, None] & m_d[None, :]
     row = i_b.to(tl.int64) * T * D
-    row_x = i_b.to(tl.int64) * T * SX
-    b_y = _conv_block(x + row_x, w, pos, o_t, o_d, m_t, m_d, SX, W, VARLEN, BT, BD)
+    b_y = _conv_block(x + i_b.to(tl.int64) * T * SX, w, pos, o_t, o_d, m_t, m_d, SX, W, VARLEN, BT, BD)
     b_do = tl.load(do + row + o_t[:, None] * D + o_d[None, :], mask=m, other=0.).to(tl.float32)
     if NORM:
         # o = a / max(|a|, eps):  da = (do - o <o, do>) / |a|  where |a| > eps, else do / eps
@@ -119,39 +119,74 @@ def _short_conv_bwd_dy_kernel(x, w, do, dy, dw, pos, T, D, SX, G, NT, eps, W: tl
         b_da = b_do
     b_dy = tl.where(m, b_da * _act_grad(b_y, ACT), 0.)
     tl.store(dy + row + o_t[:, None] * D + o_d[None, :], b_dy, mask=m)
-    # this block's share of dw[d, j] = sum_t dy_t[d] x_{t - shift}[d]
-    if VARLEN:
-        b_p = tl.load(pos + o_t, mask=m_t, other=0)
-    else:
-        b_p = o_t
-    o_dw = (i_b * NT + i_t).to(tl.int64) * D * W
-    for j in tl.static_range(W):
-        shift = W - 1 - j
-        mx = (m_t & (b_p >= shift))[:, None] & m_d[None, :]
-        b_x = tl.load(x + row_x + (o_t - shift)[:, None] * SX + o_d[None, :], mask=mx, other=0.).to(tl.float32)
-        tl.store(dw + o_dw + o_d * W + j, tl.sum(b_dy * b_x, axis=0), mask=m_d)
 
 
 @triton.jit
-def _short_conv_bwd_dx_kernel(dy, w, dx, pos, T, D, SX, W: tl.constexpr, VARLEN: tl.constexpr, BT: tl.constexpr,
-                              BD: tl.constexpr):
-    i_t, i_d, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    o_t = i_t * BT + tl.arange(0, BT)
+def _add_tap(acc, b, J: tl.constexpr, j: tl.constexpr):
+    """acc + b for the accumulator of tap J when the loop is at tap j (both known when compiling)."""
+    if j == J:
+        acc += b
+    return acc
+
+
+@triton.jit
+def _store_tap(dw, acc, J: tl.constexpr, o_d, m_d, W: tl.constexpr):
+    if J < W:
+        tl.store(dw + o_d * W + J, tl.sum(acc, axis=0), mask=m_d)
+
+
+@triton.jit
+def _short_conv_bwd_dx_kernel(dy, w, x, dx, dw, pos, T, D, SX, NS, W: tl.constexpr, VARLEN: tl.constexpr,
+                              BT: tl.constexpr, BD: tl.constexpr, SPAN: tl.constexpr):
+    i_s, i_d, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     o_d = i_d * BD + tl.arange(0, BD)
-    m_t, m_d = o_t < T, o_d < D
+    m_d = o_d < D
     row = i_b.to(tl.int64) * T * D
-    acc = tl.zeros([BT, BD], dtype=tl.float32)
-    for j in tl.static_range(W):
-        shift = W - 1 - j  # y_s used x_t through tap j when s = t + shift, in the same sequence
-        o_s = o_t + shift
-        m_s = o_s < T
-        if VARLEN:
-            m_s = m_s & (tl.load(pos + o_s, mask=m_s, other=0) >= shift)
-        b_dy = tl.load(dy + row + o_s[:, None] * D + o_d[None, :], mask=m_s[:, None] & m_d[None, :], other=0.)
-        b_w = tl.load(w + o_d * W + j, mask=m_d, other=0.).to(tl.float32)
-        acc += b_dy * b_w[None, :]
-    tl.store(dx + i_b.to(tl.int64) * T * SX + o_t[:, None] * SX + o_d[None, :], acc.to(dx.dtype.element_ty),
-             mask=m_t[:, None] & m_d[None, :])
+    row_x = i_b.to(tl.int64) * T * SX
+    # dw[d, j] = sum_s dy_{s + shift_j}[d] x_s[d]: one [BT, BD] float32 sum per tap over the SPAN token blocks,
+    # reduced over tokens once at the end (up to MAX_W taps; the unused ones are compiled away)
+    a0 = tl.zeros([BT, BD], dtype=tl.float32)
+    a1 = tl.zeros([BT, BD], dtype=tl.float32)
+    a2 = tl.zeros([BT, BD], dtype=tl.float32)
+    a3 = tl.zeros([BT, BD], dtype=tl.float32)
+    a4 = tl.zeros([BT, BD], dtype=tl.float32)
+    a5 = tl.zeros([BT, BD], dtype=tl.float32)
+    a6 = tl.zeros([BT, BD], dtype=tl.float32)
+    a7 = tl.zeros([BT, BD], dtype=tl.float32)
+    for i in range(SPAN):
+        o_t = (i_s * SPAN + i) * BT + tl.arange(0, BT)
+        m_t = o_t < T
+        b_x = tl.load(x + row_x + o_t[:, None] * SX + o_d[None, :], mask=m_t[:, None] & m_d[None, :],
+                      other=0.).to(tl.float32)
+        acc = tl.zeros([BT, BD], dtype=tl.float32)
+        for j in tl.static_range(W):
+            shift = W - 1 - j  # y_s used x_t through tap j when s = t + shift, in the same sequence
+            o_s = o_t + shift
+            m_s = o_s < T
+            if VARLEN:
+                m_s = m_s & (tl.load(pos + o_s, mask=m_s, other=0) >= shift)
+            b_dy = tl.load(dy + row + o_s[:, None] * D + o_d[None, :], mask=m_s[:, None] & m_d[None, :], other=0.)
+            acc += b_dy * tl.load(w + o_d * W + j, mask=m_d, other=0.).to(tl.float32)[None, :]
+            b_p = b_dy * b_x
+            a0 = _add_tap(a0, b_p, 0, j)
+            a1 = _add_tap(a1, b_p, 1, j)
+            a2 = _add_tap(a2, b_p, 2, j)
+            a3 = _add_tap(a3, b_p, 3, j)
+            a4 = _add_tap(a4, b_p, 4, j)
+            a5 = _add_tap(a5, b_p, 5, j)
+            a6 = _add_tap(a6, b_p, 6, j)
+            a7 = _add_tap(a7, b_p, 7, j)
+        tl.store(dx + row_x + o_t[:, None] * SX + o_d[None, :], acc.to(dx.dtype.element_ty),
+                 mask=m_t[:, None] & m_d[None, :])
+    dw = dw + (i_b * NS + i_s).to(tl.int64) * D * W
+    _store_tap(dw, a0, 0, o_d, m_d, W)
+    _store_tap(dw, a1, 1, o_d, m_d, W)
+    _store_tap(dw, a2, 2, o_d, m_d, W)
+    _store_tap(dw, a3, 3, o_d, m_d, W)
+    _store_tap(dw, a4, 4, o_d, m_d, W)
+    _store_tap(dw, a5, 5, o_d, m_d, W)
+    _store_tap(dw, a6, 6, o_d, m_d, W)
+    _store_tap(dw, a7, 7, o_d, m_d, W)
 
 
 def _blocks(D: int, norm_dim: Optional[int]):
@@ -171,8 +206,10 @@ def _positions(cu_seqlens: Optional[torch.Tensor], T: int, device) -> Optional[t
     return (idx - cu[torch.searchsorted(cu[1:], idx, right=True)]).to(torch.int32)
 
 
-#: (tokens per program, num_warps) of each kernel (kernels/README.md: conv launch settings)
-FWD_LAUNCH, DY_LAUNCH, DX_LAUNCH = (64, 4), (64, 8), (64, 8)
+#: (tokens per program, num_warps) of each kernel, and the dx kernel's most token blocks per program
+#: (kernels/README.md: conv launch settings)
+FWD_LAUNCH, DY_LAUNCH, DX_LAUNCH, DX_SPAN = (64, 4), (16, 4), (16, 4), 16
+MAX_W = 8  # taps the dx kernel's weight-gradient sums hold
 
 
 def short_conv_fwd(x, w, act, norm_dim, pos):
@@ -187,23 +224,39 @@ def short_conv_fwd(x, w, act, norm_dim, pos):
     return o
 
 
+def _dx_span(B: int, T: int, BT: int, n_d: int, device) -> int:
+    """Token blocks per dx program: DX_SPAN, halved while the grid would give fewer than 2 programs per SM."""
+    span, sms = DX_SPAN, _sm_count(device)
+    while span > 1 and B * triton.cdiv(T, BT * span) * n_d < 2 * sms:
+        span //= 2
+    return span
+
+
+def _sm_count(device) -> int:
+    if device.type != "cuda":
+        return 1
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 def short_conv_bwd(x, w, do, act, norm_dim, pos, dx):
     """Writes dx (a view shaped and strided like x) and returns dw (D, W) float32."""
     B, T, D = x.shape
     W = w.shape[1]
     G, BD, NG = _blocks(D, norm_dim)
     BT, nw = DY_LAUNCH
-    NT = triton.cdiv(T, BT)
     dy = torch.empty(B, T, D, device=x.device, dtype=torch.float32)
-    dw = torch.empty(B * NT, D, W, device=x.device, dtype=torch.float32)
     p = pos if pos is not None else x
-    _short_conv_bwd_dy_kernel[(NT, NG, B)](x, w, do, dy, dw, p, T, D, x.stride(1), G, NT, NORM_EPS, W=W, ACT=act,
-                                           NORM=norm_dim is not None, VARLEN=pos is not None, BT=BT, BD=BD,
-                                           num_warps=nw)
+    _short_conv_bwd_dy_kernel[(triton.cdiv(T, BT), NG, B)](x, w, do, dy, p, T, D, x.stride(1), G, NORM_EPS, W=W,
+                                                           ACT=act, NORM=norm_dim is not None, VARLEN=pos is not None,
+                                                           BT=BT, BD=BD, num_warps=nw)
     BDX = min(128, triton.next_power_of_2(D))
     BT, nw = DX_LAUNCH
-    _short_conv_bwd_dx_kernel[(triton.cdiv(T, BT), triton.cdiv(D, BDX), B)](
-        dy, w, dx, p, T, D, dx.stride(1), W=W, VARLEN=pos is not None, BT=BT, BD=BDX, num_warps=nw)
+    n_d = triton.cdiv(D, BDX)
+    span = _dx_span(B, T, BT, n_d, x.device)
+    NS = triton.cdiv(T, BT * span)
+    dw = torch.empty(B * NS, D, W, device=x.device, dtype=torch.float32)
+    _short_conv_bwd_dx_kernel[(NS, n_d, B)](dy, w, x, dx, dw, p, T, D, x.stride(1), NS, W=W, VARLEN=pos is not None,
+                                            BT=BT, BD=BDX, SPAN=span, num_warps=nw)
     return dw.sum(0)
 
 
@@ -245,6 +298,8 @@ def _validate(x, weights, activations, norm_dims, cu_seqlens):
     for wt in weights:
         if wt.dim() not in (2, 3) or (wt.dim() == 3 and wt.shape[1] != 1):
             raise ValueError(f"short_conv: weight must be (D, W) or (D, 1, W), got {tuple(wt.shape)}")
+        if wt.shape[-1] > MAX_W:
+            raise ValueError(f"short_conv: kernel size {wt.shape[-1]} > {MAX_W}, the most the kernels hold")
         if wt.device != x.device:
             raise ValueError(f"short_conv: weight is on {wt.device} but x is on {x.device}")
     if sum(wt.shape[0] for wt in weights) != D:

@@ -51,6 +51,12 @@ def test_short_conv_odd_lengths_and_kernel_sizes(T):
     _check(2, T, 24, 3, "silu", None, torch.float32, seed=T + 1)
 
 
+@pytest.mark.parametrize("W", [1, 2, 8])
+def test_short_conv_kernel_sizes_up_to_max(W):
+    # the dx kernel keeps one weight-gradient sum per tap, MAX_W of them; T = 300 is two spans of token blocks, the last one partial
+    _check(2, 300, 32, W, "silu", 16, torch.float32, seed=10 + W)
+
+
 def test_short_conv_non_power_of_two_head():
     _check(2, 45, 60, 4, "silu", 20, torch.float32, seed=5)  # G = 20 channels inside a 32-wide block
 
@@ -123,6 +129,7 @@ def test_short_conv_multi_equals_parts(cu):
     (dict(weight=torch.randn(7, 4)), "weight must be"),
     (dict(activation="gelu"), "activation"),
     (dict(norm_dim=5), "norm_dim"),
+    (dict(weight=torch.randn(16, 9)), "kernel size 9 > 8"),
     (dict(cu_seqlens=torch.tensor([0, 3, 2, 8])), "cu_seqlens"),
     (dict(cu_seqlens=torch.tensor([0, 3, 9])), "cu_seqlens"),
 ])
