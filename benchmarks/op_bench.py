@@ -71,11 +71,12 @@ def fla_version() -> Optional[str]:
 def main(argv, *, name: str, doc: str, load_providers: Callable[[], dict], make_inputs: Callable,
          add_args: Optional[Callable[[argparse.ArgumentParser], None]] = None,
          options: Callable[[argparse.Namespace], dict] = lambda a: {}, note: str = "",
-         providers: Optional[list] = None) -> dict:
+         providers: Optional[list] = None, ratio: tuple = ("ours_chunk", "fla_chunk", "ours/fla")) -> dict:
     """``load_providers()``: provider -> callable(*inputs) -> o, or -> str (why it is unavailable).
     ``make_inputs(B, T, H, D, device=, dtype=, **options(args))`` -> (grad-requiring inputs, do).
     ``options(args)``: the script's own settings, recorded and compared on ``--resume``; ``note``: a line of the md;
-    ``providers``: the default ``--providers`` (ours_chunk, fla_chunk).  The ratio column is ours_chunk / fla_chunk."""
+    ``providers``: the default ``--providers`` (ours_chunk, fla_chunk); ``ratio``: (numerator, denominator, label) of
+    the ratio column, ours_chunk / fla_chunk unless given."""
     argv = sys.argv[1:] if argv is None else list(argv)
     deadline = Deadline(None)
     ap = argparse.ArgumentParser(description=doc.split("\n")[0])
@@ -143,7 +144,7 @@ def main(argv, *, name: str, doc: str, load_providers: Callable[[], dict], make_
                   + ("ms of one wall-clock run (the interpreter: checks the script, measures nothing)" if args.tiny
                      else f"ms, median of triton.testing.do_bench (warmup {meta['warmup']} ms, rep {meta['rep']} ms)")
                   + ("; [n]: measured by command n" if len(cmds) > 1 else ""), "",
-                  "| B, T, H, D | mode | " + " | ".join(all_names) + " | ours/fla |",
+                  "| B, T, H, D | mode | " + " | ".join(all_names) + f" | {ratio[2]} |",
                   "|" + "---|" * (len(all_names) + 3)]
         ratios = []
         for shape in all_shapes:
@@ -154,9 +155,9 @@ def main(argv, *, name: str, doc: str, load_providers: Callable[[], dict], make_
                     c = cells.get(k, "-")
                     txt = f"{c:.3f}" if isinstance(c, float) else str(c)
                     row.append(txt + (f" [{by[k]}]" if len(cmds) > 1 and k in by else ""))
-                a, b = (cells.get(cell_key(n, mode, shape)) for n in ("ours_chunk", "fla_chunk"))
+                a, b = (cells.get(cell_key(n, mode, shape)) for n in ratio[:2])
                 r = a / b if isinstance(a, float) and isinstance(b, float) and b > 0 else None
-                ratios.append(f"ours/fla {mode} {shape}: {'n/a' if r is None else f'{r:.2f}'}")
+                ratios.append(f"{ratio[2]} {mode} {shape}: {'n/a' if r is None else f'{r:.2f}'}")
                 lines.append(f"| {', '.join(map(str, shape))} | {mode} | " + " | ".join(row)
                              + f" | {'' if r is None else f'{r:.2f}'} |")
         (out / f"{name}.md").write_text("\n".join(lines) + "\n")
