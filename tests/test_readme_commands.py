@@ -113,3 +113,26 @@ def test_readme_command_composes_into_its_row(label, command, tmp_path):
             assert words in label and size in label, f"row '{label}' runs {family} {size}"
             assert absent is None or absent not in label, f"row '{label}' runs {family}"
             assert cfg.data.seq_len == 2048 and cfg.trainer.precision == "bf16-mixed"
+
+
+def test_readme_mqar_sweep_command_expands_into_runs_that_compose(tmp_path, capsys):
+    """The sweep row's `mqar_sweep.py launch` (its --dry-run) prints one `run.py` command per family x width x lr,
+    and each composes with its width, heads, lr and the shared overrides (``+trainer.max_time`` included)."""
+    from scripts import mqar_sweep
+
+    text = (ROOT / "README.md").read_text()
+    (span,) = [s for s in re.findall(r"`([^`]*)`", text) if s.startswith("python scripts/mqar_sweep.py launch")]
+    launch = shlex.split(span.split("&&")[0])[2:]  # drop `python scripts/mqar_sweep.py`
+    mqar_sweep.main([*launch[:launch.index("--")], "--dry-run", *launch[launch.index("--"):]])
+    printed = [shlex.split(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
+    opts = {o: launch[launch.index(o) + 1:] for o in ("--family", "--width", "--lr")}
+    counts = [len(list(itertools.takewhile(lambda a: not a.startswith("--"), v))) for v in opts.values()]
+    assert len(printed) == counts[0] * counts[1] * counts[2] and "--runs" in launch
+    assert counts[2] >= 4, "Zoology's protocol: at least 4 learning rates"
+    for cmd in (printed[0], printed[-1]):
+        overrides = [a for a in cmd[2:] if not a.startswith("hydra.run.dir=")]
+        cfg = compose_cfg(overrides, tmp_path)
+        assert cfg.model.hidden_size == int(value(overrides, "model.hidden_size"))
+        assert cfg.model.num_heads == max(1, cfg.model.hidden_size // 64)
+        assert cfg.optim.optimizer.lr == float(value(overrides, "optim.optimizer.lr"))
+        assert cfg.trainer.max_time == value(overrides, "+trainer.max_time") and cfg.data.fresh_train_data is True
