@@ -24,6 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..common.launch import sm_count
 from ..launch import check_runnable
 from .naive import ACTIVATIONS, NORM_EPS
 
@@ -224,18 +225,12 @@ def short_conv_fwd(x, w, act, norm_dim, pos):
     return o
 
 
-def _dx_span(B: int, T: int, BT: int, n_d: int, device) -> int:
+def _dx_span(x: torch.Tensor, T: int, BT: int, n_d: int) -> int:
     """Token blocks per dx program: DX_SPAN, halved while the grid would give fewer than 2 programs per SM."""
-    span, sms = DX_SPAN, _sm_count(device)
-    while span > 1 and B * triton.cdiv(T, BT * span) * n_d < 2 * sms:
+    span, sms = DX_SPAN, sm_count(x)
+    while span > 1 and x.shape[0] * triton.cdiv(T, BT * span) * n_d < 2 * sms:
         span //= 2
     return span
-
-
-def _sm_count(device) -> int:
-    if device.type != "cuda":
-        return 1
-    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def short_conv_bwd(x, w, do, act, norm_dim, pos, dx):
@@ -252,7 +247,7 @@ def short_conv_bwd(x, w, do, act, norm_dim, pos, dx):
     BDX = min(128, triton.next_power_of_2(D))
     BT, nw = DX_LAUNCH
     n_d = triton.cdiv(D, BDX)
-    span = _dx_span(B, T, BT, n_d, x.device)
+    span = _dx_span(x, T, BT, n_d)
     NS = triton.cdiv(T, BT * span)
     dw = torch.empty(B * NS, D, W, device=x.device, dtype=torch.float32)
     _short_conv_bwd_dx_kernel[(NS, n_d, B)](dy, w, x, dx, dw, p, T, D, x.stride(1), NS, W=W, VARLEN=pos is not None,

@@ -3,6 +3,7 @@
 Without CUDA the kernels run on CPU tensors under TRITON_INTERPRET=1 (set by tests/conftest.py)."""
 from __future__ import annotations
 
+import importlib
 import os
 
 import pytest
@@ -12,6 +13,8 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported (see conftest.py)
 
 from kernels.conv import naive_short_conv, short_conv, short_conv_multi  # noqa: E402
+
+short_conv_module = importlib.import_module("kernels.conv.short_conv")  # the package exports a function of that name
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -52,9 +55,11 @@ def test_short_conv_odd_lengths_and_kernel_sizes(T):
 
 
 @pytest.mark.parametrize("W", [1, 2, 8])
-def test_short_conv_kernel_sizes_up_to_max(W):
-    # the dx kernel keeps one weight-gradient sum per tap, MAX_W of them; T = 300 is two spans of token blocks, the last one partial
-    _check(2, 300, 32, W, "silu", 16, torch.float32, seed=10 + W)
+def test_short_conv_kernel_sizes_up_to_max(W, monkeypatch):
+    # the dx kernel keeps one weight-gradient sum per tap, MAX_W of them, over a span of token blocks: 4 blocks of
+    # 16 here (at these sizes the launch rule would pick 1), so T = 150 is three spans, the last one partial
+    monkeypatch.setattr(short_conv_module, "_dx_span", lambda *a: 4)
+    _check(2, 150, 32, W, "silu", 16, torch.float32, seed=10 + W)
 
 
 def test_short_conv_non_power_of_two_head():
@@ -139,3 +144,11 @@ def test_short_conv_bad_input(bad, match):
     args = {k: (v.to(DEVICE) if isinstance(v, torch.Tensor) else v) for k, v in args.items()}
     with pytest.raises(ValueError, match=match):
         short_conv(**args)
+
+
+def test_dx_span_keeps_two_programs_per_sm():
+    # the 340M layer's part (1024 channels: 8 channel blocks); sm_count is 132 on CPU tensors, an H100/H200's
+    x = torch.empty(1, 16384, 1024)
+    assert short_conv_module._dx_span(x, 16384, 16, 8) == 16  # 64 spans x 8 blocks = 512 programs
+    assert short_conv_module._dx_span(x[:, :2048], 2048, 16, 8) == 2  # 64 x 8 = 512 >= 264 only at span 2
+    assert short_conv_module._dx_span(x[:, :16], 16, 16, 8) == 1
