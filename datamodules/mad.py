@@ -44,7 +44,7 @@ from typing import Any, Optional
 import torch
 from torch.utils.data import DataLoader
 
-from datamodules.mqar import IGNORE_INDEX, MQARDataset, _identity
+from datamodules.mqar import IGNORE_INDEX, EpochShuffle, MQARDataset, _identity
 
 try:  # the generators work without Lightning; the DataModule needs it
     import lightning as L
@@ -341,6 +341,9 @@ class MADDataModule(_Base):
             map_seed: the task's settings (each generator takes its own; see ``generate_<task>``).
         num_train_examples / num_test_examples: set sizes; the train set is reshuffled every epoch.
         seed: data seed; train uses (seed, "train"), test (seed, "test").
+        shuffle_seed: seed of the train order (`EpochShuffle`: a new order every epoch that depends on (seed, epoch)
+            alone, so Lightning and `lit_modules.fast_loop` see the same batches); None takes
+            ``torch.initial_seed()`` when the DataModule is built, i.e. the run's ``seed``.
         train_all_tokens: recall tasks only: train on every next token as MAD does (its training targets are the
             shifted inputs); the test set always scores only the task's positions.
         batch_size: sequences per batch; num_workers: DataLoader workers (0: the tensors are in memory).
@@ -350,7 +353,8 @@ class MADDataModule(_Base):
                  num_train_examples: int = 12_800, num_test_examples: int = 1_280, noise_vocab_size: int = 0,
                  frac_noise: float = 0.0, num_tokens_to_copy: int = 16, k_motif_size: int = 3,
                  v_motif_size: int = 3, map_seed: int = 12345, seed: int = 0, train_all_tokens: bool = True,
-                 batch_size: int = 128, num_workers: int = 0):
+                 batch_size: int = 128, num_workers: int = 0, device: str = "auto",
+                 shuffle_seed: Optional[int] = None):
         super().__init__()
         if task not in TASKS:
             raise ValueError(f"task must be one of {sorted(TASKS)}, got {task!r}")
@@ -365,6 +369,9 @@ class MADDataModule(_Base):
         self.num_train_examples, self.num_test_examples = num_train_examples, num_test_examples
         self.seed, self.train_all_tokens = seed, train_all_tokens
         self.batch_size, self.num_workers = batch_size, num_workers
+        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        self.shuffle_seed = int(torch.initial_seed() if shuffle_seed is None else shuffle_seed) % 2**31
+        self._epoch = 0  # the epoch whose order the next train loader serves
         self.train_set: Optional[dict[str, torch.Tensor]] = None
         self.test_set: Optional[dict[str, torch.Tensor]] = None
 
@@ -373,15 +380,26 @@ class MADDataModule(_Base):
             self.train_set = generate_task(self.task, self.num_train_examples, self.seed, "train", **self.settings)
             if self.train_all_tokens and self.task in RECALL_TASKS:
                 self.train_set["labels"] = self.train_set["input_ids"].clone()
+            self.train_set = {k: v.to(self.device) for k, v in self.train_set.items()}
         if self.test_set is None:
-            self.test_set = generate_task(self.task, self.num_test_examples, self.seed, "test", **self.settings)
+            self.test_set = {k: v.to(self.device) for k, v in
+                             generate_task(self.task, self.num_test_examples, self.seed, "test", **self.settings).items()}
 
     def _loader(self, tensors: dict[str, torch.Tensor], shuffle: bool) -> DataLoader:
-        return DataLoader(MQARDataset(tensors), batch_size=self.batch_size, shuffle=shuffle,
-                          drop_last=shuffle and len(MQARDataset(tensors)) >= self.batch_size,
-                          num_workers=self.num_workers, collate_fn=_identity, persistent_workers=self.num_workers > 0)
+        data = MQARDataset(tensors)
+        sampler = EpochShuffle(len(data), self.shuffle_seed, self._epoch) if shuffle else None
+        return DataLoader(data, batch_size=self.batch_size, sampler=sampler,
+                          drop_last=shuffle and len(data) >= self.batch_size, num_workers=self.num_workers,
+                          collate_fn=_identity, persistent_workers=self.num_workers > 0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next `train_dataloader` serve epoch `epoch`'s order (Lightning also sets it on the sampler)."""
+        self._epoch = int(epoch)
 
     def train_dataloader(self) -> DataLoader:
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            self.set_epoch(trainer.current_epoch)  # also right after a resume into a later epoch
         self.setup()
         return self._loader(self.train_set, shuffle=True)
 

@@ -1,10 +1,11 @@
-"""MQAR's fast loop: `MQARModule`'s training without Lightning's work around each step.
+"""MQAR's and MAD's fast loop: `MQARModule`'s training without Lightning's work around each step.
 
     python run.py task=train_fast experiment=mqar model=deltanet callbacks=early_stopping
+    python run.py task=train_fast experiment=mad data.task=selective_copying model=deltanet
 
 A 2-layer width-64 MQAR model is launch-bound on a GPU: its kernels are tiny, so what the host does between them
 sets the speed. This loop trains the same objects as ``python run.py experiment=mqar`` (the `MQARDataModule` and
-its loaders, the `MQARModule` with its `training_step` loss, its AdamW parameter groups and schedule from
+its loaders, or `MADDataModule`'s, the `MQARModule` with its `training_step` loss, its AdamW parameter groups and schedule from
 `configure_optimizers`, the same seed and the same batch order, `EpochShuffle`, hence the same losses) and
 leaves out what a step does not need: no hooks, logging or progress bar per step, and no host synchronisation per
 step (the loss has fixed shapes; the non-finite check runs at each evaluation instead of every step). The data stay
@@ -70,7 +71,8 @@ def train_fast(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"task=train_fast runs on one device without accumulation; got {plan.describe()}. "
                          "Use task=train (Lightning) for that.")
     if not str(cfg.lit_module._target_).endswith("MQARModule"):
-        raise ValueError(f"task=train_fast trains MQAR (experiment=mqar); lit_module is {cfg.lit_module._target_}")
+        raise ValueError(f"task=train_fast trains MQAR and MAD (experiment=mqar or experiment=mad); lit_module is "
+                         f"{cfg.lit_module._target_}")
     tr = cfg.trainer
     on_gpu = tr.accelerator in ("gpu", "cuda") or (tr.accelerator == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if on_gpu else "cpu")
@@ -97,7 +99,7 @@ def train_fast(cfg: DictConfig) -> dict[str, Any]:
     sync = (lambda: torch.cuda.synchronize(device)) if cuda is not None else (lambda: None)
 
     losses = torch.zeros(max_steps, device=device)  # per step, read once at the end (no host sync per step)
-    step, epoch, sequences, seconds, reached = 0, 0, 0, 0.0, False
+    step, epoch, sequences, tokens, seconds, reached = 0, 0, 0, 0, 0.0, False
     t_segment = time.perf_counter()
     while step < max_steps and not reached and seconds < deadline:
         dm.set_epoch(epoch)
@@ -106,6 +108,8 @@ def train_fast(cfg: DictConfig) -> dict[str, Any]:
             raise ValueError(f"data.num_train_examples={dm.num_train_examples} < data.batch_size={dm.batch_size}: "
                              "no whole batch to train on")
         for batch in loader:
+            if batch["input_ids"].device != device:  # sets kept on another device (data.device)
+                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             with autocast:
                 loss = module.training_step(batch, step)  # the LightningModule's loss (and its train/loss meter)
             loss.backward()
@@ -118,6 +122,7 @@ def train_fast(cfg: DictConfig) -> dict[str, Any]:
             losses[step] = loss.detach()
             step += 1
             sequences += batch["input_ids"].shape[0]
+            tokens += batch["input_ids"].numel()
             if step % every and step < max_steps:
                 continue
             sync()
@@ -141,7 +146,7 @@ def train_fast(cfg: DictConfig) -> dict[str, Any]:
         epoch += 1
     metrics = {"val/acc": module.curve[-1]["acc"], "val/loss": module.curve[-1]["loss"]} if module.curve else {}
     out = {"metrics": metrics, "global_step": step, "summary": {"sequences_per_s": sequences / max(seconds, 1e-9),
-           "tokens_per_s": sequences * dm.seq_len / max(seconds, 1e-9), "train_seconds": seconds},
+           "tokens_per_s": tokens / max(seconds, 1e-9), "train_seconds": seconds},
            "plan": dataclasses.asdict(plan), "model": dataclasses.asdict(module.model_config),
            "overrides": _overrides(), "reached_target": reached}
     Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ recall, selective copy, average (the average only when all six are there).
 
 The whole table, baseline setting of each task, MAD-Lab's default lr 5e-4 and weight decay 0:
 
-    python run.py -m experiment=mad model=deltanet,transformer \\
+    python run.py -m task=train_fast experiment=mad model=deltanet,transformer \\
         data.task=compression,fuzzy_in_context_recall,in_context_recall,memorization,noisy_in_context_recall,selective_copying \\
         hydra.sweep.dir=logs/mad
     python scripts/mad_report.py logs/mad --out benchmarks/results/mad
@@ -20,8 +20,9 @@ The MAD protocol's learning-rate grid adds ``optim.optimizer.lr=1e-4,5e-4,1e-3 o
 Cost on one H200 (an estimate from step counts, not a measurement): per family 5 tasks x 20,000 steps +
 memorization's 400 = 100,400 optimizer steps of 128 sequences (128 to 257 tokens) through a 2-layer, width-128
 model (about 0.4M parameters). Such a model is bound by per-step overhead (kernel launches, the Lightning loop),
-about 10 to 25 ms a step, so 20 to 45 minutes per family and about 1.5 hours for DeltaNet and Transformer++ at one
-learning rate; the 6-point grid about 9 hours.
+about 10 to 25 ms a step under Lightning (``task=train``), so 20 to 45 minutes per family and about 1.5 hours for
+DeltaNet and Transformer++ at one learning rate; the 6-point grid about 9 hours. The fast loop (``task=train_fast``,
+the sets on the GPU) leaves out Lightning's share of that overhead; its MAD cost is not measured yet.
 """
 from __future__ import annotations
 

@@ -212,6 +212,17 @@ def test_datamodule_trains_recall_on_every_token_and_tests_on_the_values():
     assert (copy.train_set["labels"] == IGN).sum() == 8 * (21 - 4)
 
 
+def test_train_order_is_a_function_of_shuffle_seed_and_epoch():
+    def order(epoch, shuffle_seed=7):
+        dm = MADDataModule(task="compression", seq_len=8, num_train_examples=16, batch_size=4, seed=1,
+                           shuffle_seed=shuffle_seed, device="cpu")
+        dm.set_epoch(epoch)
+        return torch.cat([b["input_ids"] for b in dm.train_dataloader()])
+    assert torch.equal(order(0), order(0)) and torch.equal(order(2), order(2))
+    assert not torch.equal(order(0), order(1)) and not torch.equal(order(0), order(0, shuffle_seed=8))
+    assert sorted(order(0).tolist()) == sorted(order(1).tolist())  # one epoch: every example once
+
+
 def test_config_table_is_mad_baseline_and_the_generators_defaults():
     """conf/data/mad.yaml's per-task settings equal each generate_<task>'s defaults (MAD-Lab's baselines)."""
     table = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "data" / "mad.yaml").mad_tasks)

@@ -57,6 +57,28 @@ def test_same_seed_same_losses_and_accuracy_as_lightning(tmp_path, fresh):
     assert len(set(out["train_losses"])) == 10  # the steps differ: the comparison is not of a constant
 
 
+TINY_MAD = ["experiment=mad", "trainer.accelerator=cpu", "data.task=selective_copying", "data.seq_len=24",
+            "data.num_tokens_to_copy=4", "data.num_train_examples=32", "data.num_test_examples=16", "data.batch_size=8",
+            "model.hidden_size=32", "model.num_heads=2", "trainer.max_steps=10", "trainer.val_check_interval=5",
+            "seed=3"]
+
+
+def test_mad_same_losses_and_accuracy_as_lightning(tmp_path):
+    """A MAD task in the fast loop: 10 steps over 3 epochs of `MADDataModule`'s epoch orders, as Lightning trains
+    them; the final test accuracy is the one `scripts/mad_report.py` reads from either run's metrics.json."""
+    run_py(*TINY_MAD, f"hydra.run.dir={tmp_path / 'lightning'}", "trainer.log_every_n_steps=1")
+    lightning_losses = [v for _, v in read_scalars(tmp_path / "lightning", "train/loss")]
+    lightning_acc = json.loads((tmp_path / "lightning" / "metrics.json").read_text())["metrics"]["val/acc"]
+
+    out = train_fast(_cfg(TINY_MAD, tmp_path / "fast"))
+    assert len(out["train_losses"]) == len(lightning_losses) == 10
+    torch.testing.assert_close(torch.tensor(out["train_losses"]), torch.tensor(lightning_losses), rtol=1e-5, atol=0)
+    assert len(set(out["train_losses"])) == 10
+    fast = json.loads((tmp_path / "fast" / "metrics.json").read_text())
+    assert fast["metrics"]["val/acc"] == pytest.approx(lightning_acc, abs=1e-6)
+    assert fast["model"]["family"] == "deltanet" and fast["summary"]["tokens_per_s"] > 0
+
+
 def test_evaluate_is_the_modules_validation_metric():
     torch.manual_seed(0)
     module = MQARModule(DeltaNetConfig(vocab_size=128, hidden_size=32, num_layers=2, num_heads=1),
