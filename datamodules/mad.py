@@ -44,7 +44,7 @@ from typing import Any, Optional
 import torch
 from torch.utils.data import DataLoader
 
-from datamodules.mqar import IGNORE_INDEX, EpochShuffle, MQARDataset, _identity
+from datamodules.mqar import IGNORE_INDEX, epoch_loader, resolve_device
 
 try:  # the generators work without Lightning; the DataModule needs it
     import lightning as L
@@ -369,7 +369,7 @@ class MADDataModule(_Base):
         self.num_train_examples, self.num_test_examples = num_train_examples, num_test_examples
         self.seed, self.train_all_tokens = seed, train_all_tokens
         self.batch_size, self.num_workers = batch_size, num_workers
-        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        self.device = resolve_device(device)
         self.shuffle_seed = int(torch.initial_seed() if shuffle_seed is None else shuffle_seed) % 2**31
         self._epoch = 0  # the epoch whose order the next train loader serves
         self.train_set: Optional[dict[str, torch.Tensor]] = None
@@ -386,11 +386,9 @@ class MADDataModule(_Base):
                              generate_task(self.task, self.num_test_examples, self.seed, "test", **self.settings).items()}
 
     def _loader(self, tensors: dict[str, torch.Tensor], shuffle: bool) -> DataLoader:
-        data = MQARDataset(tensors)
-        sampler = EpochShuffle(len(data), self.shuffle_seed, self._epoch) if shuffle else None
-        return DataLoader(data, batch_size=self.batch_size, sampler=sampler,
-                          drop_last=shuffle and len(data) >= self.batch_size, num_workers=self.num_workers,
-                          collate_fn=_identity, persistent_workers=self.num_workers > 0)
+        n = next(iter(tensors.values())).shape[0]
+        return epoch_loader(tensors, self.batch_size, self.shuffle_seed if shuffle else None, self._epoch,
+                            self.num_workers, drop_last=shuffle and n >= self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next `train_dataloader` serve epoch `epoch`'s order (Lightning also sets it on the sampler)."""

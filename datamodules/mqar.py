@@ -207,6 +207,21 @@ class EpochShuffle(Sampler[int]):
         return iter(torch.randperm(self.n, generator=gen).tolist())
 
 
+def resolve_device(device: str) -> str:
+    """A DataModule's ``device``: "auto" is CUDA when available, else CPU."""
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+
+def epoch_loader(tensors: dict[str, torch.Tensor], batch_size: int, shuffle_seed: Optional[int], epoch: int,
+                 num_workers: int, drop_last: bool) -> DataLoader:
+    """Batches of ``MQARDataset(tensors)``: in `EpochShuffle`'s order of (shuffle_seed, epoch), or in order when
+    ``shuffle_seed`` is None (the test sets)."""
+    data = MQARDataset(tensors)
+    sampler = EpochShuffle(len(data), shuffle_seed, epoch) if shuffle_seed is not None else None
+    return DataLoader(data, batch_size=batch_size, sampler=sampler, drop_last=drop_last, num_workers=num_workers,
+                      collate_fn=_identity, persistent_workers=num_workers > 0)
+
+
 class MQARDataModule(_Base):
     """Seeded MQAR train and test sets (Zoology: 100K train, 3K test; different seeds, so they differ).
 
@@ -256,9 +271,7 @@ class MQARDataModule(_Base):
         self.fresh_train_data = bool(fresh_train_data)
         self.shuffle_seed = int(torch.initial_seed() if shuffle_seed is None else shuffle_seed) % 2**31
         self._epoch = 0  # the epoch the next train loader serves (and whose set `train_set` holds when fresh)
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.batch_size, self.num_workers, self.device = batch_size, num_workers, device
+        self.batch_size, self.num_workers, self.device = batch_size, num_workers, resolve_device(device)
         self.train_set: Optional[dict[str, torch.Tensor]] = None
         self.test_set: Optional[dict[str, torch.Tensor]] = None
 
@@ -281,11 +294,8 @@ class MQARDataModule(_Base):
                                           seed=self.test_seed, **self._task())
 
     def _loader(self, tensors: dict[str, torch.Tensor], shuffle: bool) -> DataLoader:
-        data = MQARDataset(tensors)
-        sampler = EpochShuffle(len(data), self.shuffle_seed, self._epoch) if shuffle else None
-        return DataLoader(data, batch_size=self.batch_size, sampler=sampler, drop_last=shuffle,
-                          num_workers=self.num_workers, collate_fn=_identity,
-                          persistent_workers=self.num_workers > 0)
+        return epoch_loader(tensors, self.batch_size, self.shuffle_seed if shuffle else None, self._epoch,
+                            self.num_workers, drop_last=shuffle)
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next `train_dataloader` serve epoch `epoch`: its order, and with ``fresh_train_data`` its set."""
