@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import kernels
+from kernels.common.utils import MIN_HEAD_DIM
 
 from ..config import DeltaNetConfig
 from kernels.conv import conv_chunk_delta_rule, short_conv_multi
@@ -56,8 +57,20 @@ def delta_rule(
     else:
         raise ValueError(f"backend must be 'triton' or 'torch' here, got {backend!r}")
     kwargs: dict[str, Any] = {"chunk_size": chunk_size} if mode == "chunk" else {}
-    return fn(q, k, v, beta, scale=None, initial_state=initial_state, output_final_state=output_final_state,
+    K, V = q.shape[-1], v.shape[-1]
+    pk, pv = (max(0, MIN_HEAD_DIM - n) if backend == "triton" else 0 for n in (K, V))
+    if pk or pv:
+        # Head dims below the Triton kernels' 16 (MAD's 16 heads of 8): zero-pad them to 16, which is exact. Zero key
+        # channels add nothing to k^T S and write zero rows into S; zero value channels keep S's extra columns at 0,
+        # so the extra output channels are 0 and are sliced off. The scale stays the real K's.
+        q, k, v = F.pad(q, (0, pk)), F.pad(k, (0, pk)), F.pad(v, (0, pv))
+        if initial_state is not None:
+            initial_state = F.pad(initial_state, (0, pv, 0, pk))
+    o, s = fn(q, k, v, beta, scale=K ** -0.5, initial_state=initial_state, output_final_state=output_final_state,
               cu_seqlens=cu_seqlens, **kwargs)
+    if pk or pv:
+        o, s = o[..., :V], (s[..., :K, :V] if s is not None else None)
+    return o, s
 
 
 def _feature_map(x: torch.Tensor, name: str) -> torch.Tensor:
@@ -124,7 +137,7 @@ class DeltaNet(nn.Module):
         if pad is not None:  # padding enters the convolutions as zeros (as before a sequence's start), beta = 0
             x = x.masked_fill(pad[..., None], 0.0)
         new_state: dict = {}
-        fused = cfg.use_fused(x.is_cuda)
+        fused = cfg.use_fused(x.is_cuda) and D >= MIN_HEAD_DIM  # the fused kernels take head dims 16..256
         if mode is None:
             mode = "recurrent" if (not self.training and T <= RECURRENT_MAX_LEN) else "chunk"
         if mode not in ("chunk", "recurrent"):

@@ -114,22 +114,28 @@ def test_rope_is_relative():
     assert score(10, 3) != pytest.approx(score(10, 4), rel=1e-4)
 
 
-def test_deltanet_triton_backend_matches_torch_backend(triton_runnable):
+@pytest.mark.parametrize("num_heads", [2, 8])  # head dims 32, and 8: below the kernels' 16, zero-padded to 16
+def test_deltanet_triton_backend_matches_torch_backend(triton_runnable, num_heads):
     """The layer's Triton path (interpreted on CPU, compiled on CUDA) equals its PyTorch path: chunk, recurrent, varlen,
-    forward and gradients, and the cached state."""
+    forward and gradients, and the cached state, also when carried into a second call."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(6)
-    ref = DeltaNet(tiny(backend="torch")).to(device)
-    tri = DeltaNet(tiny(backend="triton")).to(device)
+    ref = DeltaNet(tiny(backend="torch", num_heads=num_heads)).to(device)
+    tri = DeltaNet(tiny(backend="triton", num_heads=num_heads)).to(device)
     tri.load_state_dict(ref.state_dict())
     x = torch.randn(2, 21, 64, device=device, requires_grad=True)
     for mode in ("chunk", "recurrent"):
         a, sa = ref(x, mode=mode, use_cache=True)
         b, sb = tri(x, mode=mode, use_cache=True)
-        g = torch.randn_like(a)
-        ga = torch.autograd.grad(a, [x, *ref.parameters()], g)
-        gb = torch.autograd.grad(b, [x, *tri.parameters()], g)
+        assert sb["recurrent_state"].shape == sa["recurrent_state"].shape == (2, num_heads, 64 // num_heads,
+                                                                              64 // num_heads)
+        a2, _ = ref(x, state=sa, mode=mode)  # the state as the initial state of the next call
+        b2, _ = tri(x, state=sb, mode=mode)
+        g, g2 = torch.randn_like(a), torch.randn_like(a2)
+        ga = torch.autograd.grad((a * g).sum() + (a2 * g2).sum(), [x, *ref.parameters()])
+        gb = torch.autograd.grad((b * g).sum() + (b2 * g2).sum(), [x, *tri.parameters()])
         assert rel_err(b, a) < 1e-5 and rel_err(sb["recurrent_state"], sa["recurrent_state"]) < 1e-5
+        assert rel_err(b2, a2) < 1e-5
         assert max(rel_err(u, w) for u, w in zip(gb, ga)) < 1e-4
     cu = torch.tensor([0, 5, 6, 21], device=device)
     a, _ = ref(x[:1], cu_seqlens=cu, mode="chunk")
