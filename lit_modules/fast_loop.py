@@ -12,8 +12,14 @@ step (the loss has fixed shapes; the non-finite check runs at each evaluation in
 on the GPU (``data.device=auto``). Every ``trainer.val_check_interval`` steps it evaluates the whole test set with
 `MQARModule.validation_step` (Zoology's accuracy), writes the run record (``lit_module.record``) and stops once the
 accuracy reaches ``callbacks.early_stopping.stopping_threshold`` (with ``callbacks=early_stopping``), or at
-``trainer.max_steps`` / ``trainer.max_time``. One device, no gradient accumulation, no checkpoints (a run lasts
-minutes): for those, use Lightning (``task=train``).
+``trainer.max_steps`` / ``trainer.max_time``. One device, no gradient accumulation: for that, use Lightning
+(``task=train``).
+
+With ``callbacks.model_checkpoint`` configured (the default callbacks), each evaluation also saves the loop's whole
+state (model, optimizer, schedule, step, epoch and position in it, curve, clock) to
+``<run dir>/checkpoints/fast_loop.pt``. The same command with ``ckpt_path=last`` (or the path of such a file)
+continues from it, on the batches the uninterrupted run would have seen next; ``trainer.max_time`` counts the
+training seconds of all the pieces together. A run killed between evaluations loses the steps since the last one.
 """
 from __future__ import annotations
 
@@ -100,6 +106,27 @@ def train_fast(cfg: DictConfig) -> dict[str, Any]:
 
     losses = torch.zeros(max_steps, device=device)  # per step, read once at the end (no host sync per step)
     step, epoch, sequences, tokens, seconds, reached = 0, 0, 0, 0, 0.0, False
+    position = 0  # batches of the current epoch already trained on
+    save_to = Path(cfg.paths.output_dir) / "checkpoints" / CHECKPOINT if cfg.get("callbacks", {}).get(
+        "model_checkpoint") is not None else None
+    resume_from = checkpoint_path(cfg)
+    if resume_from is not None:
+        state = torch.load(resume_from, map_location="cpu", weights_only=False)  # a file this loop wrote
+        _check_resumable(state, module, resume_from)
+        module.load_state_dict(state["module"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        step, epoch, position = state["step"], state["epoch"], state["position"]
+        sequences, tokens, seconds = state["sequences"], state["tokens"], state["seconds"]
+        module.curve = list(state["curve"])
+        done = state["losses"].to(device)[:max_steps]
+        losses[:len(done)] = done
+        torch.set_rng_state(state["rng"]["cpu"])
+        if cuda is not None and state["rng"]["cuda"] is not None:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], cuda)
+        print(f"Resumed from {resume_from} at step {step} (epoch {epoch}, batch {position})", flush=True)
+        reached = target is not None and bool(module.curve) and module.curve[-1]["acc"] >= target
     t_segment = time.perf_counter()
     while step < max_steps and not reached and seconds < deadline:
         dm.set_epoch(epoch)
@@ -107,7 +134,10 @@ def train_fast(cfg: DictConfig) -> dict[str, Any]:
         if len(loader) == 0:
             raise ValueError(f"data.num_train_examples={dm.num_train_examples} < data.batch_size={dm.batch_size}: "
                              "no whole batch to train on")
-        for batch in loader:
+        for i, batch in enumerate(loader):
+            if i < position:  # a resumed epoch: its first batches were trained on before the checkpoint
+                continue
+            position = i + 1
             if batch["input_ids"].device != device:  # sets kept on another device (data.device)
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             with autocast:
@@ -140,10 +170,19 @@ def train_fast(cfg: DictConfig) -> dict[str, Any]:
             if module.record is not None:
                 write_record(module.record, run_record(module, dm, dm.batch_size, cuda))
             reached = target is not None and acc >= target
+            if save_to is not None:
+                at_end = position == len(loader)  # the next step starts the next epoch
+                _save(save_to, module, optimizer, scheduler, losses[:step], cuda, step=step,
+                      epoch=epoch + 1 if at_end else epoch, position=0 if at_end else position,
+                      sequences=sequences, tokens=tokens, seconds=seconds)
             t_segment = time.perf_counter()
             if reached or step >= max_steps or seconds >= deadline:
                 break
-        epoch += 1
+        else:
+            epoch, position = epoch + 1, 0
+            continue
+        if position == len(loader):
+            epoch, position = epoch + 1, 0
     metrics = {"val/acc": module.curve[-1]["acc"], "val/loss": module.curve[-1]["loss"]} if module.curve else {}
     out = {"metrics": metrics, "global_step": step, "summary": {"sequences_per_s": sequences / max(seconds, 1e-9),
            "tokens_per_s": tokens / max(seconds, 1e-9), "train_seconds": seconds},
@@ -153,6 +192,49 @@ def train_fast(cfg: DictConfig) -> dict[str, Any]:
     (Path(cfg.paths.output_dir) / "metrics.json").write_text(json.dumps(out, indent=2, default=str))
     print(f"Run directory: {cfg.paths.output_dir}")
     return {**out, "train_losses": losses[:step].tolist()}
+
+
+CHECKPOINT = "fast_loop.pt"
+
+
+def checkpoint_path(cfg: DictConfig) -> Path | None:
+    """The fast-loop state to resume from: ``ckpt_path`` = ``last`` (this run directory's
+    checkpoints/fast_loop.pt), a run directory (its checkpoints/fast_loop.pt) or such a file; None without one."""
+    ckpt = cfg.get("ckpt_path")
+    if ckpt is None:
+        return None
+    p = Path(cfg.paths.output_dir) if str(ckpt) == "last" else Path(str(ckpt)).expanduser()
+    if p.is_dir():
+        p = p / "checkpoints" / CHECKPOINT
+    if not p.is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt}: no fast-loop state at {p} (task=train_fast writes "
+                                f"<run dir>/checkpoints/{CHECKPOINT} at each evaluation with callbacks.model_checkpoint "
+                                "configured)")
+    return p
+
+
+def _check_resumable(state: Any, module: MQARModule, path: Path) -> None:
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT:
+        raise ValueError(f"ckpt_path={path} is not a task=train_fast state (Lightning checkpoints resume with "
+                         "task=train)")
+    want = dataclasses.asdict(module.model_config)
+    diff = [f"model.{k}: checkpoint {state['model'].get(k)!r}, config {want.get(k)!r}"
+            for k in sorted(set(state["model"]) | set(want)) if state["model"].get(k) != want.get(k)]
+    if diff:
+        raise ValueError(f"ckpt_path={path} does not match the config ({'; '.join(diff)}): resume with the run's own "
+                         "overrides")
+
+
+def _save(path: Path, module, optimizer, scheduler, losses, cuda, **counters: Any) -> None:
+    """Write the loop's state whole or not at all (a temporary file, then a rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"format": CHECKPOINT, "model": dataclasses.asdict(module.model_config), "module": module.state_dict(),
+             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else None,
+             "curve": module.curve, "losses": losses.detach().cpu(), **counters,
+             "rng": {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(cuda) if cuda else None}}
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
 
 
 def _overrides() -> list[str]:

@@ -11,7 +11,8 @@
 
 ``launch --dry-run`` prints the commands (``run.py task=<train_fast|train> experiment=mqar model=<family>
 model.hidden_size=<width> model.num_heads=<width / --head-dim> optim.optimizer.lr=<lr> callbacks=early_stopping
-<overrides after -->`` in ``RUNS/<name>``); a finished run is skipped, a Lightning one cut short resumes. Hydra alone
+<overrides after -->`` in ``RUNS/<name>``); a finished run is skipped, one cut short resumes from its last
+checkpoint. Hydra alone
 sweeps one width: ``python run.py -m task=train_fast experiment=mqar model=deltanet,transformer
 optim.optimizer.lr=1e-3,3e-3 callbacks=early_stopping``. The report reads every run's ``mqar_run.json`` under the
 directories, or an earlier report's mqar.json (runs and notes); best per (family, width) by Zoology's rule: reached
@@ -40,7 +41,8 @@ def run_command(family: str, width: int, lr: float, run_dir: Path, args: argpars
     cmd = [sys.executable, str(ROOT / "run.py"), f"task={args.task}", "experiment=mqar", f"model={family}",
            f"model.hidden_size={width}", f"model.num_heads={max(1, width // args.head_dim)}",
            f"optim.optimizer.lr={lr:g}", "callbacks=early_stopping", f"hydra.run.dir={run_dir}", *args.overrides]
-    if args.task == "train" and (run_dir / "checkpoints" / "last.ckpt").is_file():
+    state = "last.ckpt" if args.task == "train" else "fast_loop.pt"  # Lightning's, or the fast loop's (at evaluations)
+    if (run_dir / "checkpoints" / state).is_file():
         cmd.append("ckpt_path=last")  # cut short: carry on from its last checkpoint
     return cmd
 

@@ -117,3 +117,44 @@ def test_refuses_accumulation_and_other_modules(tmp_path):
         train_fast(_cfg([*TINY, "data.num_train_examples=4"], tmp_path))
     with pytest.raises(ValueError, match="norm only"):
         train_fast(_cfg([*TINY, "trainer.gradient_clip_algorithm=value"], tmp_path))
+
+
+@pytest.mark.parametrize("fresh", [False, True], ids=["fixed_set", "fresh_set_per_epoch"])
+def test_resume_after_a_crash_continues_the_uninterrupted_run(tmp_path, monkeypatch, fresh):
+    """A run that dies at step 7 resumes (``ckpt_path=last``) from its step-5 state, mid-epoch, and trains steps
+    5..9 on the batches and with the losses, curve and final record of the run that never stopped."""
+    data = ["data.fresh_train_data=true", "trainer.reload_dataloaders_every_n_epochs=1"] if fresh else []
+    whole = train_fast(_cfg([*TINY, *data], tmp_path / "whole"))
+    assert (tmp_path / "whole" / "checkpoints" / "fast_loop.pt").is_file()
+
+    real_step = MQARModule.training_step
+
+    def dies_at_7(self, batch, step):
+        if step == 7:
+            raise RuntimeError("killed")
+        return real_step(self, batch, step)
+
+    monkeypatch.setattr(MQARModule, "training_step", dies_at_7)
+    with pytest.raises(RuntimeError, match="killed"):
+        train_fast(_cfg([*TINY, *data], tmp_path / "cut"))
+    monkeypatch.setattr(MQARModule, "training_step", real_step)
+    resumed = train_fast(_cfg([*TINY, *data, "ckpt_path=last"], tmp_path / "cut"))
+
+    assert resumed["global_step"] == whole["global_step"] == 10
+    torch.testing.assert_close(torch.tensor(resumed["train_losses"]), torch.tensor(whole["train_losses"]),
+                               rtol=1e-6, atol=0)
+    a, b = (json.loads((tmp_path / d / "mqar_run.json").read_text()) for d in ("whole", "cut"))
+    assert [(p["step"], p["sequences"], p["acc"]) for p in a["curve"]] == \
+        [(p["step"], p["sequences"], p["acc"]) for p in b["curve"]]
+    assert a["curve"][-1]["loss"] == pytest.approx(b["curve"][-1]["loss"], rel=1e-6)
+
+
+def test_resume_refuses_a_missing_or_foreign_state(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no fast-loop state"):
+        train_fast(_cfg([*TINY, "ckpt_path=last"], tmp_path / "none"))
+    train_fast(_cfg(TINY, tmp_path / "run"))
+    with pytest.raises(ValueError, match=r"model.hidden_size: checkpoint 32, config 64"):
+        train_fast(_cfg([*TINY, "model.hidden_size=64", f"ckpt_path={tmp_path / 'run'}"], tmp_path / "other"))
+    torch.save({"state_dict": {}}, tmp_path / "lightning.ckpt")
+    with pytest.raises(ValueError, match="not a task=train_fast state"):
+        train_fast(_cfg([*TINY, f"ckpt_path={tmp_path / 'lightning.ckpt'}"], tmp_path / "third"))

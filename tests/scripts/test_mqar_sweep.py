@@ -93,7 +93,11 @@ def test_launch_dry_run_builds_one_run_py_command_per_point(tmp_path, capsys):
     t64 = by_dir[str(runs / "transformer_w64_lr0.001")]
     assert "experiment=mqar model=transformer" in t64 and "model.num_heads=1" in t64
     assert all("task=train_fast" in c and "callbacks=early_stopping" in c for c in cmds) and "ckpt_path" not in t64
-    assert resumed.endswith("data.fresh_train_data=true")  # the fast loop does not checkpoint: it starts again
+    assert resumed.endswith("data.fresh_train_data=true")  # a Lightning checkpoint is not the fast loop's state
+    (runs / "deltanet_w128_lr0.001" / "checkpoints" / "fast_loop.pt").write_text("")  # a fast-loop run cut short
+    main(["launch", "--runs", str(runs), "--family", "deltanet", "--width", "128", "--lr", "1e-3", "--dry-run"])
+    assert capsys.readouterr().out.strip().endswith("ckpt_path=last")
+    (runs / "deltanet_w128_lr0.001" / "checkpoints" / "fast_loop.pt").unlink()
     main(["launch", "--runs", str(runs), "--family", "deltanet", "--width", "128", "--lr", "1e-3", "--task", "train",
           "--dry-run"])
     lightning = capsys.readouterr().out.strip()
