@@ -62,5 +62,27 @@ def test_report_keeps_the_best_run_per_cell_orders_columns_and_skips_other_runs(
     assert math.isclose(out["transformer"]["average"], 35.0)
     assert out["deltanet"]["average"] is None and out["deltanet"]["scores"]["in-context recall"] == 100.0
     md = (tmp_path / "t" / "mad.md").read_text().splitlines()
-    assert md[-2] == "| deltanet | - | - | 100.0 | - | - | - | - |"
-    assert md[-1] == "| transformer | 10.0 | 20.0 | 30.0 | 40.0 | 50.0 | 60.0 | 35.0 |"
+    at = md.index("| deltanet | - | - | 100.0 | - | - | - | - |")
+    assert md[at + 1] == "| transformer | 10.0 | 20.0 | 30.0 | 40.0 | 50.0 | 60.0 | 35.0 |"
+    assert md[at + 2] == "| DeltaNet, paper | 42.2 | 35.7 | 100.0 | 52.8 | 100.0 | 100.0 | 71.8 |"
+    assert "| transformer | memorization | None / None | - | - | None | None | t3a |" in md  # the kept run, per cell
+
+
+def test_report_marks_runs_stopped_before_their_planned_steps(tmp_path):
+    """A run cut by trainer.max_time is starred; steps planned come from the run's own config."""
+    root = tmp_path / "runs"
+    for name, steps in (("done", 400), ("cut", 150)):
+        _fake_run(root, name, "deltanet" if name == "done" else "transformer", "memorization", 0.5)
+        cfg = yaml.safe_load((root / name / ".hydra" / "config.yaml").read_text())
+        cfg["mad_tasks"] = {"memorization": {"train_steps": 400}}
+        cfg["trainer"] = {"max_steps": "${mad_tasks.${data.task}.train_steps}"}
+        cfg["optim"] = {"optimizer": {"lr": 5e-4, "weight_decay": 0.0}}
+        (root / name / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+        m = json.loads((root / name / "metrics.json").read_text())
+        (root / name / "metrics.json").write_text(json.dumps({**m, "global_step": steps,
+                                                              "summary": {"train_seconds": 12.3}}))
+    report([str(root), "--out", str(tmp_path / "t"), "--note", "the command"])
+    md = (tmp_path / "t" / "mad.md").read_text()
+    assert "the command" in md and "| deltanet | - | - | - | 50.0 | - | - | - |" in md
+    assert "| transformer | - | - | - | 50.0* | - | - | - |" in md and "stopped at trainer.max_time" in md
+    assert "| transformer | memorization | 150 / 400 | 12 | - | 0.0005 | 0.0 | cut |" in md
