@@ -22,7 +22,9 @@ short convolutions' outputs kept for the backward instead of recomputed: ``recom
 same random token ids.
 
 Setup of every step: float32 weights under bf16 autocast, fused AdamW (lr 1e-4), gradient-norm clipping at 1.0; the
-time is the mean of ``--steps`` (10) steps after ``--warmup`` (4) warm-up steps (CUDA-synchronised wall clock);
+time is the median of ``--steps`` (10) per-step times after ``--warmup`` (4) warm-up steps (CUDA events between the
+steps, which run back to back as in training; the md also shows the fastest and slowest step, the JSON the
+wall-clock mean);
 peak memory is ``torch.cuda.max_memory_allocated`` over the timed steps (weights, gradients, AdamW state and
 activations).
 
@@ -62,6 +64,7 @@ import gc
 import inspect
 import json
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -182,6 +185,30 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def timed_steps(step: Callable[[], torch.Tensor], steps: int,
+                device: str) -> tuple[list[float], float, torch.Tensor]:
+    """Milliseconds of each of ``steps`` steps, the wall-clock start and the last loss.  On CUDA, between events recorded on the
+    stream after each step: the GPU's timeline, gaps where it waits on the host included, with no synchronisation
+    between steps (the host runs ahead as in training).  On CPU, the wall clock per step."""
+    loss = None
+    if device == "cuda":
+        events = [torch.cuda.Event(enable_timing=True) for _ in range(steps + 1)]
+        t0 = time.perf_counter()
+        events[0].record()
+        for e in events[1:]:
+            loss = step()
+            e.record()
+        torch.cuda.synchronize()
+        times = [a.elapsed_time(b) for a, b in zip(events, events[1:])]
+    else:
+        t0, times = time.perf_counter(), []
+        for _ in range(steps):
+            t = time.perf_counter()
+            loss = step()
+            times.append(1e3 * (time.perf_counter() - t))
+    return times, t0, loss
+
+
 def bench_one(name: str, preset: Optional[str], T: int, B: int, warmup: int, steps: int, device: str,
               peak_tflops: float) -> dict[str, Any]:
     torch.manual_seed(0)
@@ -196,14 +223,13 @@ def bench_one(name: str, preset: Optional[str], T: int, B: int, warmup: int, ste
     sync(device)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        loss = step()
-    sync(device)
-    sec = (time.perf_counter() - t0) / steps
+    step_ms, t0, loss = timed_steps(step, steps, device)
+    wall = (time.perf_counter() - t0) / steps
+    sec = statistics.median(step_ms) / 1e3
     tokens = B * T
     flops = 6 * (n - n_embed) * tokens + mixer_flops(cfg, T, B)
-    res = {"model": name, "T": T, "B": B, "params": n, "ms": 1e3 * sec, "tokens_per_s": tokens / sec,
+    res = {"model": name, "T": T, "B": B, "params": n, "ms": 1e3 * sec, "ms_min": min(step_ms),
+           "ms_max": max(step_ms), "ms_mean_wall": 1e3 * wall, "tokens_per_s": tokens / sec,
            "model_tflops": flops / sec / 1e12, "mfu": flops / sec / 1e12 / peak_tflops,
            "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None,
            "loss": float(loss)}
@@ -282,23 +308,28 @@ def tables(rows: list[dict], models: list[str], lengths: list[tuple[int, int]], 
     """Tokens/s (MFU) and peak memory per (T, B) and model, parameters, and the ratios of the cells measured.  With
     ``marks`` each cell ends in [n]: the index of the command that measured it (rows without one: the first)."""
     head = "| (T, B) | " + " | ".join(models) + " |\n|---|" + "---|" * len(models) + "\n"
-    speed, mem = head, head
+    speed, mem, spread = head, head, head
     for T, B in lengths:
-        cells_s, cells_m = [], []
+        cells_s, cells_m, cells_t = [], [], []
         for m in models:
             r = _get(rows, m, T, B)
             if r is None:
                 cells_s.append(_unmeasured(rows, m, T, B))
                 cells_m.append("-")
+                cells_t.append("-")
                 continue
             mark = f" [{r.get('command', 1)}]" if marks else ""
             cells_s.append(f"{r['tokens_per_s'] / 1e3:.1f}K ({100 * r['mfu']:.1f}%){mark}")
             cells_m.append("-" if r["peak_mem_gib"] is None else f"{r['peak_mem_gib']:.1f}")
+            cells_t.append(f"{r['ms']:.1f} ({r['ms_min']:.1f}-{r['ms_max']:.1f})" if "ms_min" in r else
+                           f"{r['ms']:.1f} (mean)")
         speed += f"| {T}, {B} | " + " | ".join(cells_s) + " |\n"
         mem += f"| {T}, {B} | " + " | ".join(cells_m) + " |\n"
+        spread += f"| {T}, {B} | " + " | ".join(cells_t) + " |\n"
     params = " | ".join(f"{m}: {r['params'] / 1e6:.1f}M" for m in models
                         if (r := next((x for x in rows if x["model"] == m and "params" in x), None)))
     text = ("tokens/s (MFU)" + (", [n]: measured by command n" if marks else "") + "\n\n" + speed
+            + "\nstep time (ms): median (fastest-slowest step)\n\n" + spread
             + "\npeak memory (GiB)\n\n" + mem + f"\nparameters: {params or '-'}\n")
     ratios = []
     for T, B in lengths:
@@ -404,7 +435,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
             "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
             "torch": torch.__version__, "triton": triton.__version__, "fla": fla_version(),
             "setup": ("fp32 weights, " + ("no autocast, AdamW" if a.dry_run else "bf16 autocast, fused AdamW")
-                      + f", clip 1.0, mean of {steps} steps after {warmup} warm-up"), "peak_tflops": a.peak_tflops,
+                      + f", clip 1.0, median of {steps} per-step times after {warmup} warm-up"),
+            "peak_tflops": a.peak_tflops,
             "warmup": warmup, "steps": steps}
     models = [m for m in a.models if m != "fla_deltanet" or meta["fla"] is not None]
     notes = [] if len(models) == len(a.models) else ["fla is not installed here: fla_deltanet skipped"]

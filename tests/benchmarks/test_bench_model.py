@@ -12,9 +12,13 @@ def test_bench_model_dry_run_writes_outputs(tmp_path):
                     "deltanet_hybrid_swa", "--out", str(tmp_path)])
     assert {r["model"] for r in res["results"]} == {"deltanet", "transformer", "deltanet_hybrid_swa"}
     assert all(r["tokens_per_s"] > 0 and r["mfu"] > 0 and r["loss"] > 0 for r in res["results"])
+    for r in res["results"]:  # the median step sets tokens/s; the spread and the wall-clock mean come with it
+        assert r["ms_min"] <= r["ms"] <= r["ms_max"] and r["ms_mean_wall"] > 0
+        assert abs(r["tokens_per_s"] - r["T"] * r["B"] / (r["ms"] / 1e3)) < 1e-6 * r["tokens_per_s"]
     assert json.loads((tmp_path / "bench_model.json").read_text())["results"] == res["results"]
     md = (tmp_path / "bench_model.md").read_text()
     assert "| 32, 2 |" in md and "| 48, 1 |" in md and "deltanet / transformer tokens/s" in md
+    assert "step time (ms): median (fastest-slowest step)" in md
     assert (tmp_path / "bench_model.png").stat().st_size > 0
     prof = (tmp_path / "bench_model_profile.md").read_text()
     assert prof.count("## ") == 3 and "aten::" in prof
