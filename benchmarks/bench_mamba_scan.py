@@ -11,13 +11,15 @@ the forward stores and the backward reads, and the backward's per-channel-block 
 divided by the H200's 4.8 TB/s.  The table gives each time as a multiple of that bound.  The scan also computes
 B * T * D * N exponentials (two per element in the backward), which may bound it before the bytes do.
 
-``--sweep`` times ``ours`` over block sizes (BT tokens per chunk, BD channels per program, warps) at the first shape,
-forward and backward separately, to choose ``ScanTuning``'s defaults.
+``--sweep [fwd|bwd|both]`` times ``ours`` at the first shape over the forward's block sizes (BT tokens per chunk, BD
+channels per program, warps) and over the backward's form (``ScanTuning.bwd_split``: one sequential walk, or the
+adjoint walk then every chunk in parallel), block size, warps and chunks per program, to choose ``ScanTuning``'s
+defaults.
 
 Writes bench_mamba_scan.md and bench_mamba_scan.json (command, GPU, versions, every cell) to --out; ratios last.
 
     python benchmarks/bench_mamba_scan.py --out benchmarks/results
-    python benchmarks/bench_mamba_scan.py --out /tmp/b --sweep
+    python benchmarks/bench_mamba_scan.py --out /tmp/b --sweep bwd --shapes 8,2048,2048,16
     python benchmarks/bench_mamba_scan.py --out /tmp/b --dry-run     # tiny shapes, CPU interpreter: checks the script
 """
 from __future__ import annotations
@@ -74,6 +76,9 @@ def roofline_bytes(B, T, D, N, elt, tuning: ScanTuning, mode: str) -> int:
            + 3 * tokens * D * elt  # dx, ddt, dz
            + 2 * 2 * nd * tokens * N * 4 + 2 * tokens * N * elt  # dB/dC partials written and read, sums written
            + 2 * B * D * N * 4)  # dA partials
+    if tuning.bwd_split:  # the walk's adjoints, written and read, and one dA partial per chunk group instead
+        groups = B * -(-(-(-T // tuning.BT)) // tuning.bwd_chunks)
+        bwd += 2 * states + 2 * (groups - B) * D * N * 4
     return fwd + bwd
 
 
@@ -143,25 +148,37 @@ def time_cell(provider, shape, mode, args, device, tuning=DEFAULT_TUNING):
             "GB_per_s": nbytes / (ms * 1e-3) / 1e9}
 
 
+def sweep_tunings(which: str, dry_run: bool) -> list[tuple[str, ScanTuning]]:
+    """(mode, tuning) of each sweep cell.  fwd: the forward's BT x BD x warps.  bwd: forward and backward at the
+    default forward blocks (BT 8 and 16), the backward's form (one walk, or split into the adjoint walk and the
+    parallel chunks) x its BD x warps, and the split's chunks per program."""
+    cells = []
+    if which in ("fwd", "both"):
+        for bt, bd, w in ([(8, 16, 4), (16, 16, 4)] if dry_run else
+                          [(bt, bd, w) for bt in (8, 16, 32) for bd in (8, 16, 32) for w in (4, 8)]):
+            cells.append(("fwd", ScanTuning(BT=bt, BD=bd, num_warps=w)))
+    if which in ("bwd", "both"):
+        grid = [(16, False, 16, 4, 4), (16, True, 8, 4, 4)] if dry_run else [
+            (bt, split, bd, w, 4) for bt in (8, 16) for split in (False, True) for bd in (8, 16) for w in (4, 8)]
+        if not dry_run:
+            grid += [(16, True, 8, 4, g) for g in (1, 2, 8)]
+        for bt, split, bd, w, g in grid:
+            cells.append(("fwdbwd", ScanTuning(BT=bt, bwd_BD=bd, bwd_num_warps=w, bwd_split=split, bwd_chunks=g)))
+    return cells
+
+
 def sweep(shape, args, device, save=lambda rows: None):
-    """ours over BT x BD x warps, forward and fwd+bwd (the backward's BD/warps swept with the forward's); ``save`` is
-    called with the rows after every cell."""
+    """ours over the tunings of ``--sweep`` (see :func:`sweep_tunings`) at ``shape``; ``save`` is called with the rows
+    after every cell."""
     rows = []
-    bts = [8, 16, 32] if not args.dry_run else [8, 16]
-    bds = [8, 16, 32, 64] if not args.dry_run else [16]
-    warps = [2, 4, 8] if not args.dry_run else [4]
-    for bt in bts:
-        for bd in bds:
-            for w in warps:
-                tuning = ScanTuning(BT=bt, BD=bd, num_warps=w, bwd_BD=bd, bwd_num_warps=w)
-                for mode in MODES:
-                    try:
-                        cell = time_cell("ours", shape, mode, args, device, tuning)
-                    except Exception as e:  # noqa: BLE001 - e.g. out of registers/shared memory: report, go on
-                        cell = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
-                    rows.append({"tuning": asdict(tuning), "mode": mode, **cell})
-                    print(f"sweep BT={bt} BD={bd} warps={w} {mode}: {fmt(cell)}", flush=True)
-                    save(rows)
+    for mode, tuning in sweep_tunings(args.sweep, args.dry_run):
+        try:
+            cell = time_cell("ours", shape, mode, args, device, tuning)
+        except Exception as e:  # noqa: BLE001 - e.g. out of registers/shared memory: report, go on
+            cell = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
+        rows.append({"tuning": asdict(tuning), "mode": mode, **cell})
+        print(f"sweep {tuning} {mode}: {fmt(cell)}", flush=True)
+        save(rows)
     return rows
 
 
@@ -180,7 +197,9 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=25, help="do_bench warm-up, ms")
     ap.add_argument("--rep", type=int, default=100, help="do_bench measurement time, ms")
     ap.add_argument("--max-run-s", type=float, default=5.0, help="skip the PyTorch loop where one run is slower")
-    ap.add_argument("--sweep", action="store_true", help="also sweep ours' block sizes at the first shape")
+    ap.add_argument("--sweep", nargs="?", const="both", default=None, choices=["fwd", "bwd", "both"],
+                    help="also sweep ours' tunings at the first shape: the forward's blocks, the backward's form and "
+                         "blocks, or both (the default of a bare --sweep)")
     ap.add_argument("--dry-run", action="store_true", help="tiny shapes (CPU interpreter without CUDA)")
     args = ap.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -244,10 +263,16 @@ def write(out: Path, meta, results, sweep_rows):
             row = [fmt(cells.get((shape, mode, p), {"error": "-"})) for p in provs]
             lines.append(f"| {', '.join(map(str, shape))} | {mode} | " + " | ".join(row) + " |")
     if sweep_rows:
-        lines += ["", "Block-size sweep of `ours`:", "", "| BT | BD | warps | mode | ms |", "|---|---|---|---|---|"]
+        lines += ["", "Tuning sweep of `ours` (forward BT, BD, warps; backward: one walk or split, its BD, warps, "
+                  "chunks per program of the split):", "",
+                  "| BT | BD | warps | backward | bwd BD | bwd warps | chunks | mode | ms |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in sweep_rows:
             t = r["tuning"]
-            lines.append(f"| {t['BT']} | {t['BD']} | {t['num_warps']} | {r['mode']} | {fmt(r)} |")
+            split = t.get("bwd_split", False)
+            lines.append(f"| {t['BT']} | {t['BD']} | {t['num_warps']} | {'split' if split else 'one walk'} | "
+                         f"{t['bwd_BD']} | {t['bwd_num_warps']} | {t.get('bwd_chunks', '-') if split else '-'} | "
+                         f"{r['mode']} | {fmt(r)} |")
     lines += ["", *ratio_lines(results)]
     (out / "bench_mamba_scan.md").write_text("\n".join(lines) + "\n")
 

@@ -17,6 +17,17 @@ whose coefficients are read one token ahead, so no register tensor has to be shi
 underflow.  dB and dC sum over channels, so each channel block writes its own partial ([D / BD, tokens, N]) and the
 blocks are added in PyTorch (deterministic, no atomics); dA and dD are summed per sequence the same way.
 
+That backward is one sequential walk per (channel block, sequence) doing all the work of every chunk: its chain of
+chunks is long and its body heavy (two scans, the recomputed states, every gradient).  ``ScanTuning.bwd_split``
+splits it in two.  A first kernel walks the chunks in reverse carrying only the state adjoint (one reverse scan per
+chunk, no forward recompute) and stores the adjoint at the first token of the chunk after each chunk ([chunks, D,
+N], like the states).  A second kernel then runs every chunk at once, ``bwd_chunks`` consecutive chunks per
+program, each from its stored entering state and right adjoint, with the same per-chunk code (``_bwd_chunk``) as
+the single walk; dA, dD and d dt_bias are summed per program and then in PyTorch.  With cu_seqlens the second
+kernel numbers the chunks of all sequences in order and finds each one's sequence by a binary search over the
+sequences' first chunks.  The split is off by default until ``benchmarks/bench_mamba_scan.py --sweep bwd`` has
+timed it against the single walk.
+
 Tokens past a sequence's end (and channels past D) load dt = x = B = C = 0, which makes their step the identity
 (decay exp(0) = 1, input 0): the last row of a chunk's scan is the state after its last real token.
 """
@@ -35,12 +46,28 @@ __all__ = ["selective_scan", "ScanTuning", "DEFAULT_TUNING"]
 
 @dataclass(frozen=True)
 class ScanTuning:
-    """Block sizes of the scan kernels: BT tokens per chunk, BD channels per program, warps per program."""
+    """Block sizes of the scan kernels: BT tokens per chunk, BD channels per program, warps per program.
+
+    bwd_split: the backward as two kernels (a reverse walk of the state adjoint alone, then every chunk's gradients
+    in parallel, bwd_chunks chunks per program) instead of one sequential walk that does everything; the same
+    gradients (see the module docstring)."""
     BT: int = 16
     BD: int = 16
     num_warps: int = 4
     bwd_BD: int = 16
     bwd_num_warps: int = 4
+    bwd_split: bool = False
+    bwd_chunks: int = 4
+
+    def __post_init__(self):
+        for name in ("BT", "BD", "bwd_BD"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1 or v & (v - 1):
+                raise ValueError(f"ScanTuning.{name} must be a power of two, got {v!r}")
+        for name in ("num_warps", "bwd_num_warps", "bwd_chunks"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"ScanTuning.{name} must be a positive int, got {v!r}")
 
 
 DEFAULT_TUNING = ScanTuning()
@@ -137,6 +164,104 @@ def _selective_scan_fwd_kernel(
 
 
 @triton.jit
+def _bwd_chunk(
+    x, dt, Bm, Cm, z, dout, dx, ddt, dz, dB_part, dC_part,
+    b_h, b_dh, b_A, b_Ds, b_bias, i_d, bos, L, i_t, D, N, TOTAL,
+    BT: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+    HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr,
+):
+    """The gradients of chunk i_t of one sequence (first token bos, length L) for channel block i_d, from the state
+    entering the chunk (b_h) and the adjoint of the state at the first token of the next chunk (b_dh; for the last
+    chunk, that of the final state).  Stores dx, ddt, dz and this block's dB, dC partial rows.  Returns (the adjoint
+    of the state at this chunk's first token, the adjoint of the state entering it, and this chunk's sums of dA
+    [BD, BN], dD [BD] and d dt_bias [BD])."""
+    o_d = i_d * BD + tl.arange(0, BD)
+    o_n = tl.arange(0, BN)
+    m_d, m_n = o_d < D, o_n < N
+    o_r = tl.arange(0, BT)
+    o_t = i_t * BT + o_r
+    m_t = o_t < L
+    m_tn1 = (o_t + 1) < L
+    o_row = bos + o_t
+    m_td = m_t[:, None] & m_d[None, :]
+    m_tn = m_t[:, None] & m_n[None, :]
+    o_td = o_row[:, None] * D + o_d[None, :]
+    o_tn = o_row[:, None] * N + o_n[None, :]
+    b_x = tl.load(x + o_td, mask=m_td, other=0.).to(tl.float32)
+    b_dt, b_dt_grad = _step_size(tl.load(dt + o_td, mask=m_td, other=0.).to(tl.float32), b_bias, m_td,
+                                 HAS_DT_BIAS, DT_SOFTPLUS)
+    m_tdn = m_tn1[:, None] & m_d[None, :]
+    b_dtn, _ = _step_size(tl.load(dt + o_td + D, mask=m_tdn, other=0.).to(tl.float32), b_bias, m_tdn,
+                          HAS_DT_BIAS, DT_SOFTPLUS)  # dt_{t+1}
+    b_B = tl.load(Bm + o_tn, mask=m_tn, other=0.).to(tl.float32)
+    b_C = tl.load(Cm + o_tn, mask=m_tn, other=0.).to(tl.float32)
+    b_do = tl.load(dout + o_td, mask=m_td, other=0.).to(tl.float32)
+    # recompute the chunk's states
+    b_dA = tl.exp(b_dt[:, :, None] * b_A[None, :, :])
+    b_dtx = b_dt * b_x
+    b_dBx = b_dtx[:, :, None] * b_B[:, None, :]
+    b_ac, b_bc = tl.associative_scan((b_dA, b_dBx), 0, _first_order_combine)
+    b_hs = b_ac * b_h[None, :, :] + b_bc  # h_t
+    b_hpd = b_hs - b_dBx  # exp(dt_t A) h_{t-1}
+    if HAS_Z:
+        b_z = tl.load(z + o_td, mask=m_td, other=0.).to(tl.float32)
+        b_sz = tl.sigmoid(b_z)
+        b_y = tl.sum(b_hs * b_C[:, None, :], 2)
+        if HAS_D:
+            b_y += b_Ds[None, :] * b_x
+        b_g = b_do * b_z * b_sz  # dL/dy
+        b_dz = b_do * b_y * b_sz * (1. + b_z * (1. - b_sz))
+        tl.store(dz + o_td, b_dz.to(dz.dtype.element_ty), mask=m_td)
+    else:
+        b_g = b_do
+    b_dC = tl.sum(b_hs * b_g[:, :, None], 1)  # [BT, BN], this block's channels only
+    # dh_t = exp(dt_{t+1} A) dh_{t+1} + C_t g_t, as a reverse scan carrying dh of the chunk after
+    b_dAn = tl.exp(b_dtn[:, :, None] * b_A[None, :, :])
+    b_gC = b_g[:, :, None] * b_C[:, None, :]
+    b_ra, b_rb = tl.associative_scan((b_dAn, b_gC), 0, _first_order_combine, reverse=True)
+    b_dhs = b_ra * b_dh[None, :, :] + b_rb  # [BT, BD, BN]
+    b_hd = b_dhs * b_hpd  # dh_t * exp(dt_t A) h_{t-1}
+    b_dhB = tl.sum(b_dhs * b_B[:, None, :], 2)  # [BT, BD]
+    b_ddt = tl.where(m_td, (tl.sum(b_hd * b_A[None, :, :], 2) + b_dhB * b_x) * b_dt_grad, 0.)  # d raw dt
+    b_dbias = tl.sum(b_ddt, 0)
+    b_dx = b_dhB * b_dt
+    b_dD = tl.zeros([BD], dtype=tl.float32)
+    if HAS_D:
+        b_dx += b_Ds[None, :] * b_g
+        b_dD = tl.sum(b_g * b_x, 0)
+    b_dB = tl.sum(b_dhs * b_dtx[:, :, None], 1)
+    tl.store(dx + o_td, b_dx.to(dx.dtype.element_ty), mask=m_td)
+    tl.store(ddt + o_td, b_ddt.to(ddt.dtype.element_ty), mask=m_td)
+    o_part = i_d.to(tl.int64) * TOTAL * N + o_tn
+    tl.store(dB_part + o_part, b_dB, mask=m_tn)
+    tl.store(dC_part + o_part, b_dC, mask=m_tn)
+    b_first = (o_r == 0)[:, None, None]
+    b_dh_first = tl.sum(tl.where(b_first, b_dhs, 0.), 0)  # dh at the chunk's first token
+    b_dh_in = tl.sum(tl.where(b_first, b_dhs * b_dA, 0.), 0)  # adjoint of the state entering the chunk
+    return b_dh_first, b_dh_in, tl.sum(b_hd * b_dt[:, :, None], 0), b_dD, b_dbias
+
+
+@triton.jit
+def _block_params(A, Dskip, dt_bias, i_d, D, N, BD: tl.constexpr, BN: tl.constexpr, HAS_D: tl.constexpr,
+                  HAS_DT_BIAS: tl.constexpr):
+    """A [BD, BN], D [BD] and dt_bias [BD] of channel block i_d (zeros where absent), and the [BD, BN] offsets and
+    mask of a [D, N] state."""
+    o_d = i_d * BD + tl.arange(0, BD)
+    o_n = tl.arange(0, BN)
+    m_d, m_n = o_d < D, o_n < N
+    m_dn = m_d[:, None] & m_n[None, :]
+    o_dn = o_d[:, None] * N + o_n[None, :]
+    b_A = tl.load(A + o_dn, mask=m_dn, other=0.).to(tl.float32)
+    b_Ds = tl.zeros([BD], dtype=tl.float32)
+    if HAS_D:
+        b_Ds = tl.load(Dskip + o_d, mask=m_d, other=0.).to(tl.float32)
+    b_bias = tl.zeros([BD], dtype=tl.float32)
+    if HAS_DT_BIAS:
+        b_bias = tl.load(dt_bias + o_d, mask=m_d, other=0.).to(tl.float32)
+    return b_A, b_Ds, b_bias, o_dn, m_dn
+
+
+@triton.jit
 def _selective_scan_bwd_kernel(
     x, dt, dt_bias, A, Bm, Cm, Dskip, z, dout, states, dht, cu_seqlens, chunk_offsets,
     dx, ddt, dz, dB_part, dC_part, dA_part, dD_part, dbias_part, dh0,
@@ -145,19 +270,10 @@ def _selective_scan_bwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
     IS_VARLEN: tl.constexpr, HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr,
 ):
+    """One program per (channel block, sequence) walks the chunks in reverse, carrying the state adjoint."""
     i_d, i_s = tl.program_id(0), tl.program_id(1)
     bos, L, boc = _bounds(i_s, cu_seqlens, chunk_offsets, T, BT, IS_VARLEN)
-    o_d = i_d * BD + tl.arange(0, BD)
-    o_n = tl.arange(0, BN)
-    m_d, m_n = o_d < D, o_n < N
-    m_dn = m_d[:, None] & m_n[None, :]
-    o_dn = o_d[:, None] * N + o_n[None, :]
-    b_A = tl.load(A + o_dn, mask=m_dn, other=0.).to(tl.float32)
-    if HAS_D:
-        b_Ds = tl.load(Dskip + o_d, mask=m_d, other=0.).to(tl.float32)
-    b_bias = tl.zeros([BD], dtype=tl.float32)
-    if HAS_DT_BIAS:
-        b_bias = tl.load(dt_bias + o_d, mask=m_d, other=0.).to(tl.float32)
+    b_A, b_Ds, b_bias, o_dn, m_dn = _block_params(A, Dskip, dt_bias, i_d, D, N, BD, BN, HAS_D, HAS_DT_BIAS)
     b_dh = tl.zeros([BD, BN], dtype=tl.float32)  # adjoint of the state after the current chunk
     if USE_DHT:
         b_dh = tl.load(dht + i_s.to(tl.int64) * D * N + o_dn, mask=m_dn, other=0.).to(tl.float32)
@@ -165,79 +281,136 @@ def _selective_scan_bwd_kernel(
     b_dA_acc = tl.zeros([BD, BN], dtype=tl.float32)
     b_dD_acc = tl.zeros([BD], dtype=tl.float32)
     b_dbias_acc = tl.zeros([BD], dtype=tl.float32)
-    o_r = tl.arange(0, BT)
     NT = tl.cdiv(L, BT)
     for i_rev in range(NT):
         i_t = NT - 1 - i_rev
         b_h = tl.load(states + (boc + i_t) * D * N + o_dn, mask=m_dn, other=0.)  # the state entering the chunk
+        b_dh, b_dh0, b_a, b_d, b_b = _bwd_chunk(
+            x, dt, Bm, Cm, z, dout, dx, ddt, dz, dB_part, dC_part, b_h, b_dh, b_A, b_Ds, b_bias, i_d, bos, L, i_t,
+            D, N, TOTAL, BT, BD, BN, HAS_D, HAS_Z, HAS_DT_BIAS, DT_SOFTPLUS)
+        b_dA_acc += b_a
+        b_dD_acc += b_d
+        b_dbias_acc += b_b
+    o_s = i_s.to(tl.int64) * D
+    o_d = i_d * BD + tl.arange(0, BD)
+    tl.store(dA_part + o_s * N + o_dn, b_dA_acc, mask=m_dn)
+    if HAS_D:
+        tl.store(dD_part + o_s + o_d, b_dD_acc, mask=o_d < D)
+    if HAS_DT_BIAS:
+        tl.store(dbias_part + o_s + o_d, b_dbias_acc, mask=o_d < D)
+    if STORE_DH0:
+        tl.store(dh0 + o_s * N + o_dn, b_dh0, mask=m_dn)
+
+
+@triton.jit
+def _selective_scan_bwd_walk_kernel(
+    dt, dt_bias, A, Cm, z, dout, dht, cu_seqlens, chunk_offsets, dh_right, dh0,
+    T, D, N,
+    BT: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
+    HAS_Z: tl.constexpr, USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
+    IS_VARLEN: tl.constexpr, HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr,
+):
+    """The split backward's sequential part, one program per (channel block, sequence): the state adjoint alone,
+    walked over the chunks in reverse (dh_t = exp(dt_{t+1} A) dh_{t+1} + C_t g_t, one reverse scan per chunk, no
+    forward recompute).  Stores, per chunk, the adjoint at the first token of the chunk after it (dh_right, laid out
+    like the forward's states), and the adjoint of the initial state."""
+    i_d, i_s = tl.program_id(0), tl.program_id(1)
+    bos, L, boc = _bounds(i_s, cu_seqlens, chunk_offsets, T, BT, IS_VARLEN)
+    b_A, b_no_d, b_bias, o_dn, m_dn = _block_params(A, A, dt_bias, i_d, D, N, BD, BN, False, HAS_DT_BIAS)
+    o_d = i_d * BD + tl.arange(0, BD)
+    o_n = tl.arange(0, BN)
+    m_d, m_n = o_d < D, o_n < N
+    b_dh = tl.zeros([BD, BN], dtype=tl.float32)
+    if USE_DHT:
+        b_dh = tl.load(dht + i_s.to(tl.int64) * D * N + o_dn, mask=m_dn, other=0.).to(tl.float32)
+    o_r = tl.arange(0, BT)
+    NT = tl.cdiv(L, BT)
+    for i_rev in range(NT):
+        i_t = NT - 1 - i_rev
+        tl.store(dh_right + (boc + i_t) * D * N + o_dn, b_dh, mask=m_dn)
         o_t = i_t * BT + o_r
         m_t = o_t < L
         m_tn1 = (o_t + 1) < L
         o_row = bos + o_t
         m_td = m_t[:, None] & m_d[None, :]
-        m_tn = m_t[:, None] & m_n[None, :]
         o_td = o_row[:, None] * D + o_d[None, :]
-        o_tn = o_row[:, None] * N + o_n[None, :]
-        b_x = tl.load(x + o_td, mask=m_td, other=0.).to(tl.float32)
-        b_dt, b_dt_grad = _step_size(tl.load(dt + o_td, mask=m_td, other=0.).to(tl.float32), b_bias, m_td,
-                                     HAS_DT_BIAS, DT_SOFTPLUS)
         m_tdn = m_tn1[:, None] & m_d[None, :]
-        b_dtn, _ = _step_size(tl.load(dt + o_td + D, mask=m_tdn, other=0.).to(tl.float32), b_bias, m_tdn,
-                              HAS_DT_BIAS, DT_SOFTPLUS)  # dt_{t+1}
-        b_B = tl.load(Bm + o_tn, mask=m_tn, other=0.).to(tl.float32)
-        b_C = tl.load(Cm + o_tn, mask=m_tn, other=0.).to(tl.float32)
-        b_do = tl.load(dout + o_td, mask=m_td, other=0.).to(tl.float32)
-        # recompute the chunk's states
-        b_dA = tl.exp(b_dt[:, :, None] * b_A[None, :, :])
-        b_dtx = b_dt * b_x
-        b_dBx = b_dtx[:, :, None] * b_B[:, None, :]
-        b_ac, b_bc = tl.associative_scan((b_dA, b_dBx), 0, _first_order_combine)
-        b_hs = b_ac * b_h[None, :, :] + b_bc  # h_t
-        b_hpd = b_hs - b_dBx  # exp(dt_t A) h_{t-1}
+        b_dtn, b_dtn_grad = _step_size(tl.load(dt + o_td + D, mask=m_tdn, other=0.).to(tl.float32), b_bias, m_tdn,
+                                       HAS_DT_BIAS, DT_SOFTPLUS)  # dt_{t+1}
+        b_C = tl.load(Cm + o_row[:, None] * N + o_n[None, :], mask=m_t[:, None] & m_n[None, :], other=0.)
+        b_g = tl.load(dout + o_td, mask=m_td, other=0.).to(tl.float32)
         if HAS_Z:
             b_z = tl.load(z + o_td, mask=m_td, other=0.).to(tl.float32)
-            b_sz = tl.sigmoid(b_z)
-            b_y = tl.sum(b_hs * b_C[:, None, :], 2)
-            if HAS_D:
-                b_y += b_Ds[None, :] * b_x
-            b_g = b_do * b_z * b_sz  # dL/dy
-            b_dz = b_do * b_y * b_sz * (1. + b_z * (1. - b_sz))
-            tl.store(dz + o_td, b_dz.to(dz.dtype.element_ty), mask=m_td)
+            b_g = b_g * b_z * tl.sigmoid(b_z)  # dL/dy
+        b_ra, b_rb = tl.associative_scan((tl.exp(b_dtn[:, :, None] * b_A[None, :, :]),
+                                          b_g[:, :, None] * b_C.to(tl.float32)[:, None, :]),
+                                         0, _first_order_combine, reverse=True)
+        b_dh = tl.sum(tl.where((o_r == 0)[:, None, None], b_ra * b_dh[None, :, :] + b_rb, 0.), 0)
+    if STORE_DH0:  # h_0 = exp(dt_0 A) h_init + ...: the initial state's adjoint is exp(dt_0 A) dh_0
+        m_0 = m_d & ((o_d * 0 + L) > 0)  # token 0 exists (a packed sequence may be empty)
+        b_dt0, b_dt0_grad = _step_size(tl.load(dt + bos * D + o_d, mask=m_0, other=0.).to(tl.float32)[None, :],
+                                       b_bias, m_0[None, :], HAS_DT_BIAS, DT_SOFTPLUS)
+        b_a0 = tl.exp(tl.sum(b_dt0, 0)[:, None] * b_A)
+        tl.store(dh0 + i_s.to(tl.int64) * D * N + o_dn, b_a0 * b_dh, mask=m_dn)
+
+
+@triton.jit
+def _selective_scan_bwd_chunks_kernel(
+    x, dt, dt_bias, A, Bm, Cm, Dskip, z, dout, states, dh_right, cu_seqlens, chunk_bounds,
+    dx, ddt, dz, dB_part, dC_part, dA_part, dD_part, dbias_part,
+    T, D, N, TOTAL, S,
+    BT: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, G: tl.constexpr, LOG_S: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, IS_VARLEN: tl.constexpr, HAS_DT_BIAS: tl.constexpr,
+    DT_SOFTPLUS: tl.constexpr,
+):
+    """The split backward's parallel part: every chunk at once, G chunks per program (of one sequence, or with
+    cu_seqlens of the packed chunk order), each from its entering state and the adjoint dh_right of the walk.
+    Grid: (channel blocks, chunk groups, sequences; 1 with cu_seqlens).  Writes one dA / dD / d dt_bias partial per
+    program."""
+    i_d, i_g, i_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    b_A, b_Ds, b_bias, o_dn, m_dn = _block_params(A, Dskip, dt_bias, i_d, D, N, BD, BN, HAS_D, HAS_DT_BIAS)
+    b_dA_acc = tl.zeros([BD, BN], dtype=tl.float32)
+    b_dD_acc = tl.zeros([BD], dtype=tl.float32)
+    b_dbias_acc = tl.zeros([BD], dtype=tl.float32)
+    NT = tl.cdiv(T, BT)
+    for j in range(G):
+        c = i_g * G + j
+        if IS_VARLEN:  # the sequence holding packed chunk c: the last s with chunk_bounds[s] <= c (binary search)
+            lo = tl.full([], 0, tl.int32)
+            hi = lo + S
+            for _ in range(LOG_S):
+                mid = (lo + hi) // 2
+                go = tl.load(chunk_bounds + mid) <= c
+                lo = tl.where(go, mid, lo)
+                hi = tl.where(go, hi, mid)
+            boc = tl.load(chunk_bounds + lo).to(tl.int64)
+            valid = c < tl.load(chunk_bounds + S)
+            bos = tl.load(cu_seqlens + lo).to(tl.int64)
+            L = tl.load(cu_seqlens + lo + 1).to(tl.int64) - bos
+            i_t = c - boc
         else:
-            b_g = b_do
-        b_dC = tl.sum(b_hs * b_g[:, :, None], 1)  # [BT, BN], this block's channels only
-        # dh_t = exp(dt_{t+1} A) dh_{t+1} + C_t g_t, as a reverse scan carrying dh of the chunk after
-        b_dAn = tl.exp(b_dtn[:, :, None] * b_A[None, :, :])
-        b_gC = b_g[:, :, None] * b_C[:, None, :]
-        b_ra, b_rb = tl.associative_scan((b_dAn, b_gC), 0, _first_order_combine, reverse=True)
-        b_dhs = b_ra * b_dh[None, :, :] + b_rb  # [BT, BD, BN]
-        b_hd = b_dhs * b_hpd  # dh_t * exp(dt_t A) h_{t-1}
-        b_dhB = tl.sum(b_dhs * b_B[:, None, :], 2)  # [BT, BD]
-        b_ddt = tl.where(m_td, (tl.sum(b_hd * b_A[None, :, :], 2) + b_dhB * b_x) * b_dt_grad, 0.)  # d raw dt
-        if HAS_DT_BIAS:
-            b_dbias_acc += tl.sum(b_ddt, 0)
-        b_dx = b_dhB * b_dt
-        if HAS_D:
-            b_dx += b_Ds[None, :] * b_g
-            b_dD_acc += tl.sum(b_g * b_x, 0)
-        b_dA_acc += tl.sum(b_hd * b_dt[:, :, None], 0)
-        b_dB = tl.sum(b_dhs * b_dtx[:, :, None], 1)
-        tl.store(dx + o_td, b_dx.to(dx.dtype.element_ty), mask=m_td)
-        tl.store(ddt + o_td, b_ddt.to(ddt.dtype.element_ty), mask=m_td)
-        o_part = i_d.to(tl.int64) * TOTAL * N + o_tn
-        tl.store(dB_part + o_part, b_dB, mask=m_tn)
-        tl.store(dC_part + o_part, b_dC, mask=m_tn)
-        b_first = (o_r == 0)[:, None, None]
-        b_dh = tl.sum(tl.where(b_first, b_dhs, 0.), 0)  # dh at the chunk's first token
-        b_dh0 = tl.sum(tl.where(b_first, b_dhs * b_dA, 0.), 0)  # adjoint of the state entering the chunk
-    o_s = i_s.to(tl.int64) * D
-    tl.store(dA_part + o_s * N + o_dn, b_dA_acc, mask=m_dn)
+            valid = c < NT
+            bos = i_s.to(tl.int64) * T
+            L = T
+            boc = i_s.to(tl.int64) * NT
+            i_t = c
+        if valid:
+            o_c = (boc + i_t) * D * N + o_dn
+            b_h = tl.load(states + o_c, mask=m_dn, other=0.)
+            b_dh = tl.load(dh_right + o_c, mask=m_dn, other=0.)
+            b_dh_first, b_dh_in, b_a, b_d, b_b = _bwd_chunk(
+                x, dt, Bm, Cm, z, dout, dx, ddt, dz, dB_part, dC_part, b_h, b_dh, b_A, b_Ds, b_bias, i_d, bos, L,
+                i_t, D, N, TOTAL, BT, BD, BN, HAS_D, HAS_Z, HAS_DT_BIAS, DT_SOFTPLUS)
+            b_dA_acc += b_a
+            b_dD_acc += b_d
+            b_dbias_acc += b_b
+    o_p = (i_s * tl.num_programs(1) + i_g).to(tl.int64) * D
+    o_d = i_d * BD + tl.arange(0, BD)
+    tl.store(dA_part + o_p * N + o_dn, b_dA_acc, mask=m_dn)
     if HAS_D:
-        tl.store(dD_part + o_s + o_d, b_dD_acc, mask=m_d)
+        tl.store(dD_part + o_p + o_d, b_dD_acc, mask=o_d < D)
     if HAS_DT_BIAS:
-        tl.store(dbias_part + o_s + o_d, b_dbias_acc, mask=m_d)
-    if STORE_DH0:
-        tl.store(dh0 + o_s * N + o_dn, b_dh0, mask=m_dn)
+        tl.store(dbias_part + o_p + o_d, b_dbias_acc, mask=o_d < D)
 
 
 def _chunk_offsets(cu_seqlens: Optional[torch.Tensor], T: int, S: int, BT: int) -> Tuple[Optional[torch.Tensor], int]:
@@ -281,19 +454,48 @@ def _scan_bwd(x, dt, dt_bias, dt_softplus, A, B, C, D, z, h0, states, dout, dht,
     # every row of the partials is written (the sequences cover all T tokens), so no zero fill
     dB_part = x.new_empty(ND, Bsz * T, N, dtype=torch.float32)
     dC_part = x.new_empty(ND, Bsz * T, N, dtype=torch.float32)
-    dA_part = x.new_empty(S, Dm, N, dtype=torch.float32)
-    dD_part = x.new_empty(S, Dm, dtype=torch.float32) if D is not None else None
-    dbias_part = x.new_empty(S, Dm, dtype=torch.float32) if dt_bias is not None else None
     dh0 = x.new_empty(S, Dm, N, dtype=torch.float32) if h0 is not None else None
-    _selective_scan_bwd_kernel[(ND, S)](
-        x, dt, dt_bias, A, B, C, D, z, dout, states, dht, cu_seqlens, offsets,
-        dx, ddt, dz, dB_part, dC_part, dA_part, dD_part, dbias_part, dh0,
-        T, Dm, N, Bsz * T,
-        BT=BT, BD=BD, BN=triton.next_power_of_2(N),
-        HAS_D=D is not None, HAS_Z=z is not None, USE_DHT=dht is not None, STORE_DH0=h0 is not None,
-        IS_VARLEN=cu_seqlens is not None, HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=dt_softplus,
-        num_warps=tuning.bwd_num_warps,
-    )
+    flags = dict(HAS_Z=z is not None, IS_VARLEN=cu_seqlens is not None, HAS_DT_BIAS=dt_bias is not None,
+                 DT_SOFTPLUS=dt_softplus)
+
+    def partials(n):  # dA, dD and d dt_bias: one partial sum per sequence (one walk) or per program (split)
+        return (x.new_empty(n, Dm, N, dtype=torch.float32),
+                x.new_empty(n, Dm, dtype=torch.float32) if D is not None else None,
+                x.new_empty(n, Dm, dtype=torch.float32) if dt_bias is not None else None)
+
+    if not tuning.bwd_split:
+        dA_part, dD_part, dbias_part = partials(S)
+        _selective_scan_bwd_kernel[(ND, S)](
+            x, dt, dt_bias, A, B, C, D, z, dout, states, dht, cu_seqlens, offsets,
+            dx, ddt, dz, dB_part, dC_part, dA_part, dD_part, dbias_part, dh0,
+            T, Dm, N, Bsz * T, BT=BT, BD=BD, BN=triton.next_power_of_2(N),
+            HAS_D=D is not None, USE_DHT=dht is not None, STORE_DH0=h0 is not None, **flags,
+            num_warps=tuning.bwd_num_warps,
+        )
+    else:
+        # 1) the state adjoint entering each chunk from the right, one reverse walk per (channel block, sequence)
+        dh_right = torch.empty_like(states)
+        _selective_scan_bwd_walk_kernel[(ND, S)](
+            dt, dt_bias, A, C, z, dout, dht, cu_seqlens, offsets, dh_right, dh0,
+            T, Dm, N, BT=BT, BD=BD, BN=triton.next_power_of_2(N),
+            USE_DHT=dht is not None, STORE_DH0=h0 is not None, **flags, num_warps=tuning.bwd_num_warps,
+        )
+        # 2) every chunk's gradients at once; dA, dD and d dt_bias summed per program, then here
+        G = tuning.bwd_chunks
+        if cu_seqlens is None:
+            bounds, groups, seqs = None, triton.cdiv(triton.cdiv(T, BT), G), S
+        else:
+            n = (cu_seqlens[1:] - cu_seqlens[:-1] + BT - 1) // BT
+            bounds = F.pad(torch.cumsum(n, 0), (1, 0)).to(torch.int32)  # [S + 1]: first chunk of each, then the total
+            groups, seqs = triton.cdiv(states.shape[0], G), 1  # states holds a bound on the number of chunks
+        groups = max(groups, 1)
+        dA_part, dD_part, dbias_part = partials(seqs * groups)
+        _selective_scan_bwd_chunks_kernel[(ND, groups, seqs)](
+            x, dt, dt_bias, A, B, C, D, z, dout, states, dh_right, cu_seqlens, bounds,
+            dx, ddt, dz, dB_part, dC_part, dA_part, dD_part, dbias_part,
+            T, Dm, N, Bsz * T, S, BT=BT, BD=BD, BN=triton.next_power_of_2(N), G=G,
+            LOG_S=max(S - 1, 0).bit_length(), HAS_D=D is not None, **flags, num_warps=tuning.bwd_num_warps,
+        )
     dB = dB_part.sum(0).view(Bsz, T, N).to(B.dtype)
     dC = dC_part.sum(0).view(Bsz, T, N).to(C.dtype)
     dA = dA_part.sum(0).to(A.dtype)

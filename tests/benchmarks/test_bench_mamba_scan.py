@@ -45,3 +45,19 @@ def test_the_pytorch_loop_is_skipped_where_its_time_per_token_says_it_would_be_t
             "--max-run-s", "1", "--shapes", f"1,{T},16,4"])
     rows = json.loads((tmp_path / "bench_mamba_scan.json").read_text())["results"]
     assert all("by the time per token" in r["skipped"] for r in rows)  # skipped without being run
+
+
+def test_roofline_bytes_of_the_split_backward():
+    one, split = bench.ScanTuning(BT=16), bench.ScanTuning(BT=16, bwd_split=True, bwd_chunks=1)
+    B, T, D, N, e = 2, 32, 16, 4, 2
+    states = B * 2 * D * N * 4
+    extra = bench.roofline_bytes(B, T, D, N, e, split, "fwdbwd") - bench.roofline_bytes(B, T, D, N, e, one, "fwdbwd")
+    assert extra == 2 * states + 2 * (B * 2 - B) * D * N * 4  # dh_right, and 2 chunk groups per sequence, not 1
+
+
+def test_dry_run_sweep_of_the_backward_records_each_form(tmp_path):
+    bench.main(["--out", str(tmp_path), "--dry-run", "--dtype", "float32", "--providers", "ours", "--sweep", "bwd"])
+    rows = json.loads((tmp_path / "bench_mamba_scan.json").read_text())["sweep"]
+    assert {r["tuning"]["bwd_split"] for r in rows} == {False, True} and all(r["ms"] > 0 for r in rows)
+    md = (tmp_path / "bench_mamba_scan.md").read_text()
+    assert "| one walk |" in md and "| split |" in md

@@ -124,6 +124,30 @@ def test_fused_dt_bias_and_softplus_match_float64(dtype):
         check_against_float64(seed=15, Bsz=1, T=30, D=8, N=4, fused_dt=True, cu_seqlens=[0, 7, 7, 30])
 
 
+SPLIT = [ScanTuning(bwd_split=True), ScanTuning(BT=8, BD=8, bwd_BD=8, bwd_split=True, bwd_chunks=3)]
+
+
+@pytest.mark.parametrize("tuning", SPLIT, ids=["split", "split_small_blocks"])
+def test_split_backward_matches_float64(tuning):
+    """The two-kernel backward (reverse adjoint walk, then the chunks in parallel, bwd_chunks per program): odd
+    lengths, partial chunk groups, with and without D, z, the initial and the final state, fused dt, and varlen
+    with an empty sequence and more chunk groups than chunks of any one sequence."""
+    check_against_float64(seed=21, Bsz=2, T=37, D=20, N=5, tuning=tuning)
+    check_against_float64(seed=22, Bsz=1, T=19, D=16, N=4, use_D=False, use_z=False, use_h0=False,
+                          final_state=False, tuning=tuning)
+    check_against_float64(seed=23, Bsz=2, T=23, D=12, N=4, fused_dt=True, tuning=tuning)
+    check_against_float64(seed=24, Bsz=1, T=50, D=8, N=4, cu_seqlens=[0, 7, 7, 30, 31, 50], fused_dt=True,
+                          tuning=tuning)
+    check_against_float64(seed=25, Bsz=1, T=1, D=8, N=3, tuning=tuning)
+
+
+def test_bad_tuning_raises_value_error():
+    with pytest.raises(ValueError, match="ScanTuning.BT must be a power of two"):
+        ScanTuning(BT=12)
+    with pytest.raises(ValueError, match="ScanTuning.bwd_chunks must be a positive int"):
+        ScanTuning(bwd_chunks=0)
+
+
 def test_fp16_matches_float64():
     # half inputs and outputs, float32 arithmetic inside: the error is the rounding of inputs and results
     check_against_float64(seed=6, Bsz=2, T=33, D=16, N=8, dtype=torch.float16, tol_o=2e-3, tol_g=4e-3)
@@ -270,6 +294,16 @@ def test_gpu_realistic_shapes_match_float64(dtype, T, fused_dt):
 def test_gpu_varlen_bf16_matches_float64():
     check_against_float64(seed=30, Bsz=1, T=3000, D=2048, N=16, dtype=torch.bfloat16, tol_o=1e-2, tol_g=2e-2,
                           cu_seqlens=[0, 1000, 1001, 2500, 3000])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tuning", SPLIT, ids=["split", "split_small_blocks"])
+def test_gpu_split_backward_matches_float64(tuning):
+    """The two-kernel backward compiled on the GPU, at the layer's width: bf16, fused dt, and varlen."""
+    check_against_float64(seed=32, Bsz=2, T=2048, D=2048, N=16, dtype=torch.bfloat16, tol_o=1e-2, tol_g=2e-2,
+                          fused_dt=True, tuning=tuning)
+    check_against_float64(seed=33, Bsz=1, T=3000, D=2048, N=16, dtype=torch.bfloat16, tol_o=1e-2, tol_g=2e-2,
+                          cu_seqlens=[0, 1000, 1001, 2500, 3000], tuning=tuning)
 
 
 @pytest.mark.gpu
