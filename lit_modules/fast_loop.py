@@ -15,6 +15,13 @@ accuracy reaches ``callbacks.early_stopping.stopping_threshold`` (with ``callbac
 ``trainer.max_steps`` / ``trainer.max_time``. One device, no gradient accumulation: for that, use Lightning
 (``task=train``).
 
+With ``cuda_graph=true`` (CUDA only) the step after two eager warm-up steps is captured into one CUDA graph:
+forward, backward, clipping and the AdamW update, with AdamW made capturable (its step counts on the GPU, its lr a
+GPU tensor that the schedule fills). Every later step copies its batch into the graph's input buffers and replays
+it: one launch instead of the few hundred a tiny model's step makes from Python. A batch of another shape (none
+with the MQAR and MAD loaders, which drop their last partial batch) runs eagerly. The losses are the eager loop's
+up to the capturable AdamW's float32 bias corrections.
+
 With ``callbacks.model_checkpoint`` configured (the default callbacks), each evaluation also saves the loop's whole
 state (model, optimizer, schedule, step, epoch and position in it, curve, clock) to
 ``<run dir>/checkpoints/fast_loop.pt``. The same command with ``ckpt_path=last`` (or the path of such a file)
@@ -104,6 +111,9 @@ def train_fast(cfg: DictConfig) -> dict[str, Any]:
     cuda = device if device.type == "cuda" else None
     sync = (lambda: torch.cuda.synchronize(device)) if cuda is not None else (lambda: None)
 
+    graph = bool(cfg.get("cuda_graph", False))
+    if graph and cuda is None:
+        raise ValueError("cuda_graph=true replays CUDA graphs: it needs a CUDA device (trainer.accelerator=gpu)")
     losses = torch.zeros(max_steps, device=device)  # per step, read once at the end (no host sync per step)
     step, epoch, sequences, tokens, seconds, reached = 0, 0, 0, 0, 0.0, False
     position = 0  # batches of the current epoch already trained on
@@ -115,6 +125,7 @@ def train_fast(cfg: DictConfig) -> dict[str, Any]:
         _check_resumable(state, module, resume_from)
         module.load_state_dict(state["module"])
         optimizer.load_state_dict(state["optimizer"])
+        _eager_optimizer(optimizer)  # a state saved under cuda_graph=true holds tensor lrs and GPU step counts
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
         step, epoch, position = state["step"], state["epoch"], state["position"]
@@ -127,6 +138,8 @@ def train_fast(cfg: DictConfig) -> dict[str, Any]:
             torch.cuda.set_rng_state(state["rng"]["cuda"], cuda)
         print(f"Resumed from {resume_from} at step {step} (epoch {epoch}, batch {position})", flush=True)
         reached = target is not None and bool(module.curve) and module.curve[-1]["acc"] >= target
+    train_step = (GraphedStep(module, optimizer, clip, precision == "bf16-mixed") if graph
+                  else EagerStep(module, optimizer, clip, autocast))
     t_segment = time.perf_counter()
     while step < max_steps and not reached and seconds < deadline:
         dm.set_epoch(epoch)
@@ -140,13 +153,7 @@ def train_fast(cfg: DictConfig) -> dict[str, Any]:
             position = i + 1
             if batch["input_ids"].device != device:  # sets kept on another device (data.device)
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            with autocast:
-                loss = module.training_step(batch, step)  # the LightningModule's loss (and its train/loss meter)
-            loss.backward()
-            if clip:
-                torch.nn.utils.clip_grad_norm_(module.parameters(), float(clip))
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            loss = train_step(batch, step)
             if scheduler is not None:
                 scheduler.step()
             losses[step] = loss.detach()
@@ -185,13 +192,94 @@ def train_fast(cfg: DictConfig) -> dict[str, Any]:
             epoch, position = epoch + 1, 0
     metrics = {"val/acc": module.curve[-1]["acc"], "val/loss": module.curve[-1]["loss"]} if module.curve else {}
     out = {"metrics": metrics, "global_step": step, "summary": {"sequences_per_s": sequences / max(seconds, 1e-9),
-           "tokens_per_s": tokens / max(seconds, 1e-9), "train_seconds": seconds},
+           "tokens_per_s": tokens / max(seconds, 1e-9), "train_seconds": seconds,
+           "graph_replays": getattr(train_step, "replays", 0)},
            "plan": dataclasses.asdict(plan), "model": dataclasses.asdict(module.model_config),
            "overrides": _overrides(), "reached_target": reached}
     Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
     (Path(cfg.paths.output_dir) / "metrics.json").write_text(json.dumps(out, indent=2, default=str))
     print(f"Run directory: {cfg.paths.output_dir}")
     return {**out, "train_losses": losses[:step].tolist()}
+
+
+class EagerStep:
+    """One optimizer step as Lightning's automatic optimisation takes it: the module's ``training_step`` loss (and
+    its train/loss meter), backward, norm clipping, AdamW."""
+
+    def __init__(self, module: MQARModule, optimizer: torch.optim.Optimizer, clip: float | None, autocast):
+        self.module, self.optimizer, self.clip, self.autocast = module, optimizer, clip, autocast
+
+    def __call__(self, batch: dict[str, torch.Tensor], step: int) -> torch.Tensor:
+        with self.autocast:
+            loss = self.module.training_step(batch, step)
+        loss.backward()
+        if self.clip:
+            torch.nn.utils.clip_grad_norm_(self.module.parameters(), float(self.clip))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+
+class GraphedStep(EagerStep):
+    """`EagerStep` captured once into a CUDA graph and replayed (``cuda_graph=true``, see the module docstring).
+
+    Steps 1 and 2 run eagerly on a side stream (Triton compiles, cuBLAS and AdamW's state allocate); step 3 is
+    captured from static copies of its batch and replayed; later steps refill those copies and replay.  The meter
+    is updated outside the graph from its static loss and target count."""
+
+    WARMUP = 2
+
+    def __init__(self, module: MQARModule, optimizer: torch.optim.Optimizer, clip: float | None, bf16: bool):
+        super().__init__(module, optimizer, clip,
+                         torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False) if bf16 else nullcontext())
+        device = next(module.parameters()).device
+        for group in optimizer.param_groups:  # AdamW's step in the graph: device step counts and lr
+            group["capturable"] = True
+            group["lr"] = torch.tensor(float(group["lr"]), device=device)  # the schedule fill_()s it
+        for state in optimizer.state.values():  # a resumed optimizer: its step counts move to the GPU
+            if "step" in state:
+                state["step"] = state["step"].to(device=device, dtype=torch.float32)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.static: dict[str, torch.Tensor] = {}
+        self.eager_steps, self.replays = 0, 0
+
+    def _shapes(self, batch):
+        return {k: (tuple(v.shape), v.dtype) for k, v in batch.items()}
+
+    def __call__(self, batch: dict[str, torch.Tensor], step: int) -> torch.Tensor:
+        if self.graph is not None and self._shapes(batch) == self._shapes(self.static):
+            for k, v in batch.items():
+                self.static[k].copy_(v, non_blocking=True)
+            self.graph.replay()
+            self.replays += 1
+            self.module.train_loss.update(self.loss.float(), self.targets)
+            return self.loss
+        if self.graph is not None or self.eager_steps < self.WARMUP:  # warm-up, or a batch of another shape
+            self.eager_steps += 1
+            self.optimizer.zero_grad(set_to_none=True)  # after a capture .grad holds the graph's last gradients
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                loss = super().__call__(batch, step)
+            torch.cuda.current_stream().wait_stream(side)
+            return loss
+        self.static = {k: v.clone() for k, v in batch.items()}
+        self.optimizer.zero_grad(set_to_none=True)  # the graph allocates the gradients in its own pool
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            with self.autocast:
+                loss = self.module._loss(self.static)
+            loss.backward()
+            if self.clip:
+                torch.nn.utils.clip_grad_norm_(params, float(self.clip))
+            self.optimizer.step()
+            self.loss, self.targets = loss.detach(), self.module._targets(self.static)
+        self.graph = graph
+        graph.replay()  # capturing ran nothing: this is the step's work
+        self.replays += 1
+        self.module.train_loss.update(self.loss.float(), self.targets)
+        return self.loss
 
 
 CHECKPOINT = "fast_loop.pt"
@@ -223,6 +311,16 @@ def _check_resumable(state: Any, module: MQARModule, path: Path) -> None:
     if diff:
         raise ValueError(f"ckpt_path={path} does not match the config ({'; '.join(diff)}): resume with the run's own "
                          "overrides")
+
+
+def _eager_optimizer(optimizer: torch.optim.Optimizer) -> None:
+    """The optimizer as `EagerStep` takes it (`GraphedStep` makes it capturable again): float lrs, host step counts."""
+    for group in optimizer.param_groups:
+        group["lr"] = float(group["lr"])
+        group["capturable"] = False
+    for state in optimizer.state.values():
+        if torch.is_tensor(state.get("step")):
+            state["step"] = state["step"].detach().to("cpu", torch.float32)
 
 
 def _save(path: Path, module, optimizer, scheduler, losses, cuda, **counters: Any) -> None:

@@ -16,6 +16,7 @@ from omegaconf import OmegaConf, open_dict
 
 from datamodules.mqar import generate_mqar
 from deltanet import DeltaNetConfig
+from lit_modules import fast_loop
 from lit_modules.fast_loop import evaluate, train_fast
 from lit_modules.mqar import MQARModule
 from tests.helpers import ROOT, read_scalars, run_py
@@ -158,3 +159,52 @@ def test_resume_refuses_a_missing_or_foreign_state(tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "lightning.ckpt")
     with pytest.raises(ValueError, match="not a task=train_fast state"):
         train_fast(_cfg([*TINY, f"ckpt_path={tmp_path / 'lightning.ckpt'}"], tmp_path / "third"))
+
+
+def test_cuda_graph_needs_cuda(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ValueError, match="cuda_graph=true replays CUDA graphs: it needs a CUDA device"):
+        train_fast(_cfg([*TINY, "cuda_graph=true"], tmp_path))
+
+
+GPU_MQAR = ["experiment=mqar", "data.num_train_examples=256", "data.num_test_examples=64", "data.batch_size=32",
+            "trainer.max_steps=24", "trainer.val_check_interval=8", "data.train_kv_pairs=[4,8,16,32,64]",
+            "data.fresh_train_data=true", "seed=3"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("extra", [["model=deltanet"], ["model=transformer"],
+                                   ["experiment=mad", "data.task=selective_copying", "model=deltanet",
+                                    "data.num_train_examples=256", "data.num_test_examples=64",
+                                    "data.batch_size=32", "trainer.max_steps=24", "trainer.val_check_interval=8"]],
+                         ids=["mqar_deltanet", "mqar_transformer", "mad_deltanet"])
+def test_gpu_cuda_graph_steps_train_as_the_eager_loop(tmp_path, monkeypatch, extra):
+    """cuda_graph=true: 2 eager steps, a capture, 21 replays over 3 epochs; the per-step losses and
+    the test accuracies follow the eager loop's (up to the capturable AdamW's float32 bias corrections); a crash
+    after a replayed step resumes, under the graph again, to the same losses."""
+    overrides = GPU_MQAR + extra if extra[0] != "experiment=mad" else extra
+    eager = train_fast(_cfg(overrides, tmp_path / "eager"))
+    graph = train_fast(_cfg([*overrides, "cuda_graph=true"], tmp_path / "graph"))
+    assert eager["summary"]["graph_replays"] == 0 and graph["summary"]["graph_replays"] == 22
+    torch.testing.assert_close(torch.tensor(graph["train_losses"]), torch.tensor(eager["train_losses"]),
+                               rtol=2e-3, atol=0)
+    assert len(set(graph["train_losses"])) == 24
+    assert abs(graph["metrics"]["val/acc"] - eager["metrics"]["val/acc"]) < 0.02
+
+    real_call, calls = fast_loop.GraphedStep.__call__, {"n": 0}
+
+    def dies_at_step_19(self, batch, step):  # a replayed step: the state saved at step 16 is the one to resume
+        calls["n"] += 1
+        if calls["n"] == 20:
+            raise RuntimeError("killed")
+        return real_call(self, batch, step)
+
+    cut = tmp_path / "cut"
+    monkeypatch.setattr(fast_loop.GraphedStep, "__call__", dies_at_step_19)
+    with pytest.raises(RuntimeError, match="killed"):
+        train_fast(_cfg([*overrides, "cuda_graph=true"], cut))
+    monkeypatch.undo()
+    resumed = train_fast(_cfg([*overrides, "cuda_graph=true", "ckpt_path=last"], cut))
+    torch.testing.assert_close(torch.tensor(resumed["train_losses"]), torch.tensor(graph["train_losses"]),
+                               rtol=2e-3, atol=0)
