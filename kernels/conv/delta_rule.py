@@ -4,16 +4,19 @@
     o       = chunk_delta_rule(q, k, v, beta)
 
 Chained as two autograd functions, the convolution saves its input (the fused projection, (B, T, 3 H D)) and the delta
-rule saves its inputs q, k, v: the same amount again. Here the function saves the projection, beta and the delta
-rule's A (and the chunk states h, V' when ChunkSettings.keep_states keeps them, the default) only; the backward
-recomputes q, k, v with the three forward conv kernels (one read of the projection, one write) before the delta rule's
-backward. Training path only: no initial or final state.
+rule saves its inputs q, k, v: the same amount again. Here the function saves the projection, beta ((B, T, H), also
+when computed inside from logits in the projection) and the delta rule's A (and the chunk states h, V' when
+ChunkSettings.keep_states keeps them, the default) only; the backward recomputes q, k, v with the three forward conv
+kernels (one read of the projection, one write) before the delta rule's backward, and writes beta's logit gradient
+and the zeros of the alignment columns with one kernel. Training path only: no initial or final state.
 """
 from __future__ import annotations
 
 from typing import Optional, Sequence
 
 import torch
+import triton
+import triton.language as tl
 
 from ..common.launch import current_chunk_settings
 from ..common.utils import validate_inputs
@@ -32,6 +35,31 @@ def _convs(qkv, ws, acts, norm_dims, pos):
     return outs
 
 
+@triton.jit
+def _beta_logit_grad_kernel(dqkv, dbeta, beta, n_rows, row_stride, col0, H, W,
+                            BR: tl.constexpr, BW: tl.constexpr):
+    """dqkv[:, col0:col0 + W] = [dbeta * beta * (1 - beta), zeros]: the gradient of beta's H logit columns
+    (beta = sigmoid(logits)) and of the W - H alignment columns after them, in one pass."""
+    o_r = tl.program_id(0) * BR + tl.arange(0, BR)
+    o_c = tl.arange(0, BW)
+    m_r = o_r < n_rows
+    m_h = m_r[:, None] & (o_c < H)[None, :]
+    o_bh = o_r[:, None].to(tl.int64) * H + o_c[None, :]
+    b_b = tl.load(beta + o_bh, mask=m_h, other=0.).to(tl.float32)
+    b_g = tl.load(dbeta + o_bh, mask=m_h, other=0.).to(tl.float32) * b_b * (1. - b_b)
+    tl.store(dqkv + o_r[:, None].to(tl.int64) * row_stride + col0 + o_c[None, :],
+             b_g.to(dqkv.dtype.element_ty), mask=m_r[:, None] & (o_c < W)[None, :])
+
+
+def _beta_logit_grad(dqkv: torch.Tensor, dbeta: torch.Tensor, beta: torch.Tensor, col0: int, H: int) -> None:
+    """Write beta's logit gradient (and zeros over the padding columns) into dqkv's columns from col0 on."""
+    B, T, width = dqkv.shape
+    n, W = B * T, width - col0
+    BW = triton.next_power_of_2(W)
+    BR = max(1, min(128, 4096 // BW))
+    _beta_logit_grad_kernel[(triton.cdiv(n, BR),)](dqkv, dbeta.contiguous(), beta, n, width, col0, H, W, BR=BR, BW=BW)
+
+
 class ConvChunkDeltaRuleFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, qkv, beta, pos, cu_seqlens, acts, norm_dims, H, scale, chunk_size, settings, *weights):
@@ -45,7 +73,7 @@ class ConvChunkDeltaRuleFunction(torch.autograd.Function):
         o, _, A, h, v_new = chunk_delta_rule_fwd(q, k, v, beta, scale, None, False, cu_seqlens, chunk_size, settings)
         if not settings.keeps_states(q.shape[-1]):
             h = v_new = None
-        ctx.save_for_backward(qkv, None if ctx.beta_in_qkv else beta, pos, cu_seqlens, A, h, v_new, *ws)
+        ctx.save_for_backward(qkv, beta, pos, cu_seqlens, A, h, v_new, *ws)  # beta: (B, T, H), small
         ctx.meta = (acts, norm_dims, H, scale, chunk_size, settings, [wt.shape for wt in weights])
         return o
 
@@ -56,8 +84,6 @@ class ConvChunkDeltaRuleFunction(torch.autograd.Function):
         B, T, _ = qkv.shape
         q, k, v = (t.view(B, T, H, -1) for t in _convs(qkv, ws, acts, norm_dims, pos))  # recomputed
         d_conv = sum(w.shape[0] for w in ws)
-        if ctx.beta_in_qkv:
-            beta = torch.sigmoid(qkv[..., d_conv:d_conv + H]).contiguous()
         dq, dk, dv, dbeta, _ = chunk_delta_rule_bwd(q, k, v, beta, A, scale, None, do.contiguous(), None,
                                                     cu_seqlens, chunk_size, settings, h, v_new)
         dqkv = torch.empty_like(qkv)
@@ -67,10 +93,8 @@ class ConvChunkDeltaRuleFunction(torch.autograd.Function):
             dws.append(short_conv_bwd(qkv[..., c0:c0 + D], w, g.reshape(B, T, D), act, nd, pos, dqkv[..., c0:c0 + D])
                        .view(shape).to(w.dtype))
             c0 += D
-        if ctx.beta_in_qkv:
-            bf = beta.float()
-            dqkv[..., d_conv:d_conv + H] = dbeta.float() * bf * (1 - bf)
-            dqkv[..., d_conv + H:] = 0  # alignment padding
+        if ctx.beta_in_qkv:  # beta's logits, then the alignment padding (zero gradient)
+            _beta_logit_grad(dqkv, dbeta, beta, d_conv, H)
             dbeta = None
         return (dqkv, dbeta, None, None, None, None, None, None, None, None, *dws)
 

@@ -20,7 +20,7 @@ SCRIPT = textwrap.dedent('''
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    import kernels.mamba.scan as sc
+    import kernels.mamba.scan as sc  # the Mamba backward's three kernels; the fused conv's beta-gradient kernel
 
     HALF = {"x", "dt", "Bm", "Cm", "z", "dout", "dx", "ddt", "dz"}
     INTS = {"cu_seqlens", "chunk_offsets", "chunk_bounds"}
@@ -40,11 +40,17 @@ SCRIPT = textwrap.dedent('''
                                {"T", "D", "N", "TOTAL", "S"}, 4)
             compile_for_hopper(sc._selective_scan_bwd_kernel, {**flags, "HAS_D": True, "USE_DHT": True,
                                                                "STORE_DH0": True}, {"T", "D", "N", "TOTAL"}, 4)
+    import kernels.conv.delta_rule as cdr
+    for dt in ("*bf16", "*fp32"):
+        sig = {"dqkv": dt, "dbeta": "*fp32", "beta": dt, "n_rows": "i32", "row_stride": "i32", "col0": "i32",
+               "H": "i32", "W": "i32", "BR": "constexpr", "BW": "constexpr"}
+        triton.compile(ASTSource(fn=cdr._beta_logit_grad_kernel, signature=sig, constexprs={"BR": 256, "BW": 16}),
+                       target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
     print("compiled")
 ''')
 
 
-def test_mamba_scan_backward_kernels_compile_for_sm90():
+def test_new_kernels_compile_for_sm90():
     try:
         import triton.backends.nvidia  # noqa: F401  (the CUDA backend and its ptxas ship with the triton wheel)
     except ImportError:
