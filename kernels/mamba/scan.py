@@ -262,6 +262,18 @@ def _block_params(A, Dskip, dt_bias, i_d, D, N, BD: tl.constexpr, BN: tl.constex
 
 
 @triton.jit
+def _store_partials(dA_part, dD_part, dbias_part, o_p, o_dn, m_dn, b_dA, b_dD, b_dbias, i_d, D, N,
+                    BD: tl.constexpr, HAS_D: tl.constexpr, HAS_DT_BIAS: tl.constexpr):
+    """One program's sums of dA [BD, BN], dD and d dt_bias [BD] into row o_p / D of their partial buffers."""
+    o_d = i_d * BD + tl.arange(0, BD)
+    tl.store(dA_part + o_p * N + o_dn, b_dA, mask=m_dn)
+    if HAS_D:
+        tl.store(dD_part + o_p + o_d, b_dD, mask=o_d < D)
+    if HAS_DT_BIAS:
+        tl.store(dbias_part + o_p + o_d, b_dbias, mask=o_d < D)
+
+
+@triton.jit
 def _selective_scan_bwd_kernel(
     x, dt, dt_bias, A, Bm, Cm, Dskip, z, dout, states, dht, cu_seqlens, chunk_offsets,
     dx, ddt, dz, dB_part, dC_part, dA_part, dD_part, dbias_part, dh0,
@@ -292,12 +304,8 @@ def _selective_scan_bwd_kernel(
         b_dD_acc += b_d
         b_dbias_acc += b_b
     o_s = i_s.to(tl.int64) * D
-    o_d = i_d * BD + tl.arange(0, BD)
-    tl.store(dA_part + o_s * N + o_dn, b_dA_acc, mask=m_dn)
-    if HAS_D:
-        tl.store(dD_part + o_s + o_d, b_dD_acc, mask=o_d < D)
-    if HAS_DT_BIAS:
-        tl.store(dbias_part + o_s + o_d, b_dbias_acc, mask=o_d < D)
+    _store_partials(dA_part, dD_part, dbias_part, o_s, o_dn, m_dn, b_dA_acc, b_dD_acc, b_dbias_acc, i_d, D, N, BD,
+                    HAS_D, HAS_DT_BIAS)
     if STORE_DH0:
         tl.store(dh0 + o_s * N + o_dn, b_dh0, mask=m_dn)
 
@@ -405,12 +413,8 @@ def _selective_scan_bwd_chunks_kernel(
             b_dD_acc += b_d
             b_dbias_acc += b_b
     o_p = (i_s * tl.num_programs(1) + i_g).to(tl.int64) * D
-    o_d = i_d * BD + tl.arange(0, BD)
-    tl.store(dA_part + o_p * N + o_dn, b_dA_acc, mask=m_dn)
-    if HAS_D:
-        tl.store(dD_part + o_p + o_d, b_dD_acc, mask=o_d < D)
-    if HAS_DT_BIAS:
-        tl.store(dbias_part + o_p + o_d, b_dbias_acc, mask=o_d < D)
+    _store_partials(dA_part, dD_part, dbias_part, o_p, o_dn, m_dn, b_dA_acc, b_dD_acc, b_dbias_acc, i_d, D, N, BD,
+                    HAS_D, HAS_DT_BIAS)
 
 
 def _chunk_offsets(cu_seqlens: Optional[torch.Tensor], T: int, S: int, BT: int) -> Tuple[Optional[torch.Tensor], int]:
