@@ -253,6 +253,7 @@ class GraphedStep(EagerStep):
             self.graph.replay()
             self.replays += 1
             self.module.train_loss.update(self.loss.float(), self.targets)
+            self.module._window_tokens += batch["input_ids"].numel()  # what training_step counts
             return self.loss
         if self.graph is not None or self.eager_steps < self.WARMUP:  # warm-up, or a batch of another shape
             self.eager_steps += 1
@@ -279,6 +280,7 @@ class GraphedStep(EagerStep):
         graph.replay()  # capturing ran nothing: this is the step's work
         self.replays += 1
         self.module.train_loss.update(self.loss.float(), self.targets)
+        self.module._window_tokens += batch["input_ids"].numel()
         return self.loss
 
 
