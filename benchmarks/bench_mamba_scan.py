@@ -19,8 +19,8 @@ defaults.
 Writes bench_mamba_scan.md and bench_mamba_scan.json (command, GPU, versions, every cell) to --out; ratios last.
 
     python benchmarks/bench_mamba_scan.py --out benchmarks/results
-    python benchmarks/bench_mamba_scan.py --out /tmp/b --sweep bwd --shapes 8,2048,2048,16
-    python benchmarks/bench_mamba_scan.py --out /tmp/b --dry-run     # tiny shapes, CPU interpreter: checks the script
+    python benchmarks/bench_mamba_scan.py --out DIR --sweep bwd --shapes 8,2048,2048,16
+    python benchmarks/bench_mamba_scan.py --out DIR --dry-run       # tiny shapes, CPU interpreter: checks the script
 """
 from __future__ import annotations
 
