@@ -1,22 +1,26 @@
-"""Question: how many registers does each chunk kernel of the delta rule take on Hopper, and does it spill?
+"""Question: how many registers does each Triton kernel of an op take on Hopper, and does it spill?
 
 Runs on any machine, GPU or not.  Two steps, each in its own process:
 
-1. record: ``chunk_delta_rule`` forward and backward at (B, T, H, K = V = D) under the Triton interpreter (the
-   values are not used), with ``kernels.common.launch.launch`` wrapped to write down each stage's kernel, argument
-   types, constexprs and the launch setting that ``ChunkSettings`` picks for it on a GPU of ``--sms`` SMs (the
-   state walks take their ``launch_small`` setting when their grid has at most one program per SM);
-2. compile: each recorded kernel through Triton's real pipeline for sm_90 (the ptxas that ships with Triton), and
-   read its registers per thread and its spill (stack) bytes per thread from the cubin (``cuobjdump -res-usage``).
+1. record: one forward and backward of the op (``--ops``: the chunk kernels of the delta rule, Gated DeltaNet,
+   retention / simple GLA and GLA at (B, T, H, K = V = D); Mamba's scan with D channels and 16 states; the short
+   convolutions of H heads of D) under the Triton interpreter (the values are not used), with every kernel launch
+   written down: its argument types, constexprs, and the warps and stages it was launched with.  The launch settings
+   are the ones picked for a GPU of 132 SMs (the interpreter reports that count); the walks' grids depend on B and
+   H, not T, so the op runs 128 tokens whatever ``--shape`` says;
+2. compile: each recorded kernel through Triton's real pipeline for sm_90 (the ptxas that ships with Triton), with
+   the 16-byte alignment the JIT would see, and read its registers per thread and its spill (stack) bytes per
+   thread from the cubin (``cuobjdump -res-usage``).
 
 A kernel at 255 registers with stack bytes spills to local memory: on a latency-bound kernel that is time.  The
 numbers are this machine's Triton version's (see the md); another Triton allocates differently.  ``--launch
-NAME=WARPS,STAGES`` compiles a stage with another setting (the setting a sweep would time).
+KERNEL=WARPS,STAGES`` compiles that kernel with another setting (the setting a sweep would time).
 
-    python benchmarks/kernel_resources.py --out benchmarks/results --dims 128 256 --shape 1,16384,8
-    python benchmarks/kernel_resources.py --out DIR --dims 128 --launch bwd_dqkw=8,2 wy_bwd=8,2
+    python benchmarks/kernel_resources.py --out benchmarks/results --ops delta_rule gated_delta_rule mamba_scan \\
+        --dims 128 256 --shape 1,16384,8
+    python benchmarks/kernel_resources.py --out DIR --dims 128 --launch bwd_dqkw_kernel=8,2 wy_bwd_kernel=8,2
 
-Writes kernel_resources.md and kernel_resources.json (command, Triton version, one row per (D, stage)).
+Writes kernel_resources.md and kernel_resources.json (command, Triton version, one row per (op, D, kernel)).
 """
 from __future__ import annotations
 
@@ -40,36 +44,97 @@ TYPES = {"torch.bfloat16": "*bf16", "torch.float16": "*fp16", "torch.float32": "
          "torch.int64": "*i64"}
 
 
-def record(D: int, B: int, T: int, H: int, dtype: str, sms: int) -> list[dict]:
-    """Step 1, under TRITON_INTERPRET=1: every stage launch of one forward + backward (first call per stage)."""
-    import math
+OPS = ("delta_rule", "gated_delta_rule", "simple_gla", "gla", "mamba_scan", "short_conv")
 
+
+def _run_op(op: str, D: int, B: int, T: int, H: int, dtype) -> None:
+    """One forward and backward of ``op`` with (B, T, H, D) inputs (values unused: only the launches count)."""
     import torch
+    import torch.nn.functional as F
 
     import kernels
-    import kernels.common.launch as L
 
-    real, seen = L.launch, {}
-
-    def launch(settings, name, kernel, grid, *args, **consts):
-        small = settings.kernel(name).launch_small is not None and math.prod(grid) <= sms
-        cfg = settings.launch_for(name, consts["K"], consts["V"], small)
-        sig = [TYPES[str(a.dtype)] if isinstance(a, torch.Tensor) else None if a is None
-               else "i32" if isinstance(a, int) else "fp32" for a in args]
-        seen.setdefault(name, {"stage": name, "module": kernel.fn.__module__, "kernel": kernel.fn.__name__,
-                               "args": sig, "constexprs": consts, "num_warps": cfg.num_warps,
-                               "num_stages": cfg.num_stages, "grid": list(grid)})
-        return real(settings, name, kernel, grid, *args, **consts)
-
-    for mod in list(sys.modules.values()):  # the stages call the name each module imported
-        if mod is not None and getattr(mod, "launch", None) is real:
-            mod.launch = launch
-    dt = getattr(torch, dtype)
     g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(B, T, H, D, generator=g).to(dt).requires_grad_() for _ in range(3))
-    beta = torch.rand(B, T, H, generator=g).to(dt).requires_grad_()
-    o, _ = kernels.chunk_delta_rule(q, k, v, beta)
-    o.float().sum().backward()
+
+    def r(*shape, fn=lambda t: t):
+        return fn(torch.randn(*shape, generator=g)).to(dtype).requires_grad_()
+
+    if op == "mamba_scan":  # D channels, N = 16 states
+        x, dt, z = r(B, T, D), r(B, T, D), r(B, T, D)
+        A = (-torch.rand(D, 16, generator=g) - 0.5).requires_grad_()
+        Bm, Cm = r(B, T, 16), r(B, T, 16)
+        from kernels.mamba import selective_scan
+
+        out = selective_scan(x, dt, A, Bm, Cm, D=torch.ones(D, requires_grad=True), z=z, dt_softplus=True,
+                             check_A_sign=False)[0]
+    elif op == "short_conv":  # the layer's three parts, H heads of D
+        x = r(B, T, 3 * H * D)
+        ws = [torch.randn(H * D, 4, generator=g).requires_grad_() for _ in range(3)]
+        from kernels.conv import short_conv_multi
+
+        out = torch.cat(short_conv_multi(x, ws, ["silu"] * 3, [D, D, None]), -1)
+    else:
+        q, k, v = r(B, T, H, D), r(B, T, H, D, fn=lambda t: F.normalize(t, dim=-1)), r(B, T, H, D)
+        if op == "delta_rule":
+            out = kernels.chunk_delta_rule(q, k, v, r(B, T, H, fn=torch.sigmoid))[0]
+        elif op == "gated_delta_rule":
+            gate = F.logsigmoid(torch.randn(B, T, H, generator=g)).requires_grad_()
+            out = kernels.chunk_gated_delta_rule(q, k, v, gate, r(B, T, H, fn=torch.sigmoid))[0]
+        elif op == "simple_gla":
+            out = kernels.chunk_simple_gla(q, k, v, F.logsigmoid(torch.randn(B, T, H, generator=g)))[0]
+        else:  # gla: a decay per key channel
+            out = kernels.chunk_gla(q, k, v, F.logsigmoid(torch.randn(B, T, H, D, generator=g)).requires_grad_())[0]
+    out.float().sum().backward()
+
+
+def record(op: str, D: int, B: int, T: int, H: int, dtype: str) -> list[dict]:
+    """Step 1, under TRITON_INTERPRET=1: each kernel launched by one forward + backward of ``op`` (its first
+    launch), with its argument types, constexprs and the warps and stages it was launched with (the launch settings
+    are picked as on a GPU of 132 SMs: the interpreter reports that count)."""
+    import inspect
+
+    import torch
+    from triton.runtime.interpreter import InterpretedFunction
+
+    real, seen = InterpretedFunction.run, {}
+
+    def run(self, *args, grid, warmup, **kwargs):
+        params = inspect.signature(self.fn).parameters
+        bound = dict(zip(self.arg_names, args))
+        bound.update({k: v for k, v in kwargs.items() if k in params})
+        consts, types, attrs = {}, {}, []
+        for i, name in enumerate(self.arg_names):
+            val = bound.get(name, params[name].default)
+            if type(val).__name__ == "constexpr":  # a default written as tl.constexpr(...)
+                val = val.value
+            if "constexpr" in str(params[name].annotation) or val is None:
+                consts[name] = None if val is inspect.Parameter.empty else val
+            elif isinstance(val, torch.Tensor):
+                types[name] = TYPES[str(val.dtype)]
+                attrs.append(i)  # a torch allocation: 16-byte aligned, as the JIT would see it
+            elif isinstance(val, bool):
+                types[name] = "i1"
+            elif isinstance(val, int):
+                if val == 1:  # the JIT specialises 1 into a constant
+                    consts[name] = 1
+                else:
+                    types[name] = "i64" if abs(val) >= 2 ** 31 else "i32"
+                    if val % 16 == 0:
+                        attrs.append(i)
+            else:
+                types[name] = "fp32"
+        key = self.fn.__name__
+        if key not in seen:
+            seen[key] = {"kernel": key, "module": self.fn.__module__, "types": types, "constexprs": consts,
+                         "aligned": attrs, "num_warps": kwargs.get("num_warps", 4),
+                         "num_stages": kwargs.get("num_stages", 3)}
+        return real(self, *args, grid=grid, warmup=warmup, **kwargs)
+
+    InterpretedFunction.run = run
+    try:
+        _run_op(op, D, B, T, H, getattr(torch, dtype))
+    finally:
+        InterpretedFunction.run = real
     return list(seen.values())
 
 
@@ -80,24 +145,22 @@ def _cuobjdump() -> str:
 
 
 def compile_one(rec: dict, num_warps: int, num_stages: int) -> dict:
-    """Step 2, without the interpreter: compile a recorded stage for sm_90; registers and spill bytes per thread."""
+    """Step 2, without the interpreter: compile a recorded kernel for sm_90 (with the alignment the JIT would
+    assume); registers and spill bytes per thread."""
     import importlib
 
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
+    from triton.compiler.compiler import make_backend
 
     fn = getattr(importlib.import_module(rec["module"]), rec["kernel"])
-    consts = dict(rec["constexprs"])
-    runtime = [a for a in fn.arg_names if a not in consts]
-    sig = {}
-    for name, t in zip(runtime, rec["args"]):
-        sig[name] = "constexpr" if t is None else t
-        if t is None:
-            consts[name] = None
-    sig.update({a: "constexpr" for a in fn.arg_names if a not in sig})
-    k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
-                       options={"num_warps": num_warps, "num_stages": num_stages})
+    target = GPUTarget("cuda", 90, 32)
+    sig = {a: rec["types"].get(a, "constexpr") for a in fn.arg_names}
+    aligned = make_backend(target).parse_attr("D")
+    src = ASTSource(fn=fn, signature=sig, constexprs=dict(rec["constexprs"]),
+                    attrs={(i,): aligned for i in rec["aligned"]})
+    k = triton.compile(src, target=target, options={"num_warps": num_warps, "num_stages": num_stages})
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "k.cubin"
         path.write_bytes(k.asm["cubin"])
@@ -126,7 +189,7 @@ def parse_launch(items: list[str]) -> dict[str, tuple[int, int]]:
             name, setting = item.split("=")
             w, s = (int(x) for x in setting.split(","))
         except ValueError:
-            raise SystemExit(f"--launch takes NAME=WARPS,STAGES (e.g. bwd_dqkw=8,2), got {item!r}") from None
+            raise SystemExit(f"--launch takes KERNEL=WARPS,STAGES (e.g. bwd_dqkw_kernel=8,2), got {item!r}") from None
         out[name] = (w, s)
     return out
 
@@ -135,20 +198,19 @@ def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("_record", "_compile"):  # the two child steps
         if argv[0] == "_record":
-            D, B, T, H, sms = (int(x) for x in argv[1:6])
-            print(json.dumps(record(D, B, T, H, argv[6], sms)))
+            op, (D, B, T, H) = argv[1], (int(x) for x in argv[2:6])
+            print(json.dumps(record(op, D, B, T, H, argv[6])))
         else:
             rec, (w, s) = json.loads(argv[1]), (int(argv[2]), int(argv[3]))
             print(json.dumps(compile_one(rec, w, s)))
         return {}
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--dims", type=int, nargs="+", default=[128, 256], help="K = V of each row group")
+    p.add_argument("--ops", nargs="+", default=["delta_rule"], choices=OPS)
+    p.add_argument("--dims", type=int, nargs="+", default=[128, 256], help="D: K = V, Mamba's channels")
     p.add_argument("--shape", default="1,16384,8", help="B,T,H: sets the walks' grids (launch_small or not)")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    p.add_argument("--sms", type=int, default=132, help="SMs of the GPU the settings are picked for (H100/H200; "
-                   "the interpreter's own count is 132 too)")
-    p.add_argument("--launch", nargs="*", default=[], help="NAME=WARPS,STAGES: compile that stage with this instead")
+    p.add_argument("--launch", nargs="*", default=[], help="KERNEL=WARPS,STAGES: compile that kernel with this")
     a = p.parse_args(argv)
     try:
         B, T, H = (int(x) for x in a.shape.split(","))
@@ -158,28 +220,26 @@ def main(argv: list[str] | None = None) -> dict:
     import triton
 
     rows = []
-    for D in a.dims:
-        # the interpreter runs every token in Python: record at 128 tokens; no constexpr depends on T, and the walks'
-        # grids (which pick launch_small and the V block) are (B H, V blocks), not T
-        recs = json.loads(_child(["_record", str(D), str(B), str(min(T, 128)), str(H), str(a.sms), a.dtype], True))
-        for rec in recs:
-            w, s = overrides.get(rec["stage"], (rec["num_warps"], rec["num_stages"]))
-            res = json.loads(_child(["_compile", json.dumps(rec), str(w), str(s)], False))
-            rows.append({"D": D, "stage": rec["stage"], "kernel": rec["kernel"], "num_warps": w, "num_stages": s,
-                         "default": (w, s) == (rec["num_warps"], rec["num_stages"]), **res})
-            print(f"D={D} {rec['stage']}: {w} warps, {s} stages: {res['registers']} registers, "
-                  f"{res['spill_bytes']} spill bytes", flush=True)
+    for op in a.ops:
+        for D in a.dims:
+            recs = json.loads(_child(["_record", op, str(D), str(B), str(min(T, 128)), str(H), a.dtype], True))
+            for rec in recs:
+                w, s = overrides.get(rec["kernel"], (rec["num_warps"], rec["num_stages"]))
+                res = json.loads(_child(["_compile", json.dumps(rec), str(w), str(s)], False))
+                rows.append({"op": op, "D": D, "kernel": rec["kernel"], "num_warps": w, "num_stages": s,
+                             "default": (w, s) == (rec["num_warps"], rec["num_stages"]), **res})
+                print(f"{op} D={D} {rec['kernel']}: {w} warps, {s} stages: {res['registers']} registers, "
+                      f"{res['spill_bytes']} spill bytes", flush=True)
     meta = {"command": command_line(f"{NAME}.py", argv), "triton": triton.__version__, "target": "sm_90",
-            "shape": a.shape, "dtype": a.dtype, "sms": a.sms}
+            "shape": a.shape, "dtype": a.dtype}
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / f"{NAME}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    md = [f"# {NAME}: registers and spills of the chunk kernels on sm_90", "", f"    {meta['command']}", "",
-          f"Triton {meta['triton']} (its own ptxas), {a.dtype}, launch settings as ChunkSettings picks them at "
-          f"(B, T, H) = ({a.shape}) on {a.sms} SMs" + (" except where marked" if overrides else "") + ". Registers "
-          "depend on the Triton version; 255 with spill bytes means the kernel keeps part of its state in local "
-          "memory.", "",
-          "| D | stage | kernel | warps, stages | registers / thread | spill bytes / thread |", "|---|---|---|---|---|---|"]
-    md += [f"| {r['D']} | {r['stage']} | `{r['kernel']}` | {r['num_warps']}, {r['num_stages']}"
+    md = [f"# {NAME}: registers and spills of the Triton kernels on sm_90", "", f"    {meta['command']}", "",
+          f"Triton {meta['triton']} (its own ptxas), {a.dtype}, launch settings as picked at (B, T, H) = "
+          f"({a.shape}) on 132 SMs" + (" except where marked" if overrides else "") + ". Registers depend on the "
+          "Triton version; 255 with spill bytes means the kernel keeps part of its state in local memory.", "",
+          "| op | D | kernel | warps, stages | registers / thread | spill bytes / thread |", "|---|---|---|---|---|---|"]
+    md += [f"| {r['op']} | {r['D']} | `{r['kernel']}` | {r['num_warps']}, {r['num_stages']}"
            f"{'' if r['default'] else ' (--launch)'} | {r['registers']} | {r['spill_bytes']} |" for r in rows]
     (a.out / f"{NAME}.md").write_text("\n".join(md) + "\n")
     return {"meta": meta, "rows": rows}
