@@ -241,13 +241,14 @@ class GraphedStep(EagerStep):
                 state["step"] = state["step"].to(device=device, dtype=torch.float32)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static: dict[str, torch.Tensor] = {}
+        self.static_shapes: dict = {}
         self.eager_steps, self.replays = 0, 0
 
     def _shapes(self, batch):
         return {k: (tuple(v.shape), v.dtype) for k, v in batch.items()}
 
     def __call__(self, batch: dict[str, torch.Tensor], step: int) -> torch.Tensor:
-        if self.graph is not None and self._shapes(batch) == self._shapes(self.static):
+        if self.graph is not None and self._shapes(batch) == self.static_shapes:
             for k, v in batch.items():
                 self.static[k].copy_(v, non_blocking=True)
             self.graph.replay()
@@ -265,6 +266,7 @@ class GraphedStep(EagerStep):
             torch.cuda.current_stream().wait_stream(side)
             return loss
         self.static = {k: v.clone() for k, v in batch.items()}
+        self.static_shapes = self._shapes(self.static)
         self.optimizer.zero_grad(set_to_none=True)  # the graph allocates the gradients in its own pool
         params = [p for p in self.module.parameters() if p.requires_grad]
         graph = torch.cuda.CUDAGraph()

@@ -364,7 +364,7 @@ def _selective_scan_bwd_walk_kernel(
 
 @triton.jit
 def _selective_scan_bwd_chunks_kernel(
-    x, dt, dt_bias, A, Bm, Cm, Dskip, z, dout, states, dh_right, cu_seqlens, chunk_bounds,
+    x, dt, dt_bias, A, Bm, Cm, Dskip, z, dout, states, dh_right, cu_seqlens, chunk_offsets,
     dx, ddt, dz, dB_part, dC_part, dA_part, dD_part, dbias_part,
     T, D, N, TOTAL, S,
     BT: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, G: tl.constexpr, LOG_S: tl.constexpr,
@@ -383,16 +383,16 @@ def _selective_scan_bwd_chunks_kernel(
     NT = tl.cdiv(T, BT)
     for j in range(G):
         c = i_g * G + j
-        if IS_VARLEN:  # the sequence holding packed chunk c: the last s with chunk_bounds[s] <= c (binary search)
+        if IS_VARLEN:  # the sequence holding packed chunk c: the last s with chunk_offsets[s] <= c (binary search)
             lo = tl.full([], 0, tl.int32)
             hi = lo + S
             for _ in range(LOG_S):
                 mid = (lo + hi) // 2
-                go = tl.load(chunk_bounds + mid) <= c
+                go = tl.load(chunk_offsets + mid) <= c
                 lo = tl.where(go, mid, lo)
                 hi = tl.where(go, hi, mid)
-            boc = tl.load(chunk_bounds + lo).to(tl.int64)
-            valid = c < tl.load(chunk_bounds + S)
+            boc = tl.load(chunk_offsets + lo).to(tl.int64)
+            valid = c < tl.load(chunk_offsets + S)
             bos = tl.load(cu_seqlens + lo).to(tl.int64)
             L = tl.load(cu_seqlens + lo + 1).to(tl.int64) - bos
             i_t = c - boc
@@ -418,11 +418,12 @@ def _selective_scan_bwd_chunks_kernel(
 
 
 def _chunk_offsets(cu_seqlens: Optional[torch.Tensor], T: int, S: int, BT: int) -> Tuple[Optional[torch.Tensor], int]:
-    """Index of each sequence's first stored chunk (varlen) and a bound on the number of chunks, without a sync."""
+    """Index of each sequence's first stored chunk (varlen; [S + 1] int32, the total last) and a bound on the number
+    of chunks, without a sync."""
     if cu_seqlens is None:
         return None, S * triton.cdiv(T, BT)
     n = (cu_seqlens[1:] - cu_seqlens[:-1] + BT - 1) // BT
-    return F.pad(torch.cumsum(n, 0), (1, 0))[:-1].to(torch.int32), triton.cdiv(T, BT) + S
+    return F.pad(torch.cumsum(n, 0), (1, 0)).to(torch.int32), triton.cdiv(T, BT) + S
 
 
 def _scan_fwd(x, dt, dt_bias, dt_softplus, A, B, C, D, z, h0, output_final_state, cu_seqlens, tuning: ScanTuning):
@@ -487,15 +488,13 @@ def _scan_bwd(x, dt, dt_bias, dt_softplus, A, B, C, D, z, h0, states, dout, dht,
         # 2) every chunk's gradients at once; dA, dD and d dt_bias summed per program, then here
         G = tuning.bwd_chunks
         if cu_seqlens is None:
-            bounds, groups, seqs = None, triton.cdiv(triton.cdiv(T, BT), G), S
+            groups, seqs = triton.cdiv(triton.cdiv(T, BT), G), S
         else:
-            n = (cu_seqlens[1:] - cu_seqlens[:-1] + BT - 1) // BT
-            bounds = F.pad(torch.cumsum(n, 0), (1, 0)).to(torch.int32)  # [S + 1]: first chunk of each, then the total
             groups, seqs = triton.cdiv(states.shape[0], G), 1  # states holds a bound on the number of chunks
         groups = max(groups, 1)
         dA_part, dD_part, dbias_part = partials(seqs * groups)
         _selective_scan_bwd_chunks_kernel[(ND, groups, seqs)](
-            x, dt, dt_bias, A, B, C, D, z, dout, states, dh_right, cu_seqlens, bounds,
+            x, dt, dt_bias, A, B, C, D, z, dout, states, dh_right, cu_seqlens, offsets,
             dx, ddt, dz, dB_part, dC_part, dA_part, dD_part, dbias_part,
             T, Dm, N, Bsz * T, S, BT=BT, BD=BD, BN=triton.next_power_of_2(N), G=G,
             LOG_S=max(S - 1, 0).bit_length(), HAS_D=D is not None, **flags, num_warps=tuning.bwd_num_warps,

@@ -23,7 +23,7 @@ SCRIPT = textwrap.dedent('''
     import kernels.mamba.scan as sc  # the Mamba backward's three kernels; the fused conv's beta-gradient kernel
 
     HALF = {"x", "dt", "Bm", "Cm", "z", "dout", "dx", "ddt", "dz"}
-    INTS = {"cu_seqlens", "chunk_offsets", "chunk_bounds"}
+    INTS = {"cu_seqlens", "chunk_offsets"}
 
     def compile_for_hopper(kernel, consts, scalars, num_warps):
         sig = {a: ("constexpr" if a in consts else "i32" if a in scalars else "*bf16" if a in HALF
