@@ -21,8 +21,8 @@ The MAD protocol's learning-rate grid adds ``optim.optimizer.lr=1e-4,5e-4,1e-3 o
 (6 times the cost); its difficulty levels (longer sequences, larger vocabularies, fewer examples, more noise) are
 ``data.<field>=`` overrides whose scores MAD averages per task: the table here is the baseline setting only.
 
-Cost on one H200, measured with the 12 runs started at once: 1.8K to 4.4K sequences/s per DeltaNet run and 3.4K
-to 7.6K per Transformer++ run (the seq/s column of mad.md's run table). A 20,000-step task is 2.56M sequences, so
+Cost on one H200, measured with the 12 runs started at once, 16 heads of 8 each: 1.8K to 4.4K sequences/s per
+DeltaNet run and 3.4K to 7.6K per Transformer++ run (the seq/s column of mad.md's run table). A 20,000-step task is 2.56M sequences, so
 the slowest run (DeltaNet's selective copying, 257 tokens) bounds the table at about 25 minutes. With
 ``callbacks.model_checkpoint`` (the default) each evaluation saves the fast loop's state, and the same command with
 ``ckpt_path=last`` continues a run that was cut short.
@@ -43,7 +43,7 @@ DEFAULT_TASK = "in_context_recall"  # conf/data/mad.yaml's data.task
 
 
 def read_run(metrics_path: Path) -> dict | None:
-    """The family, task, final test accuracy (%), steps (done and planned) and training seconds of one run, or None
+    """The family, task, heads, final test accuracy (%), steps (done and planned) and training seconds of one run, or None
     when it is not a MAD run with a test accuracy."""
     m = json.loads(metrics_path.read_text())
     acc = m.get("metrics", {}).get("val/acc")
@@ -59,7 +59,9 @@ def read_run(metrics_path: Path) -> dict | None:
     except Exception:
         planned = None
     summary = m.get("summary") or {}
-    return {"family": m.get("model", {}).get("family", "?"), "task": data.get("task", DEFAULT_TASK),
+    model = m.get("model") or {}
+    heads = f"{model['num_heads']} x {model['head_dim']}" if "num_heads" in model and "head_dim" in model else None
+    return {"family": model.get("family", "?"), "task": data.get("task", DEFAULT_TASK), "heads": heads,
             "acc": 100.0 * float(acc), "run": str(metrics_path.parent), "steps": m.get("global_step"),
             "max_steps": planned, "seconds": summary.get("train_seconds"), "seq_per_s": summary.get("sequences_per_s"),
             "lr": OmegaConf.select(cfg, "optim.optimizer.lr"), "weight_decay": OmegaConf.select(cfg,
@@ -95,7 +97,8 @@ def table(best: dict[str, dict[str, dict]], families: list[str] | None = None) -
     rows, out, short = [], {}, False
     rows += ["| family | " + " | ".join(name for _, name in COLUMNS) + " | average |",
              "|---" * (len(COLUMNS) + 2) + "|"]
-    details = ["| family | task | steps | seconds | seq/s | lr | weight decay | run |", "|---|---|---|---|---|---|---|---|"]
+    details = ["| family | task | heads x dim | steps | seconds | seq/s | lr | weight decay | run |",
+               "|---|---|---|---|---|---|---|---|---|"]
     for family in families or sorted(best):
         runs = best.get(family, {})
         scores = {name: runs[task]["acc"] if task in runs else None for task, name in COLUMNS}
@@ -110,8 +113,9 @@ def table(best: dict[str, dict[str, dict]], families: list[str] | None = None) -
             if r is not None:
                 sec = "-" if r.get("seconds") is None else f"{r['seconds']:.0f}"
                 rate = "-" if r.get("seq_per_s") is None else f"{r['seq_per_s']:,.0f}"
-                details.append(f"| {family} | {task} | {r.get('steps')} / {r.get('max_steps')} | {sec} | {rate} | "
-                               f"{r.get('lr')} | {r.get('weight_decay')} | {Path(r['run']).name} |")
+                details.append(f"| {family} | {task} | {r.get('heads') or '-'} | {r.get('steps')} / "
+                               f"{r.get('max_steps')} | {sec} | {rate} | {r.get('lr')} | {r.get('weight_decay')} | "
+                               f"{Path(r['run']).name} |")
         starred = any(c.endswith("*") for c in cells)
         rows.append(f"| {family} | " + " | ".join(cells) + f" | {_cells([avg])}{'*' if starred and avg else ''} |")
         out[family] = {"scores": scores, "average": avg, "runs": {t: r for t, r in runs.items()}}

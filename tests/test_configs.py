@@ -156,3 +156,13 @@ def test_field_overrides_win_over_the_size_and_the_family(tmp_path):
 def test_experiment_without_model_trains_deltanet(tmp_path):
     for experiment in ("paper_340m_15b", "paper_1p3b_100b", "ablation_small", "smoke"):
         assert compose_cfg([f"experiment={experiment}"], tmp_path).model.family == "deltanet"
+
+
+def test_mad_heads_follow_each_familys_mad_lab_config(tmp_path):
+    """experiment=mad: attention 16 heads of 8, GLA 8 of 16, the delta-rule families and RetNet 4 of 32 at width 128
+    (conf/experiment/mad.yaml); model.num_heads on the command line still wins."""
+    want = {"transformer": 16, "gla": 8, "deltanet": 4, "gated_deltanet": 4, "retnet": 4, "deltanet_hybrid_swa": 4}
+    for family, heads in want.items():
+        cfg = compose_cfg(["experiment=mad", f"model={family}"], tmp_path)
+        assert (cfg.model.hidden_size, cfg.model.num_heads) == (128, heads), family
+    assert compose_cfg(["experiment=mad", "model=deltanet", "model.num_heads=16"], tmp_path).model.num_heads == 16

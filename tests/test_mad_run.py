@@ -65,7 +65,7 @@ def test_report_keeps_the_best_run_per_cell_orders_columns_and_skips_other_runs(
     at = md.index("| deltanet | - | - | 100.0 | - | - | - | - |")
     assert md[at + 1] == "| transformer | 10.0 | 20.0 | 30.0 | 40.0 | 50.0 | 60.0 | 35.0 |"
     assert md[at + 2] == "| DeltaNet, paper | 42.2 | 35.7 | 100.0 | 52.8 | 100.0 | 100.0 | 71.8 |"
-    assert "| transformer | memorization | None / None | - | - | None | None | t3a |" in md  # the kept run, per cell
+    assert "| transformer | memorization | - | None / None | - | - | None | None | t3a |" in md  # the kept run, per cell
 
 
 def test_report_marks_runs_stopped_before_their_planned_steps(tmp_path):
@@ -85,4 +85,15 @@ def test_report_marks_runs_stopped_before_their_planned_steps(tmp_path):
     md = (tmp_path / "t" / "mad.md").read_text()
     assert "the command" in md and "| deltanet | - | - | - | 50.0 | - | - | - |" in md
     assert "| transformer | - | - | - | 50.0* | - | - | - |" in md and "stopped at trainer.max_time" in md
-    assert "| transformer | memorization | 150 / 400 | 12 | - | 0.0005 | 0.0 | cut |" in md
+    assert "| transformer | memorization | - | 150 / 400 | 12 | - | 0.0005 | 0.0 | cut |" in md
+
+
+def test_report_names_each_runs_heads(tmp_path):
+    """The run table states the heads x head dim each run trained with (metrics.json's model config)."""
+    root = tmp_path / "runs"
+    _fake_run(root, "d", "deltanet", "selective_copying", 0.9)
+    m = json.loads((root / "d" / "metrics.json").read_text())
+    m["model"].update(num_heads=4, head_dim=32)
+    (root / "d" / "metrics.json").write_text(json.dumps(m))
+    report([str(root), "--out", str(tmp_path / "t")])
+    assert "| deltanet | selective_copying | 4 x 32 | None / None |" in (tmp_path / "t" / "mad.md").read_text()

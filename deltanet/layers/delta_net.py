@@ -60,7 +60,7 @@ def delta_rule(
     K, V = q.shape[-1], v.shape[-1]
     pk, pv = (max(0, MIN_HEAD_DIM - n) if backend == "triton" else 0 for n in (K, V))
     if pk or pv:
-        # Head dims below the Triton kernels' 16 (MAD's 16 heads of 8): zero-pad them to 16, which is exact. Zero key
+        # Head dims below the Triton kernels' 16 (16 heads at MAD's width 128): zero-pad them to 16, which is exact. Zero key
         # channels add nothing to k^T S and write zero rows into S; zero value channels keep S's extra columns at 0,
         # so the extra output channels are 0 and are sliced off. The scale stays the real K's.
         q, k, v = F.pad(q, (0, pk)), F.pad(k, (0, pk)), F.pad(v, (0, pv))
