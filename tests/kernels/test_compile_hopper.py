@@ -46,6 +46,16 @@ SCRIPT = textwrap.dedent('''
                "H": "i32", "W": "i32", "BR": "constexpr", "BW": "constexpr"}
         triton.compile(ASTSource(fn=cdr._beta_logit_grad_kernel, signature=sig, constexprs={"BR": 256, "BW": 16}),
                        target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+    import kernels.common.recurrent as rec  # the decayed ops' shared decoding kernel
+    sig = {a: "*bf16" for a in ("q", "k", "v", "beta", "o")}
+    sig.update({"g": "*fp32", "gk": "*fp32", "h0": "*fp32", "ht": "*fp32", "cu_seqlens": "*i32", "scale": "fp32",
+                "T": "i32"})
+    for flags in ((True, False, True), (True, False, False), (False, True, False)):  # GDN, retention, GLA
+        consts = dict(H=4, K=128, V=128, BK=128, BV=8, USE_G=flags[0], USE_GK=flags[1], USE_BETA=flags[2],
+                      USE_H0=True, STORE_FINAL=True, IS_VARLEN=True)
+        src = ASTSource(fn=rec.fused_recurrent_fwd_kernel, signature={**sig, **dict.fromkeys(consts, "constexpr")},
+                        constexprs=consts)
+        triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 1})
     print("compiled")
 ''')
 
