@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import kernels
 from kernels.common.utils import MIN_HEAD_DIM
 
 from ..config import DeltaNetConfig
@@ -27,6 +26,7 @@ from kernels.conv import conv_chunk_delta_rule, short_conv_multi
 
 from .conv import ShortConvolution
 from .norm import RMSNorm
+from .ops import matrix_state_op
 from .static import copy_state, decode_step, step_linear
 
 __all__ = ["DeltaNet", "delta_rule"]
@@ -44,33 +44,11 @@ def delta_rule(
     initial_state: Optional[torch.Tensor] = None, output_final_state: bool = False,
     cu_seqlens: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """Dispatch to the kernels package. backend: 'triton' | 'torch' (resolved, not 'auto'); mode: 'chunk' | 'recurrent'.
-
-    q, k: (B, T, H, K); v: (B, T, H, V); beta: (B, T, H); initial_state: (N, H, K, V) float32.
-    """
-    if backend == "triton":
-        fn = kernels.chunk_delta_rule if mode == "chunk" else kernels.fused_recurrent_delta_rule
-        if fn is None:
-            raise RuntimeError(f"backend='triton' but the Triton {mode} delta-rule kernel is not available in kernels/")
-    elif backend == "torch":
-        fn = kernels.naive_chunk_delta_rule if mode == "chunk" else kernels.naive_recurrent_delta_rule
-    else:
-        raise ValueError(f"backend must be 'triton' or 'torch' here, got {backend!r}")
-    kwargs: dict[str, Any] = {"chunk_size": chunk_size} if mode == "chunk" else {}
-    K, V = q.shape[-1], v.shape[-1]
-    pk, pv = (max(0, MIN_HEAD_DIM - n) if backend == "triton" else 0 for n in (K, V))
-    if pk or pv:
-        # Head dims below the Triton kernels' 16 (16 heads at MAD's width 128): zero-pad them to 16, which is exact. Zero key
-        # channels add nothing to k^T S and write zero rows into S; zero value channels keep S's extra columns at 0,
-        # so the extra output channels are 0 and are sliced off. The scale stays the real K's.
-        q, k, v = F.pad(q, (0, pk)), F.pad(k, (0, pk)), F.pad(v, (0, pv))
-        if initial_state is not None:
-            initial_state = F.pad(initial_state, (0, pv, 0, pk))
-    o, s = fn(q, k, v, beta, scale=K ** -0.5, initial_state=initial_state, output_final_state=output_final_state,
-              cu_seqlens=cu_seqlens, **kwargs)
-    if pk or pv:
-        o, s = o[..., :V], (s[..., :K, :V] if s is not None else None)
-    return o, s
+    """The delta rule through ``ops.matrix_state_op``. backend: 'triton' | 'torch' (resolved, not 'auto'); mode:
+    'chunk' | 'recurrent'.  q, k: (B, T, H, K); v: (B, T, H, V); beta: (B, T, H); initial_state: (N, H, K, V)
+    float32."""
+    return matrix_state_op("delta_rule", q, k, v, beta, backend=backend, mode=mode, chunk_size=chunk_size,
+                           initial_state=initial_state, output_final_state=output_final_state, cu_seqlens=cu_seqlens)
 
 
 def _feature_map(x: torch.Tensor, name: str) -> torch.Tensor:

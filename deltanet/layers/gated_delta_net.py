@@ -26,13 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import kernels
 
 from ..config import DeltaNetConfig
 from kernels.conv import short_conv_multi
 
 from .conv import ShortConvolution
 from .norm import RMSNorm
+from .ops import matrix_state_op
 from .static import copy_state, decode_step, step_linear
 
 __all__ = ["GatedDeltaNet", "gated_delta_rule"]
@@ -47,29 +47,11 @@ def gated_delta_rule(
     initial_state: Optional[torch.Tensor] = None, output_final_state: bool = False,
     cu_seqlens: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """Dispatch to the kernels package.  backend: 'triton' | 'torch'; mode: 'chunk' | 'recurrent'.
-
-    q, k: (B, T, H, K); v: (B, T, H, V); g: (B, T, H) float32; beta: (B, T, H); initial_state: (N, H, K, V) float32.
-    The Triton recurrent kernel is forward-only: when gradients are needed the chunk kernel runs instead (same
-    result up to rounding).
-    """
-    if backend == "triton":
-        needs_grad = torch.is_grad_enabled() and any(
-            x is not None and x.requires_grad for x in (q, k, v, g, beta, initial_state))
-        if mode == "chunk" or needs_grad:
-            return kernels.chunk_gated_delta_rule(q, k, v, g, beta, initial_state=initial_state,
-                                                  output_final_state=output_final_state, cu_seqlens=cu_seqlens,
-                                                  chunk_size=chunk_size)
-        return kernels.fused_recurrent_gated_delta_rule(q, k, v, g, beta, initial_state=initial_state,
-                                                        output_final_state=output_final_state, cu_seqlens=cu_seqlens)
-    if backend == "torch":
-        if mode == "chunk":
-            return kernels.naive_chunk_gated_delta_rule(q, k, v, g, beta, initial_state=initial_state,
-                                                        output_final_state=output_final_state,
-                                                        cu_seqlens=cu_seqlens, chunk_size=chunk_size)
-        return kernels.naive_recurrent_gated_delta_rule(q, k, v, g, beta, initial_state=initial_state,
-                                                        output_final_state=output_final_state, cu_seqlens=cu_seqlens)
-    raise ValueError(f"backend must be 'triton' or 'torch' here, got {backend!r}")
+    """The gated delta rule through ``ops.matrix_state_op``. backend: 'triton' | 'torch'; mode: 'chunk' |
+    'recurrent'.  q, k: (B, T, H, K); v: (B, T, H, V); g: (B, T, H) float32; beta: (B, T, H); initial_state:
+    (N, H, K, V) float32."""
+    return matrix_state_op("gated_delta_rule", q, k, v, g, beta, backend=backend, mode=mode, chunk_size=chunk_size,
+                           initial_state=initial_state, output_final_state=output_final_state, cu_seqlens=cu_seqlens)
 
 
 class GatedDeltaNet(nn.Module):

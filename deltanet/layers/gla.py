@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import kernels
 
 from ..config import DeltaNetConfig
 from .norm import RMSNorm
+from .ops import matrix_state_op
 from .static import copy_state
 
 __all__ = ["GatedLinearAttention", "gla"]
@@ -40,20 +40,9 @@ RECURRENT_MAX_LEN = 64
 
 def gla(q, k, v, g, *, backend: str, mode: str, chunk_size: int = 64, initial_state=None,
         output_final_state: bool = False, cu_seqlens=None):
-    """Dispatch to kernels.  q, k, g: (B, T, H, K), g float32 log decays; v: (B, T, H, V).  The Triton recurrent
-    kernel is forward-only: when gradients are needed the chunk kernel runs instead."""
-    kw = dict(initial_state=initial_state, output_final_state=output_final_state, cu_seqlens=cu_seqlens)
-    if backend == "triton":
-        needs_grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad
-                                                     for x in (q, k, v, g, initial_state))
-        if mode == "chunk" or needs_grad:
-            return kernels.chunk_gla(q, k, v, g, chunk_size=chunk_size, **kw)
-        return kernels.fused_recurrent_gla(q, k, v, g, **kw)
-    if backend == "torch":
-        if mode == "chunk":
-            return kernels.naive_chunk_gla(q, k, v, g, chunk_size=chunk_size, **kw)
-        return kernels.naive_recurrent_gla(q, k, v, g, **kw)
-    raise ValueError(f"backend must be 'triton' or 'torch' here, got {backend!r}")
+    """GLA through ``ops.matrix_state_op``.  q, k, g: (B, T, H, K), g float32 log decays; v: (B, T, H, V)."""
+    return matrix_state_op("gla", q, k, v, g, backend=backend, mode=mode, chunk_size=chunk_size,
+                           initial_state=initial_state, output_final_state=output_final_state, cu_seqlens=cu_seqlens)
 
 
 class GatedLinearAttention(nn.Module):

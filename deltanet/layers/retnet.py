@@ -28,12 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import kernels
 
 from ..config import DeltaNetConfig
 from .attention import RotaryEmbedding, apply_rotary
 from .conv import varlen_positions
 from .norm import HeadGroupNorm, RMSNorm
+from .ops import matrix_state_op
 from .static import copy_state, decode_step
 
 __all__ = ["MultiScaleRetention", "retention"]
@@ -44,20 +44,10 @@ RECURRENT_MAX_LEN = 64
 
 def retention(q, k, v, g, *, backend: str, mode: str, chunk_size: int = 64, initial_state=None,
               output_final_state: bool = False, cu_seqlens=None):
-    """Dispatch to kernels.  q, k: (B, T, H, K); v: (B, T, H, V); g: (B, T, H) float32 log decays.  The Triton
-    recurrent kernel is forward-only: when gradients are needed the chunk kernel runs instead."""
-    kw = dict(initial_state=initial_state, output_final_state=output_final_state, cu_seqlens=cu_seqlens)
-    if backend == "triton":
-        needs_grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad
-                                                     for x in (q, k, v, g, initial_state))
-        if mode == "chunk" or needs_grad:
-            return kernels.chunk_simple_gla(q, k, v, g, chunk_size=chunk_size, **kw)
-        return kernels.fused_recurrent_simple_gla(q, k, v, g, **kw)
-    if backend == "torch":
-        if mode == "chunk":
-            return kernels.naive_chunk_simple_gla(q, k, v, g, chunk_size=chunk_size, **kw)
-        return kernels.naive_recurrent_simple_gla(q, k, v, g, **kw)
-    raise ValueError(f"backend must be 'triton' or 'torch' here, got {backend!r}")
+    """Retention (scalar-decay linear attention) through ``ops.matrix_state_op``.  q, k: (B, T, H, K); v: (B, T, H,
+    V); g: (B, T, H) float32 log decays."""
+    return matrix_state_op("simple_gla", q, k, v, g, backend=backend, mode=mode, chunk_size=chunk_size,
+                           initial_state=initial_state, output_final_state=output_final_state, cu_seqlens=cu_seqlens)
 
 
 class MultiScaleRetention(nn.Module):

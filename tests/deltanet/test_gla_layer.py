@@ -1,6 +1,7 @@
 """GLA layer on CPU: chunk == recurrent, cached state, Triton path == PyTorch path, the paper's gate and shapes."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from deltanet import DeltaNetConfig
@@ -51,11 +52,12 @@ def test_paper_shapes_and_gate():
     assert bool((g <= 0).all()) and bool((g >= -torch.log1p(torch.exp(-layer.gk_proj(x))) / 16 - 1e-6).all())
 
 
-def test_triton_backend_matches_torch_backend(triton_runnable):
+@pytest.mark.parametrize("num_heads", [2, 8])  # key dims 16, and 4 (head dim 8, expand_k 0.5): zero-padded to 16
+def test_triton_backend_matches_torch_backend(triton_runnable, num_heads):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(6)
-    ref = GatedLinearAttention(tiny(backend="torch")).to(device)
-    tri = GatedLinearAttention(tiny(backend="triton")).to(device)
+    ref = GatedLinearAttention(tiny(backend="torch", num_heads=num_heads)).to(device)
+    tri = GatedLinearAttention(tiny(backend="triton", num_heads=num_heads)).to(device)
     tri.load_state_dict(ref.state_dict())
     x = torch.randn(2, 21, 64, device=device, requires_grad=True)
     a, sa = ref(x, mode="chunk", use_cache=True)
