@@ -19,7 +19,10 @@ short convolutions' outputs kept for the backward instead of recomputed: ``recom
 (``fla.models.DeltaNetForCausalLM`` with the same sizes, when fla is installed; skipped with a note otherwise),
 ``transformer`` (our Transformer++), ``deltanet_hybrid_swa``, ``deltanet_hybrid_global``, and (named with
 ``--models``) ``gated_deltanet``, ``retnet``, ``gla``, ``mamba``.  All run in this process, one after another, on the
-same random token ids.
+same random token ids.  ``<model>@graph`` (e.g. ``deltanet@graph``, CUDA only) is the same model with its whole step
+(forward, backward, clipping, a capturable fused AdamW with a tensor lr) captured once into a CUDA graph after the
+warm-up steps and replayed: set beside the eager column it shows how much of the eager step waits on the host.  A
+model whose step cannot be captured gets an error cell.
 
 Setup of every step: float32 weights under bf16 autocast, fused AdamW (lr 1e-4), gradient-norm clipping at 1.0; the
 time is the median of ``--steps`` (10) per-step times after ``--warmup`` (4) warm-up steps (CUDA events between the
@@ -132,8 +135,24 @@ def build_fla(cfg: DeltaNetConfig) -> torch.nn.Module:
     return FlaLM(FlaConfig(**{k: v for k, v in want.items() if k in known}))
 
 
+GRAPH = "@graph"  # model-name suffix: the step captured into a CUDA graph and replayed
+
+
+def base_model(name: str) -> str:
+    return name[:-len(GRAPH)] if name.endswith(GRAPH) else name
+
+
+def model_name(s: str) -> str:
+    """argparse type of --models: one of MODELS, optionally with the @graph suffix."""
+    if base_model(s) not in MODELS:
+        raise argparse.ArgumentTypeError(f"unknown model {s!r}: one of {', '.join(MODELS)}, each optionally with "
+                                         f"the suffix {GRAPH}")
+    return s
+
+
 def build(name: str, preset: Optional[str]) -> tuple[torch.nn.Module, int, DeltaNetConfig]:
     """(model, embedding parameter count, our config of the same sizes)."""
+    name = base_model(name)
     if name == "fla_deltanet":
         cfg = our_config("deltanet", preset)
         model = build_fla(cfg)
@@ -168,16 +187,53 @@ def mixer_flops(cfg: DeltaNetConfig, T: int, B: int) -> float:
 # ---------------------------------------------------------------------------------------------------------------------
 
 def make_step(model: torch.nn.Module, ids: torch.Tensor, opt: torch.optim.Optimizer,
-              device: str) -> Callable[[], torch.Tensor]:
+              device: str, zero_grad: bool = True, autocast_cache: bool = True) -> Callable[[], torch.Tensor]:
     def step() -> float:
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+        if zero_grad:
+            opt.zero_grad(set_to_none=True)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda", cache_enabled=autocast_cache):
             loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         return loss.detach()
     return step
+
+
+def make_graph_step(model: torch.nn.Module, ids: torch.Tensor, opt: torch.optim.Optimizer,
+                    warmup: int) -> Callable[[], torch.Tensor]:
+    """The step of :func:`make_step` captured into one CUDA graph: ``warmup`` eager steps on a side stream (compiling
+    kernels, allocating AdamW's state), then one capture; the returned step replays it.  AdamW turns capturable
+    with its lr as a device tensor; the gradients live in the graph's pool (they are None at the capture, so each
+    replay writes them anew); autocast's cast cache is off, so the captured casts of the weights rerun every replay."""
+    for group in opt.param_groups:
+        group["capturable"] = True
+        group["lr"] = torch.tensor(float(group["lr"]), device=ids.device)
+    eager = make_step(model, ids, opt, "cuda", autocast_cache=False)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(max(1, warmup)):
+            eager()
+    torch.cuda.current_stream().wait_stream(side)
+    opt.zero_grad(set_to_none=True)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        loss = make_step(model, ids, opt, "cuda", zero_grad=False, autocast_cache=False)()
+
+    def step() -> torch.Tensor:
+        graph.replay()
+        return loss
+    step.graph = graph  # kept alive with the step
+    return step
+
+
+def model_step(name: str, model: torch.nn.Module, ids: torch.Tensor, opt: torch.optim.Optimizer, device: str,
+               warmup: int) -> Callable[[], torch.Tensor]:
+    """The training step of model `name`: eager, or captured for a ``@graph`` name."""
+    if name.endswith(GRAPH):
+        return make_graph_step(model, ids, opt, warmup)
+    return make_step(model, ids, opt, device)
 
 
 def sync(device: str) -> None:
@@ -217,7 +273,7 @@ def bench_one(name: str, preset: Optional[str], T: int, B: int, warmup: int, ste
     n = sum(p.numel() for p in model.parameters())
     ids = torch.randint(0, cfg.vocab_size, (B, T), device=device, generator=None)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=device == "cuda")
-    step = make_step(model, ids, opt, device)
+    step = model_step(name, model, ids, opt, device, warmup)
     for _ in range(warmup):
         step()
     sync(device)
@@ -349,6 +405,10 @@ def tables(rows: list[dict], models: list[str], lengths: list[tuple[int, int]], 
             if h and tr:
                 ratios.append(f"- T = {T}: {hyb} / transformer tokens/s {h['tokens_per_s'] / tr['tokens_per_s']:.2f}"
                               + (" (target >= 1)" if T >= 8192 else ""))
+        for m in models:  # a captured step against the same model's eager step: the share that waits on the host
+            g, e = _get(rows, m, T, B), _get(rows, base_model(m), T, B)
+            if m.endswith(GRAPH) and g and e:
+                ratios.append(f"- T = {T}: {m} / {base_model(m)} tokens/s {g['tokens_per_s'] / e['tokens_per_s']:.2f}")
     return text + ("\nratios\n\n" + "\n".join(ratios) + "\n" if ratios else "")
 
 
@@ -396,8 +456,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
     p.add_argument("--preset", default="340M", choices=sorted(PRESETS))
     p.add_argument("--lengths", nargs="+", type=parse_length, default=None,
                    help="TxB pairs (default 2048x8 8192x2 16384x1: 16K tokens per step)")
-    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), choices=MODELS,
-                   help="default: " + " ".join(DEFAULT_MODELS))
+    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), type=model_name,
+                   help=f"any of {' '.join(MODELS)}, each optionally with the suffix {GRAPH} (a CUDA-graph step); "
+                        "default: " + " ".join(DEFAULT_MODELS))
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps per cell (default 4; dry run 1)")
     p.add_argument("--steps", type=int, default=None, help="timed steps per cell (default 10; dry run 2)")
     p.add_argument("--peak-tflops", type=float, default=989.0)
@@ -423,6 +484,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
     device = "cpu" if a.dry_run else "cuda"
     if device == "cuda" and not torch.cuda.is_available():
         p.error("needs a CUDA device (or --dry-run)")
+    graphed = [m for m in a.models if m.endswith(GRAPH)]
+    if graphed and device != "cuda":
+        p.error(f"{', '.join(graphed)}: a CUDA-graph step needs a CUDA device (not --dry-run)")
     preset = None if a.dry_run else a.preset
     lengths = a.lengths or ([(64, 2), (128, 1)] if a.dry_run else [parse_length(s) for s in DEFAULT_LENGTHS])
     warmup = a.warmup if a.warmup is not None else 1 if a.dry_run else 4
@@ -438,7 +502,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
                       + f", clip 1.0, median of {steps} per-step times after {warmup} warm-up"),
             "peak_tflops": a.peak_tflops,
             "warmup": warmup, "steps": steps}
-    models = [m for m in a.models if m != "fla_deltanet" or meta["fla"] is not None]
+    models = [m for m in a.models if base_model(m) != "fla_deltanet" or meta["fla"] is not None]
     notes = [] if len(models) == len(a.models) else ["fla is not installed here: fla_deltanet skipped"]
     cells = [(m, T, B) for T, B in lengths for m in models]
     res: dict[str, Any] = {"meta": meta, "notes": notes, "results": []}
@@ -510,6 +574,13 @@ def main(argv: Optional[list[str]] = None) -> dict:
             print(f"{m} T={T}: {e}", file=sys.stderr)
             gc.collect()
             torch.cuda.empty_cache()
+        except RuntimeError as e:  # a step that cannot be captured: the cell says why, the sweep goes on
+            if not m.endswith(GRAPH):
+                raise
+            r = {"model": m, "T": T, "B": B, "error": f"capture failed: {type(e).__name__}: {str(e)[:200]}"}
+            print(f"{m} T={T}: {e}", file=sys.stderr)
+            gc.collect()
+            torch.cuda.empty_cache()
         r["command"] = n_cmd
         table_rows[cell] = r
         print(json.dumps(r), flush=True)
@@ -521,7 +592,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
     elif a.profile:
         notes[:] = [n for n in notes if not n.startswith(PROFILE_NOT_RUN)]  # this command writes it
         T, B = a.profile_length or lengths[0]
-        prof = {m: profile_one(m, preset, T, B, device, a.profile_top) for m in models}
+        # the eager steps (a @graph model runs the same kernels as its eager form)
+        prof = {m: profile_one(m, preset, T, B, device, a.profile_top) for m in models if not m.endswith(GRAPH)}
         res["profile"] = {"T": T, "B": B, "kernels": prof}
         lines = [f"# Top-{a.profile_top} kernels of one training step, {meta['preset']}, T = {T}, B = {B}", "",
                  "    " + commands(meta["command"])[-1], "", f"{meta['device']}; torch {meta['torch']}, triton "

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.helpers import load_script
 
 
@@ -53,3 +55,49 @@ def test_bench_model_dry_run_gla(tmp_path):
     mod = load_script("benchmarks/bench_model.py")
     res = mod.main(["--dry-run", "--lengths", "32x1", "--models", "gla", "--out", str(tmp_path)])
     assert [r["model"] for r in res["results"]] == ["gla"] and res["results"][0]["tokens_per_s"] > 0
+
+
+def test_graph_models_parse_and_need_cuda(tmp_path, capsys):
+    """``<model>@graph`` names a CUDA-graph step of a known model; on the CPU dry run it is refused, naming it."""
+    mod = load_script("benchmarks/bench_model.py")
+    assert mod.model_name("deltanet@graph") == "deltanet@graph" and mod.base_model("deltanet@graph") == "deltanet"
+    with pytest.raises(SystemExit):
+        mod.main(["--dry-run", "--models", "deltanet@grap", "--out", str(tmp_path)])
+    assert "unknown model 'deltanet@grap'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        mod.main(["--dry-run", "--models", "deltanet", "transformer@graph", "--out", str(tmp_path)])
+    assert "transformer@graph: a CUDA-graph step needs a CUDA device" in capsys.readouterr().err
+
+
+def test_tables_set_a_graph_step_against_its_eager_step():
+    mod = load_script("benchmarks/bench_model.py")
+    row = dict(T=64, B=2, params=1e6, mfu=0.1, peak_mem_gib=1.0, ms=1.0, ms_min=1.0, ms_max=1.0)
+    rows = [{**row, "model": "deltanet", "tokens_per_s": 100.0}, {**row, "model": "deltanet@graph",
+                                                                   "tokens_per_s": 125.0}]
+    assert "- T = 64: deltanet@graph / deltanet tokens/s 1.25" in mod.tables(rows, ["deltanet", "deltanet@graph"],
+                                                                             [(64, 2)])
+
+
+@pytest.mark.gpu
+def test_gpu_graph_step_trains_as_the_eager_step():
+    """The captured step replays the eager step's work: after the same number of steps from the same weights, the
+    same loss (bf16 noise) and the weights moved."""
+    import torch
+
+    mod = load_script("benchmarks/bench_model.py")
+    losses = {}
+    for kind in ("eager", "graph"):
+        torch.manual_seed(0)
+        model = mod.DeltaNetForCausalLM(mod.DeltaNetConfig(**mod.DRY_SIZES)).cuda()
+        ids = torch.randint(0, 97, (2, 64), device="cuda", generator=torch.Generator("cuda").manual_seed(1))
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1, fused=True)
+        w0 = model.lm_head.weight.detach().clone()
+        step = mod.model_step("deltanet" if kind == "eager" else "deltanet@graph", model, ids, opt, "cuda", 2)
+        if kind == "eager":
+            for _ in range(2):
+                step()
+        out = [float(step()) for _ in range(3)]
+        assert not torch.equal(model.lm_head.weight, w0)
+        losses[kind] = out
+    assert losses["graph"] == pytest.approx(losses["eager"], rel=2e-2)
+    assert losses["graph"][-1] < losses["graph"][0]
