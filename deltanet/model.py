@@ -88,13 +88,12 @@ class Block(nn.Module):
                 fused: bool = False, reserve: int = 0):
         """fused: Triton RMSNorms (the residual add folded into the MLP norm) and SwiGLU tail; same math.
         reserve: positions a global KV cache is allocated for at once (DeltaNetModel.forward)."""
-        if self.is_mamba:
+        if self.is_mamba:  # fused: the first block's residual add folded into the second block's norm
             state = state or {}
-            h, s1 = self.mixer(self.attn_norm(x), state=state.get("mixer"), use_cache=use_cache,
+            h, s1 = self.mixer(self.attn_norm(x, fused=fused), state=state.get("mixer"), use_cache=use_cache,
                                cu_seqlens=cu_seqlens, pad=pad)
-            x = x + h
-            h, s2 = self.mixer2(self.mixer2_norm(x), state=state.get("mixer2"), use_cache=use_cache,
-                                cu_seqlens=cu_seqlens, pad=pad)
+            n, x = self.mixer2_norm(x, residual=h, fused=fused)
+            h, s2 = self.mixer2(n, state=state.get("mixer2"), use_cache=use_cache, cu_seqlens=cu_seqlens, pad=pad)
             return x + h, ({"mixer": s1, "mixer2": s2} if use_cache else None)
         h, new_state = self.mixer(self.attn_norm(x, fused=fused), state=state, use_cache=use_cache,
                                   cu_seqlens=cu_seqlens, offset=offset, pad=pad, reserve=reserve)

@@ -93,6 +93,8 @@ FUSED_CASES = {
     "hybrid_swa": dict(family="deltanet_hybrid_swa", attn_window=8),
     "transformer": dict(family="transformer"),
     "gated_deltanet": dict(family="gated_deltanet"),
+    # the fused norms only: the first block's residual add in the second block's norm
+    "mamba": dict(family="mamba", num_layers=1, hidden_size=32),
 }
 
 
