@@ -1,6 +1,6 @@
 """The token-by-token forward kernel of the decayed ops' fused recurrent paths (decoding): scalar decay (retention,
-``simple_gla``), a decay per key channel (``gla``) and the gated delta rule.  Forward only; training uses the chunk
-ops.  (The delta rule's own fused recurrent op has a backward and its own kernels: ``delta_rule/fused_recurrent.py``.)
+``simple_gla``), a decay per key channel (``gla``), the gated delta rule, and the forward of the delta rule's fused
+recurrent op.  The decayed ops have no backward here; training uses the chunk ops.
 
 Per token, with S the [K, V] state of one (sequence, head)::
 
@@ -8,6 +8,10 @@ Per token, with S the [K, V] state of one (sequence, head)::
     S <- diag(exp(gk_t)) S       USE_GK: one log decay per key channel
     S <- S + beta_t k_t (v_t - S^T k_t)^T     USE_BETA (the delta rule); else S <- S + k_t v_t^T
     o_t = scale * S^T q_t
+
+With STORE_ERR the delta rule's error ``e_t = v_t - S^T k_t`` is stored in float32: the delta rule's own fused
+recurrent op (``delta_rule/fused_recurrent.py``, which has a backward) launches this kernel for its forward and
+recomputes the states from e in its backward.
 
 Columns of S (the V axis) evolve independently, so each program owns one (sequence * head, V block) and keeps
 S[:, V block] ([BK, BV], float32) in registers: small V blocks with one warp, since the loop is latency bound.
@@ -27,12 +31,12 @@ __all__ = ["fused_recurrent_fwd", "fused_recurrent_fwd_kernel"]
 
 @triton.jit
 def fused_recurrent_fwd_kernel(
-    q, k, v, g, gk, beta, o, h0, ht, cu_seqlens,
+    q, k, v, g, gk, beta, o, e, h0, ht, cu_seqlens,
     scale, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr,
     USE_G: tl.constexpr, USE_GK: tl.constexpr, USE_BETA: tl.constexpr,
-    USE_H0: tl.constexpr, STORE_FINAL: tl.constexpr, IS_VARLEN: tl.constexpr,
+    USE_H0: tl.constexpr, STORE_FINAL: tl.constexpr, IS_VARLEN: tl.constexpr, STORE_ERR: tl.constexpr = False,
 ):
     """One (sequence * head, V block) walks its tokens.  Grid: (N * H, cdiv(V, BV))."""
     i_nh, i_v = tl.program_id(0), tl.program_id(1)
@@ -53,6 +57,8 @@ def fused_recurrent_fwd_kernel(
     p_k = k + tok * K + o_k
     p_v = v + tok * V + o_v
     p_o = o + tok * V + o_v
+    if STORE_ERR:
+        p_e = e + tok * V + o_v
     if USE_G:
         p_g = g + tok
     if USE_GK:
@@ -74,7 +80,11 @@ def fused_recurrent_fwd_kernel(
             b_h *= tl.exp(tl.load(p_gk, mask=m_k, other=0).to(tl.float32))[:, None]
             p_gk += H * K
         if USE_BETA:
-            b_v = (b_v - tl.sum(b_h * b_k[:, None], axis=0)) * tl.load(p_beta).to(tl.float32)
+            b_e = b_v - tl.sum(b_h * b_k[:, None], axis=0)  # [BV]
+            if STORE_ERR:
+                tl.store(p_e, b_e, mask=m_v)
+                p_e += H * V
+            b_v = tl.load(p_beta).to(tl.float32) * b_e
             p_beta += H
         b_h += b_k[:, None] * b_v[None, :]
         b_o = tl.sum(b_h * b_q[:, None], axis=0) * scale
@@ -117,7 +127,7 @@ def fused_recurrent_fwd(
     ht = q.new_empty(N, H, K, V, dtype=torch.float32) if output_final_state else None
     BK, BV = triton.next_power_of_2(K), min(triton.next_power_of_2(V), 8)
     fused_recurrent_fwd_kernel[(N * H, triton.cdiv(V, BV))](
-        q, k, v, g, gk, beta, o, initial_state, ht, cu_seqlens, scale, T,
+        q, k, v, g, gk, beta, o, None, initial_state, ht, cu_seqlens, scale, T,
         H=H, K=K, V=V, BK=BK, BV=BV, USE_G=g is not None, USE_GK=gk is not None, USE_BETA=beta is not None,
         USE_H0=initial_state is not None, STORE_FINAL=output_final_state, IS_VARLEN=cu_seqlens is not None,
         num_warps=1,

@@ -26,6 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..common.recurrent import fused_recurrent_fwd_kernel
 from ..common.utils import check_triton_runnable, validate_inputs
 
 __all__ = ["fused_recurrent_delta_rule"]
@@ -42,68 +43,6 @@ def _seq_bounds(i_n, T, cu_seqlens, IS_VARLEN: tl.constexpr):
         bos = i_n.to(tl.int64) * T
         T_n = T
     return bos, T_n
-
-
-@triton.jit
-def fused_recurrent_delta_rule_fwd_kernel(
-    q, k, v, beta, o, e, h0, ht, cu_seqlens,
-    scale,
-    T,
-    H: tl.constexpr,
-    K: tl.constexpr,
-    V: tl.constexpr,
-    BK: tl.constexpr,
-    BV: tl.constexpr,
-    USE_INITIAL_STATE: tl.constexpr,
-    STORE_FINAL_STATE: tl.constexpr,
-    STORE_ERR: tl.constexpr,
-    IS_VARLEN: tl.constexpr,
-):
-    # grid: (N * H, cdiv(V, BV)); N*H on axis 0, which allows 2^31 - 1 programs.
-    i_nh, i_v = tl.program_id(0), tl.program_id(1)
-    i_n, i_h = i_nh // H, i_nh % H
-    bos, T_n = _seq_bounds(i_n, T, cu_seqlens, IS_VARLEN)
-
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k = o_k < K
-    m_v = o_v < V
-    m_kv = m_k[:, None] & m_v[None, :]
-
-    # 64-bit token offsets: (bos + t) * H + i_h can pass 2^31 after the multiply by K or V.
-    tok = bos * H + i_h
-    p_q = q + tok * K + o_k
-    p_k = k + tok * K + o_k
-    p_v = v + tok * V + o_v
-    p_o = o + tok * V + o_v
-    p_e = e + tok * V + o_v
-    p_beta = beta + tok
-
-    b_h = tl.zeros([BK, BV], dtype=tl.float32)
-    o_state = i_nh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
-    if USE_INITIAL_STATE:
-        b_h += tl.load(h0 + o_state, mask=m_kv, other=0).to(tl.float32)
-
-    for _ in range(0, T_n):
-        b_q = tl.load(p_q, mask=m_k, other=0).to(tl.float32)
-        b_k = tl.load(p_k, mask=m_k, other=0).to(tl.float32)
-        b_v = tl.load(p_v, mask=m_v, other=0).to(tl.float32)
-        b_beta = tl.load(p_beta).to(tl.float32)
-        b_e = b_v - tl.sum(b_h * b_k[:, None], axis=0)  # [BV]
-        b_h += b_k[:, None] * (b_beta * b_e)[None, :]
-        b_o = tl.sum(b_h * b_q[:, None], axis=0) * scale  # [BV]
-        tl.store(p_o, b_o.to(p_o.dtype.element_ty), mask=m_v)
-        if STORE_ERR:
-            tl.store(p_e, b_e, mask=m_v)
-        p_q += H * K
-        p_k += H * K
-        p_v += H * V
-        p_o += H * V
-        p_e += H * V
-        p_beta += H
-
-    if STORE_FINAL_STATE:
-        tl.store(ht + o_state, b_h, mask=m_kv)
 
 
 @triton.jit
@@ -271,15 +210,11 @@ def fused_recurrent_delta_rule_fwd(
     e = torch.empty(B, T, H, V, dtype=torch.float32, device=q.device) if store_err else None
     ht = q.new_empty(N, H, K, V, dtype=torch.float32) if output_final_state else None
     grid = (N * H, triton.cdiv(V, BV))
-    fused_recurrent_delta_rule_fwd_kernel[grid](
-        q, k, v, beta, o, o if e is None else e, initial_state, ht, cu_seqlens,
-        scale, T,
-        H=H, K=K, V=V, BK=BK, BV=BV,
-        USE_INITIAL_STATE=initial_state is not None,
-        STORE_FINAL_STATE=output_final_state,
-        STORE_ERR=store_err,
-        IS_VARLEN=cu_seqlens is not None,
-        num_warps=num_warps,
+    fused_recurrent_fwd_kernel[grid](  # common/recurrent.py's token loop, with the errors stored
+        q, k, v, None, None, beta, o, e, initial_state, ht, cu_seqlens, scale, T,
+        H=H, K=K, V=V, BK=BK, BV=BV, USE_G=False, USE_GK=False, USE_BETA=True,
+        USE_H0=initial_state is not None, STORE_FINAL=output_final_state, IS_VARLEN=cu_seqlens is not None,
+        STORE_ERR=store_err, num_warps=num_warps,
     )
     return o, ht, e
 

@@ -48,11 +48,13 @@ SCRIPT = textwrap.dedent('''
                        target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
     import kernels.common.recurrent as rec  # the decayed ops' shared decoding kernel
     sig = {a: "*bf16" for a in ("q", "k", "v", "beta", "o")}
-    sig.update({"g": "*fp32", "gk": "*fp32", "h0": "*fp32", "ht": "*fp32", "cu_seqlens": "*i32", "scale": "fp32",
-                "T": "i32"})
-    for flags in ((True, False, True), (True, False, False), (False, True, False)):  # GDN, retention, GLA
+    sig.update({"g": "*fp32", "gk": "*fp32", "e": "*fp32", "h0": "*fp32", "ht": "*fp32", "cu_seqlens": "*i32",
+                "scale": "fp32", "T": "i32"})
+    # GDN, retention, GLA, the delta rule's forward (errors stored)
+    for flags in ((True, False, True, False), (True, False, False, False), (False, True, False, False),
+                  (False, False, True, True)):
         consts = dict(H=4, K=128, V=128, BK=128, BV=8, USE_G=flags[0], USE_GK=flags[1], USE_BETA=flags[2],
-                      USE_H0=True, STORE_FINAL=True, IS_VARLEN=True)
+                      USE_H0=True, STORE_FINAL=True, IS_VARLEN=True, STORE_ERR=flags[3])
         src = ASTSource(fn=rec.fused_recurrent_fwd_kernel, signature={**sig, **dict.fromkeys(consts, "constexpr")},
                         constexprs=consts)
         triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 1})

@@ -15,7 +15,7 @@ from kernels import fused_recurrent_delta_rule, naive_recurrent_delta_rule  # no
 
 # triton must be imported with TRITON_INTERPRET=1 (its own tl.* helpers are decorated at import); if an earlier
 # test module imported kernels/ first, the interpreter path is broken: say so instead of failing obscurely.
-INTERPRETED = type(fr.fused_recurrent_delta_rule_fwd_kernel).__name__ == "InterpretedFunction"
+INTERPRETED = type(fr.fused_recurrent_fwd_kernel).__name__ == "InterpretedFunction"
 
 
 @pytest.fixture(autouse=True)
