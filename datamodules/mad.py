@@ -20,21 +20,24 @@ selective copying and memorization it is a filler that no scored position can se
 
 Scored positions (the test targets of MAD): in the recall tasks the value of every key already shown earlier in
 the sequence (multi-query), in selective copying the copied tokens, in memorization the value of every key, in
-compression the reconstructed tokens. MAD trains the three recall tasks on every next token (its training targets
+compression every token of the row. MAD trains the three recall tasks on every next token (its training targets
 are the shifted inputs) and scores only the values at test; ``MADDataModule(train_all_tokens=True)`` (the
 default) does the same, ``False`` trains on the scored positions only.
+
+Compression is MAD's encoder-decoder, not a causal LM: the model's output at the compression token alone is
+decoded into every token of the row by MAD's MLP (``deltanet/compression.py``, ``lit_modules/mad.py``), so its
+rows carry ``targets`` (``targets[:, i]`` predicted at position i) instead of ``labels``.
 
 A ``(seed, split)`` pair determines the data (``split`` is "train" or "test"); the memorization map depends on
 ``map_seed`` alone, so train and test share it.
 
 Differences from MAD-Lab's generators, each deliberate:
-- compression is a causal-LM probe, not MAD's encoder-decoder (see :func:`generate_compression`);
 - selective copying scatters the tokens to copy over uniformly random positions of the prefix (MAD-Lab inserts
   its blanks only before a token to copy, so its prefix always ends with the last token to copy);
 - fuzzy recall fills the sequence with pairs and re-presents one earlier pair (chosen uniformly) at the end, where
   MAD-Lab inserts its probe pair at a random position while filling; the motif sizes, vocabularies, padding and
   scoring are MAD's;
-- accuracy (``val/acc`` of ``lit_modules.mqar.MQARModule``) is the share of scored positions predicted right;
+- accuracy (``val/acc`` of ``lit_modules.mqar.MQARModule`` and of ``lit_modules.mad.MADCompressionModule``) is the share of scored positions predicted right;
   MAD-Lab's torchmetrics ``MulticlassAccuracy`` averages per class (macro) by default.
 """
 from __future__ import annotations
@@ -252,26 +255,18 @@ def generate_selective_copying(num_examples: int, vocab_size: int = 16, seq_len:
 
 def generate_compression(num_examples: int, vocab_size: int = 16, seq_len: int = 32, seed: int = 0,
                          split: str = "train") -> dict[str, torch.Tensor]:
-    """Compression as a causal-LM probe: ``x_1 .. x_{L-1} z z ... z`` (L = seq_len, z = ``vocab_size - 1``).
+    """MAD's compression: ``x_1 .. x_{L-1} z`` (L = seq_len, z = ``vocab_size - 1``, x uniform over
+    [0, vocab_size - 1)), to be reproduced whole from the model's output at z alone (an encoder-decoder:
+    ``lit_modules.mad.MADCompressionModule``).  As in MAD every position is scored, z included.
 
-    MAD feeds ``x_1 .. x_{L-1} z`` to an encoder, keeps only the output at z (one vector of the model width) and
-    decodes every position from it with a small MLP plus a position embedding: the whole sequence must pass through
-    one token. A causal LM has no such bottleneck, so here the sequence is followed by L - 1 more z tokens and the
-    logits at the i-th z (the compression token included) predict ``x_i``: the model reproduces the sequence after
-    the compression token. A recurrent model must carry it through its fixed-size state (a bottleneck of the
-    state's size, not of one vector); attention can read the tokens back. The scores are therefore not the same
-    measurement as MAD's compression column. MAD also scores z itself (trivial); here only x_1 .. x_{L-1}.
-
-    Returns ``{"input_ids", "labels"}`` (N, 2 L - 1): ``x`` from [0, vocab_size - 1), labels on the last L - 1.
+    Returns ``{"input_ids", "targets"}`` (N, L), ``targets == input_ids``: ``targets[:, i]`` is what the decoder
+    predicts at position i (not the causal-LM ``labels`` of the other tasks).
     """
     _check(num_examples, seq_len, vocab_size)
     gen, N, L = _generator(seed, split), num_examples, seq_len
-    x = torch.randint(0, vocab_size - 1, (N, L - 1), generator=gen)
-    input_ids = torch.full((N, 2 * L - 1), vocab_size - 1, dtype=torch.long)
-    input_ids[:, :L - 1] = x
-    labels = torch.full_like(input_ids, IGNORE_INDEX)
-    labels[:, L:] = x
-    return {"input_ids": input_ids, "labels": labels}
+    input_ids = torch.full((N, L), vocab_size - 1, dtype=torch.long)
+    input_ids[:, :L - 1] = torch.randint(0, vocab_size - 1, (N, L - 1), generator=gen)
+    return {"input_ids": input_ids, "targets": input_ids.clone()}
 
 
 # ---------------------------------------------------------------------------------------------- memorization

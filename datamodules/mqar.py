@@ -159,12 +159,14 @@ def answer_index(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> tupl
 class MQARDataset(Dataset):
     """Rows of pre-generated tensors as dicts; ``__getitems__`` lets the DataLoader fetch a batch in one index.
 
-    A row is ``{"input_ids": (T,), "labels": (T,), "answer_pos": (P,), "answer": (P,)}`` (see `answer_index`).
+    A row is ``{"input_ids": (T,), "labels": (T,), "answer_pos": (P,), "answer": (P,)}`` (see `answer_index`), or
+    for rows with one target per position (MAD's compression) ``{"input_ids": (T,), "targets": (T,)}``.
     """
 
     def __init__(self, tensors: dict[str, torch.Tensor]):
-        self.tensors = {k: v for k, v in tensors.items() if k in ("input_ids", "labels")}
-        self.tensors["answer_pos"], self.tensors["answer"] = answer_index(self.tensors["labels"])
+        self.tensors = {k: v for k, v in tensors.items() if k in ("input_ids", "labels", "targets")}
+        if "labels" in self.tensors:
+            self.tensors["answer_pos"], self.tensors["answer"] = answer_index(self.tensors["labels"])
         self.n = next(iter(self.tensors.values())).shape[0]
 
     def __len__(self) -> int:

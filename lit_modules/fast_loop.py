@@ -75,7 +75,7 @@ def evaluate(module: MQARModule, loader, autocast) -> tuple[float, float]:
 def train_fast(cfg: DictConfig) -> dict[str, Any]:
     """Train ``cfg`` (an ``experiment=mqar`` config) in the fast loop; returns the final metrics and per-step losses."""
     import lightning as L
-    from hydra.utils import instantiate
+    from hydra.utils import get_class, instantiate
 
     from lit_modules.recipe import apply_recipe
 
@@ -83,7 +83,7 @@ def train_fast(cfg: DictConfig) -> dict[str, Any]:
     if plan.world_size != 1 or plan.accumulate != 1:
         raise ValueError(f"task=train_fast runs on one device without accumulation; got {plan.describe()}. "
                          "Use task=train (Lightning) for that.")
-    if not str(cfg.lit_module._target_).endswith("MQARModule"):
+    if not issubclass(get_class(str(cfg.lit_module._target_)), MQARModule):
         raise ValueError(f"task=train_fast trains MQAR and MAD (experiment=mqar or experiment=mad); lit_module is "
                          f"{cfg.lit_module._target_}")
     tr = cfg.trainer

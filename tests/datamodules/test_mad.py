@@ -123,13 +123,14 @@ def test_selective_copying_copies_the_non_blank_tokens_in_order():
     assert positions == set(range(prefix)), "tokens to copy may sit anywhere in the prefix"
 
 
-def test_compression_reproduces_the_sequence_after_the_compression_token():
+def test_compression_rows_are_the_sequence_and_its_compression_token_all_scored():
     V, L = 5, 6
     d = generate_compression(50, vocab_size=V, seq_len=L, seed=5)
-    assert d["input_ids"].shape == (50, 2 * L - 1)
-    for x, y in _rows(d):
-        assert all(0 <= t < 4 for t in x[:L - 1]) and x[L - 1:] == [4] * L
-        assert y == [IGN] * L + x[:L - 1]
+    assert set(d) == {"input_ids", "targets"} and d["input_ids"].shape == d["targets"].shape == (50, L)
+    assert torch.equal(d["targets"], d["input_ids"])
+    x = d["input_ids"]
+    assert bool((x[:, -1] == V - 1).all()) and bool(((x[:, :-1] >= 0) & (x[:, :-1] < V - 1)).all())
+    assert not torch.equal(x, generate_compression(50, vocab_size=V, seq_len=L, seed=5, split="test")["input_ids"])
 
 
 def test_memorization_map_is_fixed_and_labels_are_its_values():
@@ -162,10 +163,11 @@ def _small(task):
 def test_seed_and_split_determine_the_data(task):
     a = generate_task(task, 64, 3, "train", **_small(task))
     b = generate_task(task, 64, 3, "train", **_small(task))
-    assert all(torch.equal(a[k], b[k]) for k in ("input_ids", "labels"))
+    scored = "targets" if task == "compression" else "labels"  # compression: one target per position
+    assert set(a) == {"input_ids", scored} and all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["input_ids"], generate_task(task, 64, 3, "test", **_small(task))["input_ids"])
     assert not torch.equal(a["input_ids"], generate_task(task, 64, 4, "train", **_small(task))["input_ids"])
-    assert ((a["labels"] != IGN).sum(1) > 0).all(), "every row scores something"
+    assert ((a[scored] != IGN).sum(1) > 0).all(), "every row scores something"
 
 
 @pytest.mark.parametrize("call, match", [
