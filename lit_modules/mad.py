@@ -4,7 +4,7 @@ The model (any family) reads ``x_1 .. x_{L-1} z``; only its output at z is kept,
 `deltanet.compression.CompressionDecoder` predicts every input token, z included, from that one vector (the
 decoder's docstring).  The decoder is a submodule of the LM (``model.compression_decoder``), so the optimizer's
 parameter groups, gradient clipping, checkpoints and the fast loop treat it like any other weight; the LM head is
-not used.  Batches (``datamodules.mad.generate_compression``) carry ``input_ids`` and ``targets`` (B, L), with
+not used and is frozen.  Batches (``datamodules.mad.generate_compression``) carry ``input_ids`` and ``targets`` (B, L), with
 ``targets[:, i]`` predicted at position i.  ``val/acc`` is the share of target tokens predicted right.
 
 Select it with ``lit_module._target_: lit_modules.mad.MADCompressionModule`` (``experiment=mad`` does for
@@ -29,6 +29,7 @@ class MADCompressionModule(MQARModule):
         cfg = self.model_config
         self.model.compression_decoder = CompressionDecoder(cfg.hidden_size, cfg.vocab_size, max_length, cfg.norm_eps,
                                                             cfg.initializer_range)
+        self.model.lm_head.requires_grad_(False)  # unused here (the LM head is untied): not trained, DDP need not wait
         # the decoder's matrices are decayed like the model's (CausalLMModule's rule, taken again with it)
         self._decay_names |= {f"compression_decoder.{n}" for n, p in
                               self.model.compression_decoder.named_parameters() if p.dim() >= 2}

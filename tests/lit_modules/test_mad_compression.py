@@ -63,6 +63,7 @@ def test_decoder_weights_are_trained_and_decayed():
     assert groups[id(dec.fc1.weight)] == 0.1 and groups[id(dec.unembed.weight)] == 0.1
     assert groups[id(dec.fc1.bias)] == 0.0 and groups[id(dec.norm1.weight)] == 0.0
     assert module._n_params == sum(p.numel() for p in module.model.parameters())
+    assert id(module.model.lm_head.weight) not in groups  # unused by this task: frozen, not in the optimizer
     batch = generate_compression(32, vocab_size=V, seq_len=L, seed=3)
     losses = []
     for _ in range(60):
