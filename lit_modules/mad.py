@@ -4,8 +4,9 @@ The model (any family) reads ``x_1 .. x_{L-1} z``; only its output at z is kept,
 `deltanet.compression.CompressionDecoder` predicts every input token, z included, from that one vector (the
 decoder's docstring).  The decoder is a submodule of the LM (``model.compression_decoder``), so the optimizer's
 parameter groups, gradient clipping, checkpoints and the fast loop treat it like any other weight; the LM head is
-not used and is frozen.  Batches (``datamodules.mad.generate_compression``) carry ``input_ids`` and ``targets`` (B, L), with
-``targets[:, i]`` predicted at position i.  ``val/acc`` is the share of target tokens predicted right.
+not used and is frozen.  Batches (``datamodules.mad.generate_compression``) carry ``input_ids`` and ``targets``
+(B, L), with ``targets[:, i]`` predicted at position i.  ``val/acc`` is the share of target tokens predicted
+right.
 
 Select it with ``lit_module._target_: lit_modules.mad.MADCompressionModule`` (``experiment=mad`` does for
 ``data.task=compression``).

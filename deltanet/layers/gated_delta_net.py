@@ -26,7 +26,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
 from ..config import DeltaNetConfig
 from kernels.conv import short_conv_multi
 

@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
 from ..config import DeltaNetConfig
 from .norm import RMSNorm
 from .ops import matrix_state_op

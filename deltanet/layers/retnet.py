@@ -28,7 +28,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
 from ..config import DeltaNetConfig
 from .attention import RotaryEmbedding, apply_rotary
 from .conv import varlen_positions
