@@ -3,11 +3,14 @@
 Providers (bf16 q, k, v, beta [B, T, H, D] with K = V = D; g [B, T, H] float32 log decays, -softplus(randn)):
   ours_chunk   kernels.chunk_gated_delta_rule                 (the delta-rule stages with the decay folded in)
   fla_chunk    fla.ops.gated_delta_rule.chunk_gated_delta_rule (if fla is installed; a comparison peer only)
+  fla_chunk_unguarded   the same with fla's refusal of its gated backward lifted (below): timed only
 
 Shapes are bench_delta_rule.py's.  Timing, the table filled over several commands (``--max-seconds``,
 ``--resume``) and the outputs (bench_gated_delta_rule.md: table + ratios ours/fla; bench_gated_delta_rule.json) are
 ``op_bench.py``'s.  fla 0.6 refuses its gated backward on Hopper under Triton >= 3.4, < 3.7.1 (it would be wrong
-there, fla says): those cells read ``failed: RuntimeError``.
+there, fla says): those cells of fla_chunk read ``failed: RuntimeError``.  fla_chunk_unguarded lifts the refusal
+(``op_bench.fla_gated_backward_guard``) to time the same kernels; the second ratio column is against it, a speed
+comparison only: fla's gradients there are not checked, and fla says they are wrong.
 
     python benchmarks/bench_gated_delta_rule.py --out benchmarks/results
     python benchmarks/bench_gated_delta_rule.py --out benchmarks/results --resume   # the cells not yet measured
@@ -37,7 +40,12 @@ def load_providers():
     out = {"ours_chunk": lambda q, k, v, g, b: chunk_gated_delta_rule(q, k, v, g, b)[0]}
     try:
         from fla.ops.gated_delta_rule import chunk_gated_delta_rule as fla_chunk
-        out["fla_chunk"] = lambda q, k, v, g, b: fla_chunk(q, k, v, g, b)[0]
+        def run(guard):  # the guard is set at every call: its backward follows its own forward (op_bench)
+            def f(q, k, v, g, b):
+                op_bench.fla_gated_backward_guard(guard)
+                return fla_chunk(q, k, v, g, b)[0]
+            return f
+        out["fla_chunk"], out["fla_chunk_unguarded"] = run(True), run(False)
     except Exception as e:  # noqa: BLE001 - fla is optional
         out["fla_chunk"] = f"fla unavailable ({type(e).__name__})"
     return out
@@ -56,7 +64,10 @@ def make_inputs(B, T, H, D, device, dtype, seed=0):
 
 
 def main(argv=None):
-    return op_bench.main(argv, name=NAME, doc=__doc__, load_providers=load_providers, make_inputs=make_inputs)
+    return op_bench.main(argv, name=NAME, doc=__doc__, load_providers=load_providers, make_inputs=make_inputs,
+                         providers=["ours_chunk", "fla_chunk", "fla_chunk_unguarded"],
+                         ratio=[("ours_chunk", "fla_chunk", "ours/fla"),
+                                ("ours_chunk", "fla_chunk_unguarded", "ours/fla, guard lifted")])
 
 
 if __name__ == "__main__":

@@ -5,11 +5,13 @@ decays): our ``kernels.chunk_simple_gla`` with g = log gamma_h at every token, a
 calls it (g fixed: no gradient).  Providers (bf16 q, k [B, T, H, K], v [B, T, H, V]; K = D, V = D * --value-ratio):
   ours_chunk     kernels.chunk_simple_gla                 (the shared state walks with a scalar decay)
   fla_chunk      fla.ops.simple_gla.chunk_simple_gla       (the same op and g; if fla is installed)
+  fla_chunk_unguarded   fla_chunk with fla's refusal of its gated backward on Hopper under Triton >= 3.4, < 3.7.1
+                 lifted (``op_bench.fla_gated_backward_guard``): timed only, fla says its gradients there are wrong
   fla_retention  fla.ops.retention.chunk_retention         (fla's retention, its decays built inside; if installed)
 
 Shapes are bench_delta_rule.py's (B, T, H, D).  The RetNet model uses V = 2 K: ``--value-ratio 2``.  Timing, the
 table filled over several commands (``--max-seconds``, ``--resume``) and the outputs (bench_retention.md: table +
-ratios ours/fla_chunk; bench_retention.json) are ``op_bench.py``'s.
+ratios against fla_chunk, fla_chunk_unguarded and fla_retention; bench_retention.json) are ``op_bench.py``'s.
 
     python benchmarks/bench_retention.py --out benchmarks/results --value-ratio 2
     python benchmarks/bench_retention.py --out benchmarks/results --value-ratio 2 --resume   # the cells not yet measured
@@ -39,12 +41,20 @@ def load_providers():
     out = {"ours_chunk": lambda q, k, v, g: chunk_simple_gla(q, k, v, g)[0]}
     try:
         from fla.ops.simple_gla import chunk_simple_gla as fla_chunk
-        out["fla_chunk"] = lambda q, k, v, g: fla_chunk(q, k, v, g)[0]
+        def run(guard):  # the guard is set at every call: its backward follows its own forward (op_bench)
+            def f(q, k, v, g):
+                op_bench.fla_gated_backward_guard(guard)
+                return fla_chunk(q, k, v, g)[0]
+            return f
+        out["fla_chunk"], out["fla_chunk_unguarded"] = run(True), run(False)
     except Exception as e:  # noqa: BLE001 - fla is optional
         out["fla_chunk"] = f"fla unavailable ({type(e).__name__})"
     try:
         from fla.ops.retention import chunk_retention as fla_retention
-        out["fla_retention"] = lambda q, k, v, g: fla_retention(q, k, v)[0]
+        def ret(q, k, v, g):
+            op_bench.fla_gated_backward_guard(True)  # fla's own setting (its retention's decay is not gated)
+            return fla_retention(q, k, v)[0]
+        out["fla_retention"] = ret
     except Exception as e:  # noqa: BLE001
         out["fla_retention"] = f"fla unavailable ({type(e).__name__})"
     return out
@@ -68,7 +78,11 @@ def main(argv=None):
         ap.add_argument("--value-ratio", type=float, default=1.0, help="V = D * ratio (the RetNet model: 2)")
     return op_bench.main(argv, name=NAME, doc=__doc__, load_providers=load_providers, make_inputs=make_inputs,
                          add_args=add_args, options=lambda a: {"value_ratio": a.value_ratio},
-                         note="K = D, V = {value_ratio:g} D", providers=["ours_chunk", "fla_chunk", "fla_retention"])
+                         note="K = D, V = {value_ratio:g} D",
+                         providers=["ours_chunk", "fla_chunk", "fla_chunk_unguarded", "fla_retention"],
+                         ratio=[("ours_chunk", "fla_chunk", "ours/fla"),
+                                ("ours_chunk", "fla_chunk_unguarded", "ours/fla, guard lifted"),
+                                ("ours_chunk", "fla_retention", "ours/fla_retention")])
 
 
 if __name__ == "__main__":

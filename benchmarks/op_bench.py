@@ -68,15 +68,32 @@ def fla_version() -> Optional[str]:
     return getattr(fla, "__version__", "unknown")
 
 
+_FLA_GUARD: dict = {}
+
+
+def fla_gated_backward_guard(on: bool) -> None:
+    """fla 0.6 refuses its gated backward (``chunk_bwd_dqkwg``, used by its Gated DeltaNet and simple GLA ops) on
+    Hopper under Triton >= 3.4, < 3.7.1, whose code for it fla reports wrong (its issue #640).  ``on=False`` lifts
+    that refusal (fla's module flag) so that the kernel can be timed; its results are then not to be used.
+    ``on=True`` restores fla's own check.  No-op without fla."""
+    try:
+        import fla.ops.common.chunk_o as co
+    except Exception:  # noqa: BLE001 - fla is optional
+        return
+    _FLA_GUARD.setdefault("flag", co.TRITON_ABOVE_3_7_1)
+    co.TRITON_ABOVE_3_7_1 = _FLA_GUARD["flag"] if on else True
+
+
 def main(argv, *, name: str, doc: str, load_providers: Callable[[], dict], make_inputs: Callable,
          add_args: Optional[Callable[[argparse.ArgumentParser], None]] = None,
          options: Callable[[argparse.Namespace], dict] = lambda a: {}, note: str = "",
-         providers: Optional[list] = None, ratio: tuple = ("ours_chunk", "fla_chunk", "ours/fla")) -> dict:
+         providers: Optional[list] = None, ratio=("ours_chunk", "fla_chunk", "ours/fla")) -> dict:
     """``load_providers()``: provider -> callable(*inputs) -> o, or -> str (why it is unavailable).
     ``make_inputs(B, T, H, D, device=, dtype=, **options(args))`` -> (grad-requiring inputs, do).
     ``options(args)``: the script's own settings, recorded and compared on ``--resume``; ``note``: a line of the md;
     ``providers``: the default ``--providers`` (ours_chunk, fla_chunk); ``ratio``: (numerator, denominator, label) of
-    the ratio column, ours_chunk / fla_chunk unless given."""
+    the ratio column, ours_chunk / fla_chunk unless given, or a list of such triples (one column each)."""
+    ratio_cols = [ratio] if isinstance(ratio[0], str) else list(ratio)
     argv = sys.argv[1:] if argv is None else list(argv)
     deadline = Deadline(None)
     ap = argparse.ArgumentParser(description=doc.split("\n")[0])
@@ -144,8 +161,8 @@ def main(argv, *, name: str, doc: str, load_providers: Callable[[], dict], make_
                   + ("ms of one wall-clock run (the interpreter: checks the script, measures nothing)" if args.tiny
                      else f"ms, median of triton.testing.do_bench (warmup {meta['warmup']} ms, rep {meta['rep']} ms)")
                   + ("; [n]: measured by command n" if len(cmds) > 1 else ""), "",
-                  "| B, T, H, D | mode | " + " | ".join(all_names) + f" | {ratio[2]} |",
-                  "|" + "---|" * (len(all_names) + 3)]
+                  "| B, T, H, D | mode | " + " | ".join(all_names + [r[2] for r in ratio_cols]) + " |",
+                  "|" + "---|" * (len(all_names) + 2 + len(ratio_cols))]
         ratios = []
         for shape in all_shapes:
             for mode in MODES:
@@ -155,11 +172,14 @@ def main(argv, *, name: str, doc: str, load_providers: Callable[[], dict], make_
                     c = cells.get(k, "-")
                     txt = f"{c:.3f}" if isinstance(c, float) else str(c)
                     row.append(txt + (f" [{by[k]}]" if len(cmds) > 1 and k in by else ""))
-                a, b = (cells.get(cell_key(n, mode, shape)) for n in ratio[:2])
-                r = a / b if isinstance(a, float) and isinstance(b, float) and b > 0 else None
-                ratios.append(f"{ratio[2]} {mode} {shape}: {'n/a' if r is None else f'{r:.2f}'}")
-                lines.append(f"| {', '.join(map(str, shape))} | {mode} | " + " | ".join(row)
-                             + f" | {'' if r is None else f'{r:.2f}'} |")
+                rs = []
+                for col in ratio_cols:
+                    a, b = (cells.get(cell_key(n, mode, shape)) for n in col[:2])
+                    r = a / b if isinstance(a, float) and isinstance(b, float) and b > 0 else None
+                    ratios.append(f"{col[2]} {mode} {shape}: {'n/a' if r is None else f'{r:.2f}'}")
+                    rs.append("" if r is None else f"{r:.2f}")
+                lines.append(f"| {', '.join(map(str, shape))} | {mode} | " + " | ".join(row) + " | "
+                             + " | ".join(rs) + " |")
         (out / f"{name}.md").write_text("\n".join(lines) + "\n")
         return ratios
 

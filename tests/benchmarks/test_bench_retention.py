@@ -20,7 +20,9 @@ def test_tiny_run_writes_table_and_json(tmp_path):
     bench.main(["--out", str(tmp_path), "--tiny", "--value-ratio", "2"])
     data = json.loads((tmp_path / "bench_retention.json").read_text())
     assert data["meta"]["options"] == {"value_ratio": 2.0}
-    assert data["providers"] == ["ours_chunk", "fla_chunk", "fla_retention"]
+    assert data["providers"] == ["ours_chunk", "fla_chunk", "fla_chunk_unguarded", "fla_retention"]
+    md = (tmp_path / "bench_retention.md").read_text()
+    assert "| ours/fla | ours/fla, guard lifted | ours/fla_retention |" in md
     assert all(isinstance(data["cells"][f"ours_chunk|{m}|1,40,2,32"], float) for m in ("fwd", "fwdbwd"))
     assert "K = D, V = 2 D" in (tmp_path / "bench_retention.md").read_text()
 

@@ -70,3 +70,34 @@ def test_bad_shapes_are_named(tmp_path, capsys):
         _bench().main(["--out", str(tmp_path), "--shapes", "1,2,3"])
     err = capsys.readouterr().err
     assert "--shapes must be B,T,H,D (four integers each)" in err
+
+
+def test_fla_gated_backward_guard_lifts_and_restores_flas_flag(monkeypatch):
+    """The guard helper flips fla's module flag for its Hopper refusal, and puts fla's own value back."""
+    import sys
+    import types
+
+    from benchmarks import op_bench
+
+    chunk_o = types.SimpleNamespace(TRITON_ABOVE_3_7_1=False)
+    mods = {"fla": types.ModuleType("fla"), "fla.ops": types.ModuleType("fla.ops"),
+            "fla.ops.common": types.ModuleType("fla.ops.common")}
+    for name, mod in mods.items():
+        monkeypatch.setitem(sys.modules, name, mod)
+    mods["fla"].ops, mods["fla.ops"].common = mods["fla.ops"], mods["fla.ops.common"]
+    mods["fla.ops.common"].chunk_o = chunk_o
+    monkeypatch.setitem(sys.modules, "fla.ops.common.chunk_o", chunk_o)
+    monkeypatch.setattr(op_bench, "_FLA_GUARD", {})
+    op_bench.fla_gated_backward_guard(False)
+    assert chunk_o.TRITON_ABOVE_3_7_1 is True
+    op_bench.fla_gated_backward_guard(True)
+    assert chunk_o.TRITON_ABOVE_3_7_1 is False
+
+
+def test_gated_bench_sets_ours_against_fla_guarded_and_unguarded(tmp_path):
+    """Two ratio columns: ours against fla's op, and against it with its Hopper refusal lifted (time only)."""
+    bench = load_script("benchmarks/bench_gated_delta_rule.py")
+    bench.main(["--out", str(tmp_path), "--tiny"])
+    data = json.loads((tmp_path / "bench_gated_delta_rule.json").read_text())
+    assert data["providers"] == ["ours_chunk", "fla_chunk", "fla_chunk_unguarded"]
+    assert "| ours/fla | ours/fla, guard lifted |" in (tmp_path / "bench_gated_delta_rule.md").read_text()
