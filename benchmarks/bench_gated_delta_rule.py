@@ -40,14 +40,9 @@ def load_providers():
     out = {"ours_chunk": lambda q, k, v, g, b: chunk_gated_delta_rule(q, k, v, g, b)[0]}
     try:
         from fla.ops.gated_delta_rule import chunk_gated_delta_rule as fla_chunk
-        def run(guard):  # the guard is set at every call: its backward follows its own forward (op_bench)
-            def f(q, k, v, g, b):
-                op_bench.fla_gated_backward_guard(guard)
-                return fla_chunk(q, k, v, g, b)[0]
-            return f
-        out["fla_chunk"], out["fla_chunk_unguarded"] = run(True), run(False)
+        out["fla_chunk"], out["fla_chunk_unguarded"] = op_bench.fla_op(fla_chunk), op_bench.fla_op(fla_chunk, False)
     except Exception as e:  # noqa: BLE001 - fla is optional
-        out["fla_chunk"] = f"fla unavailable ({type(e).__name__})"
+        out["fla_chunk"] = out["fla_chunk_unguarded"] = f"fla unavailable ({type(e).__name__})"
     return out
 
 

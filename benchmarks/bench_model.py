@@ -569,15 +569,12 @@ def main(argv: Optional[list[str]] = None) -> dict:
         write()
         try:
             r = bench_one(m, preset, T, B, warmup, steps, device, a.peak_tflops)
-        except torch.cuda.OutOfMemoryError as e:
-            r = {"model": m, "T": T, "B": B, "error": "OOM"}
-            print(f"{m} T={T}: {e}", file=sys.stderr)
-            gc.collect()
-            torch.cuda.empty_cache()
-        except RuntimeError as e:  # a step that cannot be captured: the cell says why, the sweep goes on
-            if not m.endswith(GRAPH):
+        except RuntimeError as e:  # out of memory, or a step that cannot be captured: the cell says why
+            oom = isinstance(e, torch.cuda.OutOfMemoryError)
+            if not (oom or m.endswith(GRAPH)):
                 raise
-            r = {"model": m, "T": T, "B": B, "error": f"capture failed: {type(e).__name__}: {str(e)[:200]}"}
+            r = {"model": m, "T": T, "B": B,
+                 "error": "OOM" if oom else f"capture failed: {type(e).__name__}: {str(e)[:200]}"}
             print(f"{m} T={T}: {e}", file=sys.stderr)
             gc.collect()
             torch.cuda.empty_cache()

@@ -41,20 +41,12 @@ def load_providers():
     out = {"ours_chunk": lambda q, k, v, g: chunk_simple_gla(q, k, v, g)[0]}
     try:
         from fla.ops.simple_gla import chunk_simple_gla as fla_chunk
-        def run(guard):  # the guard is set at every call: its backward follows its own forward (op_bench)
-            def f(q, k, v, g):
-                op_bench.fla_gated_backward_guard(guard)
-                return fla_chunk(q, k, v, g)[0]
-            return f
-        out["fla_chunk"], out["fla_chunk_unguarded"] = run(True), run(False)
+        out["fla_chunk"], out["fla_chunk_unguarded"] = op_bench.fla_op(fla_chunk), op_bench.fla_op(fla_chunk, False)
     except Exception as e:  # noqa: BLE001 - fla is optional
-        out["fla_chunk"] = f"fla unavailable ({type(e).__name__})"
+        out["fla_chunk"] = out["fla_chunk_unguarded"] = f"fla unavailable ({type(e).__name__})"
     try:
         from fla.ops.retention import chunk_retention as fla_retention
-        def ret(q, k, v, g):
-            op_bench.fla_gated_backward_guard(True)  # fla's own setting (its retention's decay is not gated)
-            return fla_retention(q, k, v)[0]
-        out["fla_retention"] = ret
+        out["fla_retention"] = op_bench.fla_op(lambda q, k, v, g: fla_retention(q, k, v))  # its decays built inside
     except Exception as e:  # noqa: BLE001
         out["fla_retention"] = f"fla unavailable ({type(e).__name__})"
     return out

@@ -84,6 +84,15 @@ def fla_gated_backward_guard(on: bool) -> None:
     co.TRITON_ABOVE_3_7_1 = _FLA_GUARD["flag"] if on else True
 
 
+def fla_op(fn: Callable, guard: bool = True) -> Callable:
+    """fla's op ``fn`` as a provider (its output o), with :func:`fla_gated_backward_guard` set to ``guard`` at every
+    call: a cell's backward follows its own forward, so it runs under the same setting."""
+    def run(*inputs):
+        fla_gated_backward_guard(guard)
+        return fn(*inputs)[0]
+    return run
+
+
 def main(argv, *, name: str, doc: str, load_providers: Callable[[], dict], make_inputs: Callable,
          add_args: Optional[Callable[[argparse.ArgumentParser], None]] = None,
          options: Callable[[argparse.Namespace], dict] = lambda a: {}, note: str = "",

@@ -72,11 +72,7 @@ class CausalLMModule(L.LightningModule):
         self.scheduler_factory = scheduler
         self.max_bad_steps = int(max_bad_steps)
         self.peak_flops_per_device = peak_flops_per_device
-        # Decided on the unwrapped model: under FSDP (use_orig_params) the sharded parameters are 1-D views.
-        # Mamba's A_log [E, N] is 2-D but, as published, is not decayed (it says so by `_no_weight_decay`).
-        self._decay_names = {n for n, p in self.model.named_parameters()
-                             if p.dim() >= 2 and not getattr(p, "_no_weight_decay", False)}
-        self._n_params = sum(p.numel() for p in self.model.parameters())
+        self._count_parameters()
         self.train_loss = MeanMetric(nan_strategy="disable")  # NaN must reach the fault check, not be dropped
         self.val_loss = MeanMetric()
         # counters saved in checkpoints
@@ -92,6 +88,15 @@ class CausalLMModule(L.LightningModule):
         self._seq_len = 0  # context of the current batch, for the FLOPs estimate
         self._cuda: torch.device | None = None  # the training GPU, set when training starts
         self.throughput: list[float] = []  # global tokens/s of each timed step, for the run summary
+
+    def _count_parameters(self) -> None:
+        """The decayed parameters' names and the parameter count, from ``self.model`` as it is now (a subclass that
+        adds a submodule calls it again).  Decided on the unwrapped model: under FSDP (use_orig_params) the sharded
+        parameters are 1-D views.  Mamba's A_log [E, N] is 2-D but, as published, is not decayed (it says so by
+        `_no_weight_decay`)."""
+        self._decay_names = {n for n, p in self.model.named_parameters()
+                             if p.dim() >= 2 and not getattr(p, "_no_weight_decay", False)}
+        self._n_params = sum(p.numel() for p in self.model.parameters())
 
     # ---------------------------------------------------------------- forward / loss
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, **kwargs: Any):

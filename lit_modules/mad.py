@@ -31,10 +31,7 @@ class MADCompressionModule(MQARModule):
         self.model.compression_decoder = CompressionDecoder(cfg.hidden_size, cfg.vocab_size, max_length, cfg.norm_eps,
                                                             cfg.initializer_range)
         self.model.lm_head.requires_grad_(False)  # unused here (the LM head is untied): not trained, DDP need not wait
-        # the decoder's matrices are decayed like the model's (CausalLMModule's rule, taken again with it)
-        self._decay_names |= {f"compression_decoder.{n}" for n, p in
-                              self.model.compression_decoder.named_parameters() if p.dim() >= 2}
-        self._n_params = sum(p.numel() for p in self.model.parameters())
+        self._count_parameters()  # the decoder's matrices are decayed like the model's
 
     def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B, L) tokens -> (B, L, vocab) float32 logits of every position, decoded from the last one's output."""
